@@ -1,0 +1,188 @@
+"""The evaluator's verdict: one typed, JSON-serializable `EvalResult`.
+
+Missing measurements are absent (None or an empty list), never -1. Logs are truncated to
+`LOG_LIMIT` characters so a result always fits in a database row and a prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from enum import Enum
+
+from pydantic import BaseModel, Field, field_validator
+
+LOG_LIMIT = 8000
+
+
+def truncate(text: str, limit: int = LOG_LIMIT) -> str:
+    """Keep the head and the tail of a long log: errors sit at both ends."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
+
+
+class Status(str, Enum):
+    compile_error = "compile_error"
+    runtime_error = "runtime_error"
+    timeout = "timeout"
+    rejected = "rejected"
+    incorrect = "incorrect"
+    correct = "correct"
+    compiled = "compiled"
+
+
+class Check(BaseModel):
+    """One whole-output comparison of the candidate against the reference."""
+
+    input_set: str
+    seed_index: int
+    phase: str = Field(description="before_reference | after_reference | timed | after_timing")
+    output_index: int = 0
+    passed: bool
+    max_abs_error: float = Field(description="over finite positions; inf when a NaN/inf mismatches")
+    max_rel_error: float
+    mismatches: int
+    numel: int
+    first_bad_index: list[int] = Field(default_factory=list, description="empty when all match")
+    note: str = ""
+
+    @field_validator("max_abs_error", "max_rel_error", mode="before")
+    @classmethod
+    def _finite_or_inf(cls, v: float) -> float:
+        return math.inf if v != v else v
+
+
+class TimingStats(BaseModel):
+    """Statistics of one implementation's per-call times on one input set (milliseconds)."""
+
+    n: int
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    mean_ms: float
+    cv: float = Field(description="standard deviation over mean of the per-call times")
+    host_median_ms: float = Field(description="host-clock median of the same calls (cross-check)")
+
+    @classmethod
+    def from_samples(cls, event_ms: list[float], host_ms: list[float]) -> TimingStats:
+        ordered = sorted(event_ms)
+        mean = statistics.fmean(ordered)
+        std = statistics.pstdev(ordered) if len(ordered) > 1 else 0.0
+        return cls(
+            n=len(ordered),
+            median_ms=statistics.median(ordered),
+            p20_ms=_quantile(ordered, 0.2),
+            p80_ms=_quantile(ordered, 0.8),
+            mean_ms=mean,
+            cv=std / mean if mean > 0 else 0.0,
+            host_median_ms=statistics.median(host_ms),
+        )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+class SetTiming(BaseModel):
+    """Candidate and live baselines on one input set, timed interleaved in one process."""
+
+    input_set: str
+    candidate: TimingStats
+    eager: TimingStats | None = None
+    compiled: TimingStats | None = None
+    speedup_vs_eager: float | None = None
+    speedup_vs_compile: float | None = None
+    floor_ms: float | None = Field(None, description="roofline floor: max(bytes/bw, flops/peak)")
+    roofline_fraction: float | None = Field(None, description="floor_ms / candidate median")
+    rechecks: int = Field(0, description="timed calls whose outputs were re-verified")
+
+
+class KernelProfile(BaseModel):
+    name: str
+    duration_us: float | None = None
+    registers_per_thread: int | None = None
+    spills: int | None = None
+    shared_mem_bytes: int | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Profile(BaseModel):
+    tool: str = Field(description="ncu | torch_profiler | none")
+    input_set: str = ""
+    kernels: list[KernelProfile] = Field(default_factory=list)
+    note: str = ""
+
+
+class PhaseSeconds(BaseModel):
+    static: float = 0.0
+    startup: float = 0.0
+    compile: float = 0.0
+    correctness: float = 0.0
+    timing: float = 0.0
+    profiling: float = 0.0
+    total: float = 0.0
+
+
+class SandboxInfo(BaseModel):
+    backend: str
+    exit_code: int | None = None
+    signal: int | None = None
+    network_isolated: bool = False
+    filesystem_restricted: bool = False
+    killed_on_timeout: bool = False
+
+
+class Environment(BaseModel):
+    device: str
+    gpu_name: str = ""
+    arch: str = ""
+    torch_version: str = ""
+    triton_version: str = ""
+    cuda_version: str = ""
+
+
+class EvalResult(BaseModel):
+    status: Status
+    reasons: list[str] = Field(default_factory=list, description="why, most important first")
+    problem: str
+    backend: str
+    environment: Environment
+    checks: list[Check] = Field(default_factory=list)
+    timings: list[SetTiming] = Field(default_factory=list)
+    timing_meaningful: bool = False
+    speedup_vs_eager: float | None = Field(None, description="geometric mean over input sets")
+    speedup_vs_compile: float | None = None
+    suspicious: bool = False
+    suspicious_reasons: list[str] = Field(default_factory=list)
+    candidate_kernels: list[str] = Field(default_factory=list)
+    kernels_seen: list[str] = Field(default_factory=list, description="device kernels traced")
+    profile: Profile | None = None
+    phase_seconds: PhaseSeconds = Field(default_factory=PhaseSeconds)
+    compile_log: str = ""
+    stderr: str = ""
+    sandbox: SandboxInfo | None = None
+
+    @field_validator("compile_log", "stderr")
+    @classmethod
+    def _truncate_logs(cls, v: str) -> str:
+        return truncate(v)
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.correct
+
+    @property
+    def first_failure(self) -> Check | None:
+        return next((c for c in self.checks if not c.passed), None)
+
+
+def geomean(values: list[float]) -> float | None:
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return None
+    return math.exp(sum(math.log(v) for v in positive) / len(positive))
