@@ -134,6 +134,8 @@ class SandboxInfo(BaseModel):
     signal: int | None = None
     network_isolated: bool = False
     filesystem_restricted: bool = False
+    privileges_dropped: bool = False
+    process_limit: str = Field("rlimit", description="rlimit | cgroup | container | none")
     killed_on_timeout: bool = False
 
 

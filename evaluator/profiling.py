@@ -1,0 +1,164 @@
+"""Profiling: Nsight Compute metrics for the candidate's kernels only, Triton compile metadata,
+and torch.profiler kernel durations as the fallback when ncu is not usable."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+# A focused set: what limits occupancy, how busy DRAM and the SMs are, cache hit rates, the main
+# warp-stall reasons, and the bytes and FLOPs actually executed (for the roofline).
+NCU_METRICS = [
+    "gpu__time_duration.sum",
+    "launch__registers_per_thread",
+    "launch__block_size",
+    "launch__grid_size",
+    "launch__shared_mem_per_block_static",
+    "launch__shared_mem_per_block_dynamic",
+    "launch__occupancy_limit_registers",
+    "launch__occupancy_limit_shared_mem",
+    "launch__occupancy_limit_warps",
+    "launch__occupancy_limit_blocks",
+    "sm__warps_active.avg.pct_of_peak_sustained_active",
+    "sm__maximum_warps_per_active_cycle_pct",
+    "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+    "l1tex__t_sector_hit_rate.pct",
+    "lts__t_sector_hit_rate.pct",
+    "dram__bytes_read.sum",
+    "dram__bytes_write.sum",
+    "smsp__sass_thread_inst_executed_op_fadd_pred_on.sum",
+    "smsp__sass_thread_inst_executed_op_fmul_pred_on.sum",
+    "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum",
+    "smsp__inst_executed_pipe_tensor.sum",
+    "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio",
+]
+NVTX_RANGE = "forge_profile"
+
+
+def ncu_path() -> str | None:
+    return shutil.which("ncu")
+
+
+def ncu_command(log_file: Path) -> list[str]:
+    return [
+        ncu_path() or "ncu",
+        "--target-processes", "all",
+        "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
+        "--metrics", ",".join(NCU_METRICS),
+        "--csv", "--page", "raw",
+        "--log-file", str(log_file),
+    ]
+
+
+def parse_ncu_csv(text: str, kernel_names: list[str]) -> list[dict]:
+    """Rows of `ncu --csv --page raw`, one per kernel launch, for the candidate's kernels."""
+    start = text.find('"ID"')
+    if start < 0:
+        return []
+    rows = list(csv.DictReader(io.StringIO(text[start:])))
+    kernels = []
+    for row in rows[1:] if rows and rows[0].get("ID", "").strip() == "" else rows:
+        name = row.get("Kernel Name", "")
+        if not name or (kernel_names and not any(k in name for k in kernel_names)):
+            continue
+        metrics = {}
+        for key in NCU_METRICS:
+            value = row.get(key, "").replace(",", "").strip()
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                continue
+        kernels.append({"name": name, "metrics": metrics})
+    return kernels
+
+
+def triton_kernel_metadata(module, kernel_names: list[str]) -> list[dict]:
+    """Registers, spills and shared memory of each compiled Triton kernel of the candidate."""
+    found = []
+    for name in kernel_names:
+        fn = getattr(module, name, None)
+        while fn is not None and not hasattr(fn, "device_caches") and not hasattr(fn, "cache") and hasattr(fn, "fn"):
+            fn = fn.fn
+        for compiled in _compiled_kernels(fn):
+            metadata = getattr(compiled, "metadata", None)
+            found.append(
+                {
+                    "name": name,
+                    "registers_per_thread": getattr(compiled, "n_regs", None),
+                    "spills": getattr(compiled, "n_spills", None),
+                    "shared_mem_bytes": getattr(metadata, "shared", None),
+                    "num_warps": getattr(metadata, "num_warps", None),
+                }
+            )
+    return found
+
+
+def _compiled_kernels(fn) -> list:
+    if fn is None:
+        return []
+    caches = getattr(fn, "device_caches", None)
+    if caches:
+        return [k for entry in caches.values() for k in entry[0].values()]
+    cache = getattr(fn, "cache", None)
+    if isinstance(cache, dict):
+        return [k for per_device in cache.values() for k in per_device.values()]
+    return []
+
+
+def run_profile_target(job: dict) -> dict:
+    """Worker side of an ncu run: one warm call, then one call inside the NVTX range."""
+    import torch
+
+    from forge.evaluator.harness import CandidateFailure, Harness
+
+    harness = Harness(job)
+    harness.setup()
+    try:
+        harness.load()
+        input_set = next(s for s in job["input_sets"] if s["name"] == job["profile_set"])
+        _, cand = harness.build_models(input_set)
+        inputs = harness.make_inputs(input_set, job["seeds"][0], 0)
+        harness.call_candidate(cand, inputs, "profiling warm-up")
+        torch.cuda.nvtx.range_push(NVTX_RANGE)
+        harness.call_candidate(cand, inputs, "profiled call")
+        torch.cuda.nvtx.range_pop()
+    except CandidateFailure as failure:
+        return {"error": failure.reason}
+    return {"error": ""}
+
+
+def profile_with_ncu(sandbox, payload: dict, timeout_s: float) -> dict:
+    """Run the candidate once under Nsight Compute in its own sandboxed process."""
+    from forge.sandbox.base import SandboxJob
+
+    with tempfile.TemporaryDirectory(prefix="forge-ncu-") as tmp:
+        log = Path(tmp) / "ncu.csv"
+        t0 = time.perf_counter()
+        outcome = sandbox.run(
+            SandboxJob(payload={**payload, "kind": "profile"}, timeout_s=timeout_s, gpu=True, argv_prefix=ncu_command(log))
+        )
+        text = log.read_text(errors="replace") if log.exists() else ""
+        seconds = time.perf_counter() - t0
+    kernels = parse_ncu_csv(text, payload["kernel_names"])
+    if outcome.timed_out:
+        note = f"ncu exceeded its {timeout_s:.0f} s limit"
+    elif not kernels:
+        tail = (outcome.stderr or outcome.stdout or text)[-600:]
+        note = f"ncu reported no candidate kernel: {tail.strip()}"
+    elif outcome.message and outcome.message.get("error"):
+        note = outcome.message["error"]
+    else:
+        note = ""
+    return {"kernels": kernels, "note": note, "seconds": seconds}

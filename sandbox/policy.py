@@ -1,0 +1,224 @@
+"""OS-level containment applied around a worker: rlimits, a private network namespace, dropped
+privileges (host side, before exec), and a Landlock write-restriction (worker side, before any
+candidate code is imported).
+
+Each measure is best-effort where the kernel or the privileges do not allow it, and what was
+actually applied is reported in `SandboxInfo`, never silently assumed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import struct
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+CLONE_NEWNET = 0x40000000
+NOBODY = 65534
+
+
+class SandboxConfig(BaseModel):
+    """Containment settings of the sandbox backends."""
+
+    isolate_network: bool = True
+    """Run the worker in a fresh network namespace (needs root or user namespaces)."""
+
+    drop_privileges: bool = True
+    """When started as root, run the worker as uid/gid 65534 so per-user process limits apply."""
+
+    restrict_writes: bool = True
+    """Landlock: the worker may write only its private directory, caches and /dev."""
+
+    max_processes: int = 4096
+    """RLIMIT_NPROC for the worker's user (threads count too: CUDA and torch start many)."""
+
+    max_file_bytes: int = 4 << 30
+    """RLIMIT_FSIZE: the largest file the worker may write."""
+
+    max_open_files: int = 4096
+    """RLIMIT_NOFILE."""
+
+    docker_image: str = "forge-sandbox:latest"
+    """Image of the docker backend (`forge sandbox image` builds it without a registry)."""
+
+    docker_memory: str = "16g"
+    """Memory limit of the docker backend's container."""
+
+    docker_pids: int = 4096
+    """pids limit of the docker backend's container."""
+
+    extra_env: dict[str, str] = Field(default_factory=dict)
+    """Variables added to the scrubbed environment (never secrets)."""
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+@cache
+def network_namespace_available() -> bool:
+    probe = (
+        "import ctypes,sys;"
+        f"sys.exit(0 if ctypes.CDLL(None, use_errno=True).unshare({CLONE_NEWNET}) == 0 else 1)"
+    )
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def world_traversable(path: str) -> bool:
+    """Whether uid 65534 could run the interpreter at `path` (every parent must be o+x)."""
+    current = Path(path).resolve()
+    return all(os.stat(p).st_mode & 0o001 for p in [current, *current.parents])
+
+
+class PidsCgroup:
+    """A pids cgroup capping the worker's process tree (fork bombs), as root, where rlimits do
+    not bind. cgroup v1 (`/sys/fs/cgroup/pids`) or v2 with the pids controller enabled."""
+
+    ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def create(cls, name: str, limit: int) -> PidsCgroup | None:
+        if not running_as_root():
+            return None
+        for root in cls.ROOTS:
+            if not (root / "cgroup.procs").exists():
+                continue
+            if root.name == "cgroup" and "pids" not in _read(root / "cgroup.subtree_control"):
+                continue
+            path = root / name
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(limit))
+            except OSError:
+                continue
+            return cls(path)
+        return None
+
+    def enter(self) -> None:
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def kill_all(self) -> None:
+        for _ in range(20):
+            pids = _read(self.path / "cgroup.procs").split()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+
+    def remove(self) -> None:
+        self.kill_all()
+        try:
+            self.path.rmdir()
+        except OSError:
+            time.sleep(0.2)
+            self.path.rmdir()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def preexec(config: SandboxConfig, isolate_network: bool, drop: bool, cgroup: PidsCgroup | None):
+    """The function the child runs between fork and exec (no Python threads there)."""
+
+    def apply() -> None:
+        if cgroup is not None:
+            cgroup.enter()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (config.max_file_bytes, config.max_file_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (config.max_open_files, config.max_open_files))
+        resource.setrlimit(resource.RLIMIT_NPROC, (config.max_processes, config.max_processes))
+        if isolate_network and ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+            os._exit(97)
+        if drop:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+
+    return apply
+
+
+# Landlock (Linux >= 5.13). Constants from include/uapi/linux/landlock.h.
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_FS_WRITE_RIGHTS_V1 = sum(1 << b for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+_FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
+
+
+def landlock_abi() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return max(version, 0)
+
+
+def restrict_writes(writable: list[str]) -> dict[str, bool]:
+    """Forbid writes outside `writable` (and TCP connect/bind when the ABI allows) for this
+    process and its children. Returns what was applied."""
+    abi = landlock_abi()
+    if abi < 1:
+        return {"filesystem": False, "network": False}
+    fs_rights = _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0
+    if abi >= 6:
+        attr = struct.pack("QQQ", fs_rights, net_rights, 0)
+    elif abi >= 4:
+        attr = struct.pack("QQ", fs_rights, net_rights)
+    else:
+        attr = struct.pack("Q", fs_rights)
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for path in writable:
+            if not Path(path).exists():
+                continue
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", fs_rights, fd), 12)
+                if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, ctypes.c_uint32(0)) != 0:
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+            finally:
+                os.close(fd)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+    return {"filesystem": True, "network": net_rights != 0}
+
+
+def cache_environment(cache_dir: Path, workdir: Path) -> dict[str, str]:
+    """Point every compiler cache at `cache_dir` and every scratch location at `workdir`."""
+    return {
+        "HOME": str(workdir),
+        "TMPDIR": str(workdir),
+        "XDG_CACHE_HOME": str(cache_dir / "xdg"),
+        "TRITON_CACHE_DIR": str(cache_dir / "triton"),
+        "TORCH_EXTENSIONS_DIR": str(cache_dir / "torch_extensions"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / "inductor"),
+        "CUPY_CACHE_DIR": str(cache_dir / "cupy"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }

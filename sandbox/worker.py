@@ -1,0 +1,101 @@
+"""The sandboxed side of a job: `python -P -m forge.sandbox.worker`.
+
+Reads `{"token", "channel", "writable", "restrict_writes", "job"}` as JSON on stdin, restricts
+itself, runs the job and writes exactly one framed message to the channel. It leaves with
+`os._exit` so that nothing the candidate registered (atexit, finalizers) runs after the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+
+from forge.sandbox.base import encode_message
+from forge.sandbox.policy import restrict_writes
+
+
+def _channel_writer(channel: dict) -> Callable[[bytes], None]:
+    if channel["kind"] == "fd":
+        fd = channel["fd"]
+
+        def write_fd(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.close(fd)
+
+        return write_fd
+    path = channel["path"]
+
+    def write_file(data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+
+    return write_file
+
+
+def probe(job: dict) -> dict:
+    """Facts about the sandbox as seen from inside (used by the sandbox's own tests)."""
+    facts: dict = {
+        "uid": os.getuid(),
+        "cwd": os.getcwd(),
+        "env": sorted(os.environ),
+        "secret_values_seen": [v for v in job.get("look_for", []) if v in "".join(os.environ.values())],
+    }
+    try:
+        with socket.create_connection((job.get("host", "127.0.0.1"), job.get("port", 9)), timeout=2):
+            facts["network"] = "connected"
+    except OSError as exc:
+        facts["network"] = f"blocked: {exc.__class__.__name__}"
+    target = job.get("write_outside")
+    if target:
+        try:
+            with open(target, "w") as f:
+                f.write("escaped")
+            facts["write_outside"] = "written"
+        except OSError as exc:
+            facts["write_outside"] = f"blocked: {exc.__class__.__name__}"
+    return facts
+
+
+def run(job: dict) -> dict:
+    kind = job["kind"]
+    if kind == "probe":
+        return probe(job)
+    if kind == "evaluate":
+        from forge.evaluator.harness import run_evaluation
+
+        return run_evaluation(job)
+    if kind == "profile":
+        from forge.evaluator.profiling import run_profile_target
+
+        return run_profile_target(job)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.buffer.read())
+    write = _channel_writer(spec["channel"])
+    token = spec["token"]
+    applied = {"filesystem": False, "network": False}
+    if spec.get("restrict_writes", True):
+        applied = restrict_writes(spec.get("writable", []))
+    job = spec["job"]
+    del spec
+    try:
+        payload = run(job)
+    except Exception as exc:  # noqa: BLE001 - the worker's last line of defence: any error becomes data
+        payload = {"worker_error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc()}
+    payload["sandbox"] = applied
+    write(encode_message(token, payload))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
