@@ -70,15 +70,21 @@ def _session_of(pid: int) -> int | None:
     return int(fields[3])
 
 
+def _worker_paths() -> list[str]:
+    """What uid 65534 must be able to read to start the worker: interpreter and packages."""
+    import importlib.util
+
+    specs = [importlib.util.find_spec(name) for name in ("forge", "pydantic", "torch")]
+    return [sys.executable, *(os.path.dirname(s.origin) for s in specs if s and s.origin)]
+
+
 class LocalSandbox:
     name = "local"
 
     def __init__(self, config: SandboxConfig | None = None, cache_dir: Path | None = None):
         self.config = config or SandboxConfig()
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
-        self.drop = (
-            self.config.drop_privileges and running_as_root() and world_traversable(sys.executable)
-        )
+        self.drop = self.config.drop_privileges and running_as_root() and all(map(world_traversable, _worker_paths()))
         self.isolate_network = self.config.isolate_network and network_namespace_available()
 
     def _prepare_dir(self, path: Path) -> None:

@@ -1,0 +1,161 @@
+"""`forge optimize`: run (or resume) the Coder/Judge loop on one operator, with live progress."""
+
+from __future__ import annotations
+
+import threading
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STATUS_COLOURS = {"correct": "green", "compiled": "cyan", "incorrect": "red", "rejected": "magenta"}
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+
+
+class Backend(str, Enum):
+    triton = "triton"
+    cuda = "cuda"
+
+
+class Device(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "n/a"
+
+
+class Progress:
+    """One line per step of the loop, printed as it happens."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.lock = threading.Lock()
+
+    def __call__(self, event) -> None:  # noqa: ANN001 (forge.agents.loop.Event)
+        head = escape(f"[t{event.trajectory} r{event.round}]") + (" (replayed)" if event.replayed else "")
+        totals = f"best {_x(event.best_speedup)} | {event.tokens / 1000:.1f}k tokens | ${event.cost_usd:.4f}"
+        detail = escape(event.detail)
+        if event.kind == "plan":
+            line = f"{head} judge: {detail[:110]}"
+        elif event.kind == "unusable":
+            line = f"{head} [yellow]unusable answer[/]: {detail}"
+        elif event.kind == "candidate":
+            line = f"{head} candidate {event.candidate_id} written, evaluating ..."
+        elif event.kind == "evaluated":
+            colour = STATUS_COLOURS.get(event.status, "yellow")
+            speed = f" {_x(event.speedup)} vs eager" if event.speedup is not None else ""
+            line = f"{head} candidate {event.candidate_id}: [{colour}]{event.status}[/]{speed}   {totals}"
+        else:
+            line = f"{head} trajectory {event.trajectory} stopped: {detail}   {totals}"
+        with self.lock:
+            self.console.print(line)
+
+
+def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.Outcome)
+    table = Table(title=f"run {outcome.run_id}: {outcome.status}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    not_timed = " (timings are not meaningful on cpu)" if device == "cpu" else ""
+    best = outcome.best_candidate_id
+    table.add_row("best candidate", f"{best}   (forge show cand:{best})" if best else "none passed verification")
+    table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed)
+    table.add_row("speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed)
+    table.add_row("candidates", str(outcome.candidates))
+    table.add_row("tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion")
+    table.add_row("cost", f"${outcome.cost_usd:.4f}")
+    for index, stop in sorted(outcome.stops.items()):
+        table.add_row(f"trajectory {index}", stop)
+    if outcome.error:
+        table.add_row("error", outcome.error)
+    return table
+
+
+def optimize(
+    op: Annotated[str | None, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")] = None,
+    backend: Annotated[Backend, typer.Option(help="kernel backend the Coder writes")] = Backend.triton,
+    model: Annotated[str | None, typer.Option(help="LLM for Coder and Judge (litellm string, or scripted:FILE); default $FORGE_MODEL")] = None,
+    coder_model: Annotated[str | None, typer.Option(help="LLM for the Coder (overrides --model)")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="LLM for the Judge (overrides --model)")] = None,
+    api_base: Annotated[str | None, typer.Option(help="base URL of an OpenAI-compatible server")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="rounds per trajectory, round 0 included")] = 8,
+    width: Annotated[int, typer.Option(min=1, help="independent trajectories run at once")] = 1,
+    budget_usd: Annotated[float | None, typer.Option(min=0.0, help="stop once the LLM cost reaches this many dollars")] = None,
+    time_limit: Annotated[float | None, typer.Option(min=0.0, help="stop starting rounds after this many seconds")] = None,
+    patience: Annotated[int, typer.Option(min=0, help="stop a trajectory after N rounds without a new best (0: never)")] = 4,
+    device: Annotated[Device, typer.Option(help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter")] = Device.cuda,
+    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)")] = None,
+    resume: Annotated[int | None, typer.Option(help="continue the stored run with this id (its problem and settings)")] = None,
+) -> None:
+    """Search for a faster, verified kernel for an operator with a Coder and a Judge LLM."""
+    from forge.agents import loop
+    from forge.agents.coder import detect_gpu
+    from forge.agents.errors import ResumeError
+    from forge.agents.interfaces import LLMOptions
+    from forge.agents.llm import NoModelConfigured, ScriptError, get_model, resolve_models
+    from forge.db.store import RecordNotFound, RunStore
+    from forge.evaluator.config import EvalConfig
+    from forge.evaluator.problem import ProblemError, resolve_problem
+
+    if (op is None) == (resume is None):
+        fail("give an operator (or problem file) to optimize, or --resume RUN to continue a run, not both")
+    try:
+        if resume is None:
+            coder_name, judge_name = resolve_models(model, coder_model, judge_model)
+            problem = resolve_problem(op)
+            problem.sets_for(device.value)
+        store = RunStore(db)
+        if resume is not None:
+            run = store.get_run(resume)
+            coder_name = coder_model or model or run.coder_model
+            judge_name = judge_model or model or run.judge_model
+            device = Device(run.device)
+        coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
+    except (NoModelConfigured, ProblemError, ScriptError, RecordNotFound) as exc:
+        fail(str(exc))
+    gpu = detect_gpu() if device is Device.cuda else None
+    progress = Progress(console)
+    try:
+        if resume is None:
+            options = LLMOptions(api_base=api_base)
+            config = loop.LoopConfig(
+                backend=backend.value,
+                rounds=rounds,
+                width=width,
+                budget_usd=budget_usd or None,
+                time_limit_s=time_limit or None,
+                patience=patience or None,
+                coder=options,
+                judge=options.model_copy(update={"temperature": 0.0, "max_tokens": 2048}),
+                evaluation=EvalConfig(device=device.value, backend=backend.value),
+            )
+            runner = loop.start(problem, config, coder_llm, judge_llm, store, gpu=gpu, on_event=progress)
+        else:
+            runner = loop.resume(resume, coder_llm, judge_llm, store, gpu=gpu, on_event=progress)
+    except ResumeError as exc:
+        fail(str(exc))
+    console.print(
+        f"run {runner.run_id}: {runner.problem.name} ({runner.config.backend}, {runner.config.evaluation.device}), "
+        f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, {runner.config.rounds} rounds x {runner.config.width}"
+    )
+    outcome = runner.run()
+    console.print(summary(outcome, runner.config.evaluation.device))
+    if outcome.status != "finished":
+        err.print(f"run {outcome.run_id} {outcome.status}: continue with `forge optimize --resume {outcome.run_id}`")
+    raise typer.Exit(EXIT_CODES[outcome.status])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("optimize")(optimize)

@@ -1,0 +1,95 @@
+"""`forge eval` and `forge ops` from the command line: verdicts, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LEGIT_SOFTMAX = FIXTURES / "legit" / "triton_softmax.py"
+
+
+def forge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "forge.cli.main", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_ops_lists_the_catalogue():
+    out = forge("ops")
+    assert out.returncode == 0, out.stderr
+    for op in ("softmax", "layer_norm", "rms_norm", "conv2d", "sdpa"):
+        assert op in out.stdout
+
+
+def test_eval_cpu_json_is_a_correct_evalresult():
+    out = forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--json")
+    assert out.returncode == 0, out.stderr + out.stdout
+    result = json.loads(out.stdout)
+    assert result["status"] == "correct"
+    assert result["timing_meaningful"] is False
+    assert {c["input_set"] for c in result["checks"]} == {"tiny", "odd"}
+    assert len({c["seed_index"] for c in result["checks"]}) >= 3
+    assert result["kernels_seen"] == ["_softmax_kernel"]
+
+
+def test_eval_cpu_readable_summary():
+    out = forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "correct" in out.stdout and "not meaningful" in out.stdout
+
+
+def _one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("problem", "needles"),
+    [
+        (str(FIXTURES / "bad" / "no_model_problem.py"), ("class Model", "get_inputs")),
+        (str(FIXTURES / "bad" / "no_get_inputs_problem.py"), ("get_inputs()",)),
+        ("softmaxx", ("forge ops",)),
+    ],
+)
+def test_bad_problem_is_a_one_line_error(problem, needles):
+    _one_line_error(forge("eval", problem, str(LEGIT_SOFTMAX), "--device", "cpu"), *needles)
+
+
+def test_missing_candidate_file_is_a_one_line_error():
+    _one_line_error(forge("eval", "softmax", "nope.py", "--device", "cpu"), "does not exist")
+
+
+def test_bad_override_is_a_one_line_error():
+    _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--set", "rows=3"), "--set rows", "batch_size, dim")
+
+
+def test_too_few_trials_is_a_one_line_error():
+    _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--trials", "5"), "--trials")
+
+
+def test_device_cuda_without_gpu_is_a_one_line_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the error path cannot be exercised here")
+    _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cuda"), "--device cpu")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "status", "needle"),
+    [
+        ("no_modelnew.py", "rejected", "ModelNew"),
+        ("syntax_error.py", "compile_error", "syntax error"),
+        ("wrong_constructor.py", "rejected", "__init__"),
+    ],
+)
+def test_bad_candidates_get_a_verdict_naming_the_problem(candidate, status, needle):
+    out = forge("eval", "softmax", str(FIXTURES / "bad" / candidate), "--device", "cpu", "--json")
+    assert out.returncode == 1, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == status
+    assert needle in result["reasons"][0]
