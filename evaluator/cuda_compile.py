@@ -8,9 +8,9 @@ A CUDA candidate carries its kernels as Python string constants, in one of two f
   load_inline compiles its `cuda.cu`: the same three prepended includes, nvcc with torch's
   include paths, defines and `COMMON_NVCC_FLAGS`, `-c` to an object (no link, no import).
 - `raw`: NVRTC sources for `cupy.RawModule(code=...)` / `cupy.RawKernel(code, name)`. Compiled
-  with `nvcc --cubin` (default) or with the NVRTC library itself (`raw_compiler="nvrtc"`,
-  exactly what cupy runs, so a missing header or an undefined host macro such as INFINITY is
-  caught; nvcc force-includes cuda_runtime.h and would accept both). Options follow cupy 14:
+  with `nvcc --cubin` (default) or with the NVRTC library itself (`raw_compiler="nvrtc"`, the
+  compiler cupy runs, so a missing header or an undefined host macro such as INFINITY is
+  caught; nvcc force-includes cuda_runtime.h and accepts both). Options follow cupy 14:
   the candidate's literal `options`, `-std=c++14` when they name no standard, then `-ftz=true`.
 
 Nothing of the candidate is executed: the sources are read with `ast`. A string is a CUDA
@@ -32,7 +32,8 @@ defines `C10_CUDA_BUILD_SHARED_LIBS` (Windows dllexport), so inline sources are 
 includes `ATen/cuda/CUDAContext.h` additionally needs the cuBLAS/cuSPARSE/cuSOLVER headers of a
 full CUDA toolkit; where the toolkit lacks them, pass their directories in `include_dirs`
 (e.g. from the nvidia-cublas / nvidia-cusparse / nvidia-cusolver wheels) or the compile fails
-with nvcc's "cannot open source file" error, which the report marks as `host_missing_header`.
+with "cusparse.h: No such file or directory", which the report marks as `host_missing_header`
+(a fact about the host, not about the candidate).
 """
 
 from __future__ import annotations
@@ -74,10 +75,21 @@ CUPY_APPENDED_OPTIONS = ("-ftz=true",)
 # one of them is missing the host is incomplete, not the candidate wrong.
 TOOLKIT_LIBRARY_HEADERS = frozenset(
     {
-        "cublas_v2.h", "cublas.h", "cublasLt.h", "cusparse.h", "cusolverDn.h", "cusolverSp.h",
-        "curand.h", "curand_kernel.h", "cufft.h", "cudnn.h", "nccl.h", "cudss.h", "nvToolsExt.h",
+        "cublas_v2.h",
+        "cublas.h",
+        "cublasLt.h",
+        "cusparse.h",
+        "cusolverDn.h",
+        "cusolverSp.h",
+        "curand.h",
+        "curand_kernel.h",
+        "cufft.h",
+        "cudnn.h",
+        "nccl.h",
+        "cudss.h",
+        "nvToolsExt.h",
     }
-)  # fmt: skip
+)
 
 # nvcc options that mean the same to nvcc and NVRTC and matter for whether code compiles; other
 # options of the candidate are not passed to nvcc (listed in the source's warnings instead)
@@ -94,9 +106,18 @@ _INLINE_MARKERS = re.compile(
 )
 _GLOBAL = re.compile(r"\b__global__\b")
 _ATTRIBUTES_WITH_ARGS = frozenset(
-    {"__launch_bounds__", "__cluster_dims__", "__maxnreg__", "__attribute__", "__declspec", "alignas"}
+    {
+        "__launch_bounds__",
+        "__cluster_dims__",
+        "__maxnreg__",
+        "__attribute__",
+        "__declspec",
+        "alignas",
+    }
 )
-_MISSING_HEADER = re.compile(r'cannot open source file "([^"]+)"|fatal error: ([^:\s]+): No such file')
+_MISSING_HEADER = re.compile(
+    r'cannot open source file "([^"]+)"|fatal error: ([^:\s]+): No such file'
+)
 
 
 class CudaToolchainError(RuntimeError):
@@ -135,8 +156,9 @@ class SourceCompile(BaseModel):
     log: str = Field(description="compiler output, truncated to LOG_LIMIT characters")
     timed_out: bool = False
     host_missing_header: str = Field(
-        "", description="a CUDA-toolkit library header this host lacks (the failure says nothing "
-        "about the candidate)"
+        "",
+        description="a CUDA-toolkit library header this host lacks (the failure says nothing "
+        "about the candidate)",
     )
     kernels: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
@@ -182,7 +204,9 @@ def _strip_comments_and_directives(code: str) -> str:
         text = m.group(0)
         return _blank(m) if text.startswith("/") else text
 
-    code = re.sub(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', repl, code, flags=re.S)
+    code = re.sub(
+        r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', repl, code, flags=re.S
+    )
     return re.sub(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", _blank, code, flags=re.M)
 
 
@@ -249,9 +273,15 @@ def kernel_decls(code: str) -> list[KernelDecl]:
         name = _kernel_name_after(text, m.end())
         if not name:
             continue
-        head_start = max(text.rfind(";", 0, m.start()), text.rfind("}", 0, m.start()), text.rfind("{", 0, m.start()))
+        head_start = max(
+            text.rfind(";", 0, m.start()),
+            text.rfind("}", 0, m.start()),
+            text.rfind("{", 0, m.start()),
+        )
         head = text[head_start + 1 : m.start()]
-        extern_c = bool(re.search(r'\bextern\s*"C"', head)) or any(a < m.start() < b for a, b in blocks)
+        extern_c = bool(re.search(r'\bextern\s*"C"', head)) or any(
+            a < m.start() < b for a, b in blocks
+        )
         template = bool(re.search(r"\btemplate\s*<", head))
         if name in decls:
             decls[name].extern_c |= extern_c
@@ -309,9 +339,17 @@ class _Resolver:
     def __init__(self, tree: ast.Module):
         self.env: dict[str, ast.expr] = {}
         for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
                 self.env[node.targets[0].id] = node.value
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            elif (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.value is not None
+            ):
                 self.env[node.target.id] = node.value
 
     def strings(self, expr: ast.expr, depth: int = 0) -> _Resolved:
@@ -326,7 +364,9 @@ class _Resolver:
             left, right = self.strings(expr.left, depth + 1), self.strings(expr.right, depth + 1)
             if len(left.parts) != 1 or len(right.parts) != 1:
                 raise _Unresolvable("`+` of lists")
-            return _Resolved([left.parts[0] + right.parts[0]], left.constants + right.constants, joinable=False)
+            return _Resolved(
+                [left.parts[0] + right.parts[0]], left.constants + right.constants, joinable=False
+            )
         if isinstance(expr, ast.List | ast.Tuple):
             out = _Resolved([], [])
             for element in expr.elts:
@@ -335,7 +375,11 @@ class _Resolver:
                 out.constants.extend(got.constants)
             out.joinable = len(expr.elts) == 1
             return out
-        kind = "an f-string" if isinstance(expr, ast.JoinedStr) else f"a {type(expr).__name__} expression"
+        kind = (
+            "an f-string"
+            if isinstance(expr, ast.JoinedStr)
+            else f"a {type(expr).__name__} expression"
+        )
         raise _Unresolvable(kind)
 
     def literal_options(self, expr: ast.expr | None) -> list[str] | None:
@@ -354,7 +398,10 @@ class _Resolver:
 def _docstring_nodes(tree: ast.Module) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+        ):
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 ids.add(id(first.value))
@@ -363,9 +410,17 @@ def _docstring_nodes(tree: ast.Module) -> set[int]:
 
 def _label_of(constant: ast.Constant, tree: ast.Module, index: int) -> str:
     for node in tree.body:
-        if isinstance(node, ast.Assign) and node.value is constant and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and node.value is constant
+            and isinstance(node.targets[0], ast.Name)
+        ):
             return node.targets[0].id
-        if isinstance(node, ast.AnnAssign) and node.value is constant and isinstance(node.target, ast.Name):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and node.value is constant
+            and isinstance(node.target, ast.Name)
+        ):
             return node.target.id
     return f"source_{index}"
 
@@ -409,7 +464,9 @@ def _make_source(
     if not decls:
         source.warnings.append("no __global__ function could be named in this source")
     if options is None:
-        source.warnings.append("compiler options are not a literal tuple/list: compiled without them")
+        source.warnings.append(
+            "compiler options are not a literal tuple/list: compiled without them"
+        )
     if kind == "raw" and not mangled_ok:
         for d in decls:
             if not d.extern_c and not d.template:
@@ -437,17 +494,25 @@ def _scan(candidate: str) -> _Scan:
         try:
             got = resolver.strings(expr)
         except _Unresolvable as exc:
-            if any(isinstance(n, ast.Constant) and isinstance(n.value, str) and "__global__" in n.value for n in ast.walk(expr)):
+            if any(
+                isinstance(n, ast.Constant) and isinstance(n.value, str) and "__global__" in n.value
+                for n in ast.walk(expr)
+            ):
                 scan.problems.append(
                     f"line {lineno}: {what} is {exc}, not a string constant: it cannot be compiled "
                     "without running the candidate (write the CUDA source as a plain string literal)"
                 )
                 consumed.update(id(n) for n in ast.walk(expr))
             return None
+        if got.constants and all(id(c) in consumed for c in got.constants):
+            return None  # the same source passed to a second call: compiled once
         consumed.update(id(c) for c in got.constants)
         return got
 
-    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    calls = sorted(
+        (n for n in ast.walk(tree) if isinstance(n, ast.Call)),
+        key=lambda n: (n.lineno, n.col_offset),
+    )
     for call in calls:
         name = _call_name(call.func)
         if name == "load_inline":
@@ -461,18 +526,35 @@ def _scan(candidate: str) -> _Scan:
             if got is not None and got.parts:
                 options = resolver.literal_options(_arg(call, "extra_cuda_cflags", None))
                 scan.sources.append(
-                    _make_source("inline", got, f"load_inline(cuda_sources=...) at line {call.lineno}",
-                                 options, tree, candidate, len(scan.sources))
-                )  # fmt: skip
+                    _make_source(
+                        "inline",
+                        got,
+                        f"load_inline(cuda_sources=...) at line {call.lineno}",
+                        options,
+                        tree,
+                        candidate,
+                        len(scan.sources),
+                    )
+                )
         elif name in ("RawModule", "RawKernel"):
             got = take(_arg(call, "code", 0), f"{name}'s code", call.lineno)
             if got is not None and got.parts:
-                options = resolver.literal_options(_arg(call, "options", None if name == "RawModule" else 2))
+                options = resolver.literal_options(
+                    _arg(call, "options", None if name == "RawModule" else 2)
+                )
                 mangled_ok = _arg(call, "name_expressions", None) is not None
                 scan.sources.append(
-                    _make_source("raw", got, f"{name}(code=...) at line {call.lineno}", options, tree,
-                                 candidate, len(scan.sources), mangled_ok)
-                )  # fmt: skip
+                    _make_source(
+                        "raw",
+                        got,
+                        f"{name}(code=...) at line {call.lineno}",
+                        options,
+                        tree,
+                        candidate,
+                        len(scan.sources),
+                        mangled_ok,
+                    )
+                )
                 kernel = _arg(call, "name", None if name == "RawModule" else 1)
                 if isinstance(kernel, ast.Constant) and isinstance(kernel.value, str):
                     get_function_names.append((kernel.value, call.lineno))
@@ -491,9 +573,16 @@ def _scan(candidate: str) -> _Scan:
             and id(node) not in docstrings
         ):
             scan.sources.append(
-                _make_source(_classify(node.value), _Resolved([node.value], [node]), "content", [], tree,
-                             candidate, len(scan.sources))
-            )  # fmt: skip
+                _make_source(
+                    _classify(node.value),
+                    _Resolved([node.value], [node]),
+                    "content",
+                    [],
+                    tree,
+                    candidate,
+                    len(scan.sources),
+                )
+            )
 
     raw_names = {k for s in scan.sources if s.kind == "raw" for k in s.kernels}
     for kernel, lineno in get_function_names:
@@ -580,7 +669,12 @@ def _torch_build() -> _TorchBuild:
         # C10_CUDA_BUILD_SHARED_LIBS for Windows dllexport); this c10 switch skips including it
         "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
     ]
-    return _TorchBuild(includes=includes, defines=defines, nvcc_flags=list(cpp_extension.COMMON_NVCC_FLAGS), std=std)
+    return _TorchBuild(
+        includes=includes,
+        defines=defines,
+        nvcc_flags=list(cpp_extension.COMMON_NVCC_FLAGS),
+        std=std,
+    )
 
 
 def _run(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int | None, str, float]:
@@ -589,9 +683,15 @@ def _run(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int | None, str, 
     # nvcc's intermediates (and so its children's command lines) live in the work directory
     env = {**os.environ, "TMPDIR": str(cwd)}
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        errors="replace", start_new_session=True,
-    )  # fmt: skip
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=max(timeout_s, 0.1))
     except subprocess.TimeoutExpired:
@@ -621,7 +721,9 @@ def _find_nvrtc() -> Path:
     env = os.environ.get("FORGE_NVRTC_LIB")
     if env:
         if not Path(env).is_file():
-            raise CudaToolchainError(f"FORGE_NVRTC_LIB={env} does not exist: point it at libnvrtc.so")
+            raise CudaToolchainError(
+                f"FORGE_NVRTC_LIB={env} does not exist: point it at libnvrtc.so"
+            )
         return Path(env)
     candidates: list[Path] = []
     spec = importlib.util.find_spec("nvidia")
@@ -697,28 +799,60 @@ def _compile_one(
         path.write_text(INLINE_PRELUDE + directive + src.code + "\n")
         kept, dropped = _portable(src.options)
         has_std = any(re.match(r"-{1,2}std=", o) for o in kept)
-        cmd = [_nvcc(), "-c", "-x", "cu", f"-DTORCH_EXTENSION_NAME=forge_compile_check_{index}",
-               *build.defines,
-               *[f"-I{d}" for d in include_dirs], *[a for d in build.includes for a in ("-isystem", d)],
-               *build.nvcc_flags, f"-gencode=arch={compute},code={sm}", "--compiler-options", "-fPIC",
-               *([] if has_std else [f"-std={build.std}"]), *kept,
-               str(path), "-o", str(path.with_suffix(".o"))]  # fmt: skip
+        cmd = [
+            _nvcc(),
+            "-c",
+            "-x",
+            "cu",
+            f"-DTORCH_EXTENSION_NAME=forge_compile_check_{index}",
+            *build.defines,
+            *[f"-I{d}" for d in include_dirs],
+            *[a for d in build.includes for a in ("-isystem", d)],
+            *build.nvcc_flags,
+            f"-gencode=arch={compute},code={sm}",
+            "--compiler-options",
+            "-fPIC",
+            *([] if has_std else [f"-std={build.std}"]),
+            *kept,
+            str(path),
+            "-o",
+            str(path.with_suffix(".o")),
+        ]
         compiler: Literal["nvcc", "nvrtc"] = "nvcc"
     elif raw_compiler == "nvcc":
         path.write_text(directive + src.code + "\n")
         kept, dropped = _portable(_cupy_options(src.options))
-        cmd = [_nvcc(), "--cubin", f"-arch={sm}", *[f"-I{d}" for d in include_dirs], *kept,
-               str(path), "-o", str(path.with_suffix(".cubin"))]  # fmt: skip
+        cmd = [
+            _nvcc(),
+            "--cubin",
+            f"-arch={sm}",
+            *[f"-I{d}" for d in include_dirs],
+            *kept,
+            str(path),
+            "-o",
+            str(path.with_suffix(".cubin")),
+        ]
         compiler = "nvcc"
     else:
         path.write_text(directive + src.code + "\n")
         dropped = []
         options = _cupy_options(src.options)
-        cmd = [sys.executable, "-I", "-c", _NVRTC_SCRIPT, str(_find_nvrtc()), str(path), f"-arch={sm}",
-               *[f"-I{d}" for d in include_dirs], *options]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-I",
+            "-c",
+            _NVRTC_SCRIPT,
+            str(_find_nvrtc()),
+            str(path),
+            f"-arch={sm}",
+            *[f"-I{d}" for d in include_dirs],
+            *options,
+        ]
         compiler = "nvrtc"
     if dropped:
-        warnings.append(f"options not passed to nvcc (NVRTC/cupy-specific or unknown): {' '.join(dropped)}")
+        warnings.append(
+            f"options not passed to nvcc (NVRTC/cupy-specific or unknown): {' '.join(dropped)}"
+        )
     code, out, seconds = _run(cmd, workdir, timeout_s)
     ok = code == 0
     missing = ""
@@ -729,7 +863,11 @@ def _compile_one(
                 missing = header
                 break
     shown = cmd if compiler == "nvcc" else ["nvrtc", str(path), *cmd[6:]]
-    log = out if code is not None else f"{out}\n{compiler} timed out after {seconds:.0f} s (limit {timeout_s:.0f} s)"
+    log = (
+        out
+        if code is not None
+        else f"{out}\n{compiler} timed out after {seconds:.0f} s (limit {timeout_s:.0f} s)"
+    )
     return SourceCompile(
         kind=src.kind,
         label=src.label,
@@ -766,7 +904,9 @@ def compile_cuda(
     _arch_flags(arch)  # validate before doing anything
     start = time.perf_counter()
     scan = _scan(candidate_source)
-    report = CudaCompileReport(ok=False, seconds=0.0, arch=arch, kernel_names=_names_in_sources(scan.sources))
+    report = CudaCompileReport(
+        ok=False, seconds=0.0, arch=arch, kernel_names=_names_in_sources(scan.sources)
+    )
     errors = list(scan.problems)
     if not scan.sources:
         errors.append(
@@ -779,7 +919,9 @@ def compile_cuda(
         for index, src in enumerate(scan.sources):
             left = timeout_s - (time.perf_counter() - start)
             report.sources.append(
-                _compile_one(src, index, arch, root, left, filename, raw_compiler, list(include_dirs or []))
+                _compile_one(
+                    src, index, arch, root, left, filename, raw_compiler, list(include_dirs or [])
+                )
             )
     failed = [s for s in report.sources if not s.ok]
     for s in failed:
@@ -789,7 +931,10 @@ def compile_cuda(
                 "directory in include_dirs or compile on the GPU host (says nothing about the candidate)"
             )
         else:
-            errors.append(f"{s.label} (line {s.lineno}) did not compile" + (" (timed out)" if s.timed_out else ""))
+            errors.append(
+                f"{s.label} (line {s.lineno}) did not compile"
+                + (" (timed out)" if s.timed_out else "")
+            )
     report.ok = bool(report.sources) and not errors
     report.error = "; ".join(errors)
     report.seconds = round(time.perf_counter() - start, 3)

@@ -18,8 +18,8 @@ class GpuCeilings(BaseModel):
 
 
 MEASURED = [
-    GpuCeilings(name="H200", bandwidth_bytes_s=4.25e12, fp32_flops_s=51e12, half_flops_s=679e12),
-    GpuCeilings(name="H100", bandwidth_bytes_s=3.0e12, fp32_flops_s=48e12, half_flops_s=600e12),
+    # bench/ceilings.py on the device machine, 2026-11-21 (docs/benchmarks.md).
+    GpuCeilings(name="H200", bandwidth_bytes_s=4.16e12, fp32_flops_s=50.8e12, half_flops_s=781e12),
 ]
 
 

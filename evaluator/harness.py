@@ -107,6 +107,7 @@ class Harness:
     def setup(self) -> None:
         if self.device == "cuda":
             if not torch.cuda.is_available():
+                torch.cuda.init()  # raises with the driver's reason
                 raise RuntimeError("--device cuda: no CUDA GPU is visible to the worker")
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False

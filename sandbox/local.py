@@ -78,6 +78,12 @@ def _worker_paths() -> list[str]:
     return [sys.executable, *(os.path.dirname(s.origin) for s in specs if s and s.origin)]
 
 
+def _gpu_devices_open_to_all() -> bool:
+    """uid 65534 can use the GPU only if the NVIDIA device files are read-write for others."""
+    devices = [p for p in Path("/dev").glob("nvidia*") if not p.is_dir()]
+    return bool(devices) and all(p.stat().st_mode & 0o006 == 0o006 for p in devices)
+
+
 class LocalSandbox:
     name = "local"
 
@@ -87,18 +93,19 @@ class LocalSandbox:
         self.drop = self.config.drop_privileges and running_as_root() and all(map(world_traversable, _worker_paths()))
         self.isolate_network = self.config.isolate_network and network_namespace_available()
 
-    def _prepare_dir(self, path: Path) -> None:
+    def _prepare_dir(self, path: Path, drop: bool) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        if self.drop:
+        if drop:
             os.chown(path, NOBODY, NOBODY)
 
     def run(self, job: SandboxJob) -> SandboxOutcome:
+        drop = self.drop and (not job.gpu or _gpu_devices_open_to_all())
         token = secrets.token_hex(16)
-        cache = self.cache_dir / (f"uid-{NOBODY}" if self.drop else f"uid-{os.geteuid()}")
-        self._prepare_dir(cache)
+        cache = self.cache_dir / (f"uid-{NOBODY}" if drop else f"uid-{os.geteuid()}")
+        self._prepare_dir(cache, drop)
         with tempfile.TemporaryDirectory(prefix="forge-job-") as tmp:
             workdir = Path(tmp)
-            self._prepare_dir(workdir)
+            self._prepare_dir(workdir, drop)
             env = {**scrubbed_environment(), **self.config.extra_env, **cache_environment(cache, workdir)}
             read_fd, write_fd = os.pipe()
             spec = {
@@ -108,7 +115,7 @@ class LocalSandbox:
                 "restrict_writes": self.config.restrict_writes,
                 "job": job.payload,
             }
-            cgroup = None if self.drop else PidsCgroup.create(f"forge-{token}", self.config.max_processes)
+            cgroup = None if drop else PidsCgroup.create(f"forge-{token}", self.config.max_processes)
             start = time.perf_counter()
             proc = subprocess.Popen(
                 [*job.argv_prefix, sys.executable, *WORKER],
@@ -119,7 +126,7 @@ class LocalSandbox:
                 env=env,
                 pass_fds=(write_fd,),
                 start_new_session=True,
-                preexec_fn=preexec(self.config, self.isolate_network, self.drop, cgroup),
+                preexec_fn=preexec(self.config, self.isolate_network, drop, cgroup),
             )
             os.close(write_fd)
             drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
@@ -163,7 +170,7 @@ class LocalSandbox:
                 network_isolated=self.isolate_network,
                 filesystem_restricted=bool(message and message.get("sandbox", {}).get("filesystem")),
                 killed_on_timeout=timed_out,
-                privileges_dropped=self.drop,
-                process_limit="cgroup" if cgroup is not None else ("rlimit" if self.drop or not running_as_root() else "none"),
+                privileges_dropped=drop,
+                process_limit="cgroup" if cgroup is not None else ("rlimit" if drop or not running_as_root() else "none"),
             ),
         )
