@@ -8,7 +8,9 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L; python3 --version; command -v ncu; ncu --version | tail -1; id; ls -ld "$PWD" / /root 2>&1 | head -3
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.version.cuda)"
 ls -l /dev/nvidia* | head; ls -ld /usr/local/cuda /usr/local/nvidia 2>&1
-python3 -c "import os; os.setgroups([]); os.setgid(65534); os.setuid(65534); import torch; torch.cuda.init(); print('nobody sees', torch.cuda.get_device_name())" 2>&1 | tail -2
+python3 bench/sandbox_gpu_diag.py | tee "$OUT/sandbox_diag.txt"
+eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+env | grep FORGE_SANDBOX
 for cand in ${CANDS:-triton_softmax cuda_nvrtc_softmax cuda_inline_softmax}; do
   timeout 300 python3 -m forge.cli.main eval softmax tests/fixtures/legit/$cand.py --json > "$OUT/$cand.json" 2> "$OUT/$cand.err"
   echo "== $cand rc=$?"; tail -5 "$OUT/$cand.err"

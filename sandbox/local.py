@@ -88,7 +88,7 @@ class LocalSandbox:
     name = "local"
 
     def __init__(self, config: SandboxConfig | None = None, cache_dir: Path | None = None):
-        self.config = config or SandboxConfig()
+        self.config = config or SandboxConfig.from_env()
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
         self.drop = self.config.drop_privileges and running_as_root() and all(map(world_traversable, _worker_paths()))
         self.isolate_network = self.config.isolate_network and network_namespace_available()

@@ -58,6 +58,17 @@ class SandboxConfig(BaseModel):
     """Variables added to the scrubbed environment (never secrets)."""
 
 
+    @classmethod
+    def from_env(cls) -> SandboxConfig:
+        """Defaults overridden by `FORGE_SANDBOX_<FIELD>` variables (e.g. FORGE_SANDBOX_ISOLATE_NETWORK=0)."""
+        values = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(f"FORGE_SANDBOX_{name.upper()}")
+            if raw is not None:
+                values[name] = raw
+        return cls.model_validate(values)
+
+
 def running_as_root() -> bool:
     return os.geteuid() == 0
 

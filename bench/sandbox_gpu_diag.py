@@ -1,0 +1,36 @@
+"""Which containment measure stops CUDA from initialising in the sandboxed worker?
+
+Starts `torch.cuda.init()` in a child under each measure alone and prints one line per measure,
+then the FORGE_SANDBOX_* settings that keep the GPU usable.
+"""
+
+import subprocess
+import sys
+
+from forge.sandbox.policy import SandboxConfig, preexec
+
+PROBE = "import torch; torch.cuda.init(); print('ok', torch.cuda.get_device_name())"
+LANDLOCK = "from forge.sandbox.policy import restrict_writes; restrict_writes(['/tmp', '/dev']);" + PROBE
+
+
+def attempt(label: str, code: str, **kwargs) -> bool:
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+    except PermissionError as exc:
+        print(f"{label:12s} FAILS {exc}")
+        return False
+    ok = p.returncode == 0
+    print(f"{label:12s} {'ok' if ok else 'FAILS'} {(p.stdout + p.stderr).strip().splitlines()[-1][:200] if (p.stdout + p.stderr).strip() else ''}")
+    return ok
+
+
+config = SandboxConfig()
+results = {
+    "plain": attempt("plain", PROBE),
+    "rlimits": attempt("rlimits", PROBE, preexec_fn=preexec(config, False, False, None)),
+    "netns": attempt("netns", PROBE, preexec_fn=preexec(config, True, False, None)),
+    "nobody": attempt("nobody", PROBE, preexec_fn=preexec(config, False, True, None)),
+    "landlock": attempt("landlock", LANDLOCK),
+}
+off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0"}
+print("export " + " ".join(v for k, v in off.items() if not results[k]))
