@@ -27,3 +27,7 @@ print("profile", p and p["tool"], p and p["note"][:300], p and [(k["name"][:40],
 print("stderr", r["stderr"][-800:])
 PY
 done
+if [ -n "${BENCH:-}" ] && grep -q '"status": "correct"' "$OUT/triton_softmax.json"; then
+  python3 bench/eval_latency.py --json "$OUT/eval_latency.json"
+  python3 bench/reproducibility.py --runs 5 --json "$OUT/reproducibility.json"
+fi

@@ -31,6 +31,7 @@ results = {
     "netns": attempt("netns", PROBE, preexec_fn=preexec(config, True, False, None)),
     "nobody": attempt("nobody", PROBE, preexec_fn=preexec(config, False, True, None)),
     "landlock": attempt("landlock", LANDLOCK),
+    "init+landlock": attempt("init+landlock", "import torch; torch.cuda.init(); torch.empty(1, device='cuda');" + LANDLOCK),
 }
-off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0"}
+off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "init+landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0"}
 print("export " + " ".join(v for k, v in off.items() if not results[k]))

@@ -71,6 +71,14 @@ def time_input_set(harness, input_set: dict) -> dict:
     samples = {k: {"event_ms": [], "host_ms": []} for k in impls}
     l2_reset = reset_persisting_l2()
     with torch.no_grad():
+        if "compiled" in impls:
+            # torch.compile rebinds nn.Module methods when it first runs: verify the candidate left
+            # everything intact, let the baseline compile, then snapshot the new identities.
+            harness._after_candidate_code(f"calls before timing '{name}'")
+            for _ in range(job["warmup"]):
+                impls["compiled"](*warm)
+            torch.cuda.synchronize()
+            harness.identity.take()
         for _ in range(job["warmup"]):
             for key, fn in impls.items():
                 if key == "candidate":

@@ -62,6 +62,15 @@ def probe(job: dict) -> dict:
     return facts
 
 
+def _open_gpu() -> None:
+    """Initialise CUDA before Landlock: the driver's start-up needs writes that Landlock forbids
+    (seen on an H200 host: error 304); once its device files are open, kernels run restricted."""
+    import torch
+
+    torch.cuda.init()
+    torch.empty(1, device="cuda")
+
+
 def run(job: dict) -> dict:
     kind = job["kind"]
     if kind == "probe":
@@ -82,9 +91,11 @@ def main() -> None:
     write = _channel_writer(spec["channel"])
     token = spec["token"]
     applied = {"filesystem": False, "network": False}
+    job = spec["job"]
+    if job.get("device") == "cuda":
+        _open_gpu()
     if spec.get("restrict_writes", True):
         applied = restrict_writes(spec.get("writable", []))
-    job = spec["job"]
     del spec
     try:
         payload = run(job)
