@@ -10,7 +10,6 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 ls -l /dev/nvidia* | head; ls -ld /usr/local/cuda /usr/local/nvidia 2>&1
 python3 bench/sandbox_gpu_diag.py | tee "$OUT/sandbox_diag.txt"
 eval "$(tail -1 "$OUT/sandbox_diag.txt")"
-env | grep FORGE_SANDBOX
 for cand in ${CANDS:-triton_softmax cuda_nvrtc_softmax cuda_inline_softmax}; do
   timeout 300 python3 -m forge.cli.main eval softmax tests/fixtures/legit/$cand.py --json > "$OUT/$cand.json" 2> "$OUT/$cand.err"
   echo "== $cand rc=$?"; tail -5 "$OUT/$cand.err"

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import threading
 import time
 
 import torch
@@ -72,13 +73,14 @@ def time_input_set(harness, input_set: dict) -> dict:
     l2_reset = reset_persisting_l2()
     with torch.no_grad():
         if "compiled" in impls:
-            # torch.compile rebinds nn.Module methods when it first runs: verify the candidate left
-            # everything intact, let the baseline compile, then snapshot the new identities.
+            # torch.compile rebinds nn.Module methods and starts compile threads when it first runs:
+            # verify the candidate left everything intact, let the baseline compile, then re-snapshot.
             harness._after_candidate_code(f"calls before timing '{name}'")
             for _ in range(job["warmup"]):
                 impls["compiled"](*warm)
             torch.cuda.synchronize()
             harness.identity.take()
+            harness.threads_before = threading.active_count()
         for _ in range(job["warmup"]):
             for key, fn in impls.items():
                 if key == "candidate":
