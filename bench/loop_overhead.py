@@ -47,25 +47,92 @@ PLAN = {
 
 
 def _stats(ms: float) -> TimingStats:
-    return TimingStats(n=50, median_ms=ms, p20_ms=ms * 0.98, p80_ms=ms * 1.02, mean_ms=ms, cv=0.02, host_median_ms=ms)
+    return TimingStats(
+        n=50,
+        median_ms=ms,
+        p20_ms=ms * 0.98,
+        p80_ms=ms * 1.02,
+        mean_ms=ms,
+        cv=0.02,
+        host_median_ms=ms,
+    )
 
 
 def recorded_results(problem: Problem) -> list[EvalResult]:
     env = Environment(device="cuda", gpu_name="NVIDIA H200", arch="sm_90")
     checks = [
-        Check(input_set=s.name, seed_index=i, phase="before_reference", passed=True, max_abs_error=1e-7, max_rel_error=1e-6, mismatches=0, numel=1 << 20)
-        for s in problem.input_sets for i in range(3)
+        Check(
+            input_set=s.name,
+            seed_index=i,
+            phase="before_reference",
+            passed=True,
+            max_abs_error=1e-7,
+            max_rel_error=1e-6,
+            mismatches=0,
+            numel=1 << 20,
+        )
+        for s in problem.input_sets
+        for i in range(3)
     ]
-    wrong = checks[:-1] + [checks[-1].model_copy(update={"passed": False, "max_abs_error": 0.3, "mismatches": 4096, "first_bad_index": [0, 4096]})]
-    incorrect = EvalResult(status=Status.incorrect, reasons=["mismatch on input set 'large'"], problem=problem.name, backend="triton", environment=env, checks=wrong)
+    wrong = checks[:-1] + [
+        checks[-1].model_copy(
+            update={
+                "passed": False,
+                "max_abs_error": 0.3,
+                "mismatches": 4096,
+                "first_bad_index": [0, 4096],
+            }
+        )
+    ]
+    incorrect = EvalResult(
+        status=Status.incorrect,
+        reasons=["mismatch on input set 'large'"],
+        problem=problem.name,
+        backend="triton",
+        environment=env,
+        checks=wrong,
+    )
 
     def correct(speedup: float) -> EvalResult:
         timings = [
-            SetTiming(input_set=s.name, candidate=_stats(0.1 / speedup), eager=_stats(0.1), compiled=_stats(0.09), speedup_vs_eager=speedup, speedup_vs_compile=speedup / 1.1, floor_ms=0.05, roofline_fraction=0.5 * speedup)
+            SetTiming(
+                input_set=s.name,
+                candidate=_stats(0.1 / speedup),
+                eager=_stats(0.1),
+                compiled=_stats(0.09),
+                speedup_vs_eager=speedup,
+                speedup_vs_compile=speedup / 1.1,
+                floor_ms=0.05,
+                roofline_fraction=0.5 * speedup,
+            )
             for s in problem.input_sets
         ]
-        profile = Profile(tool="ncu", input_set="large", kernels=[KernelProfile(name="_softmax_row_kernel", duration_us=70.0, registers_per_thread=40, spills=0, shared_mem_bytes=0, metrics={"dram__throughput.avg.pct_of_peak_sustained_elapsed": 80.0})])
-        return EvalResult(status=Status.correct, problem=problem.name, backend="triton", environment=env, checks=checks, timings=timings, timing_meaningful=True, speedup_vs_eager=speedup, speedup_vs_compile=speedup / 1.1, profile=profile)
+        profile = Profile(
+            tool="ncu",
+            input_set="large",
+            kernels=[
+                KernelProfile(
+                    name="_softmax_row_kernel",
+                    duration_us=70.0,
+                    registers_per_thread=40,
+                    spills=0,
+                    shared_mem_bytes=0,
+                    metrics={"dram__throughput.avg.pct_of_peak_sustained_elapsed": 80.0},
+                )
+            ],
+        )
+        return EvalResult(
+            status=Status.correct,
+            problem=problem.name,
+            backend="triton",
+            environment=env,
+            checks=checks,
+            timings=timings,
+            timing_meaningful=True,
+            speedup_vs_eager=speedup,
+            speedup_vs_compile=speedup / 1.1,
+            profile=profile,
+        )
 
     return [incorrect, correct(1.1), correct(1.3), incorrect, correct(1.6)]
 
@@ -91,8 +158,17 @@ def measure(rounds: int, width: int, workdir: Path) -> dict:
     problem = resolve_problem("softmax")
     store = RunStore(f"sqlite:///{workdir / f'bench-{width}.db'}")
     name = script(workdir / f"script-{width}.json", rounds, width)
-    config = loop.LoopConfig(rounds=rounds, width=width, patience=None, evaluation=EvalConfig(device="cuda"))
-    runner = loop.start(problem, config, get_model(name, "coder"), get_model(name, "judge"), store, evaluator=RecordedEvaluator(recorded_results(problem)))
+    config = loop.LoopConfig(
+        rounds=rounds, width=width, patience=None, evaluation=EvalConfig(device="cuda")
+    )
+    runner = loop.start(
+        problem,
+        config,
+        get_model(name, "coder"),
+        get_model(name, "judge"),
+        store,
+        evaluator=RecordedEvaluator(recorded_results(problem)),
+    )
     started = time.perf_counter()
     outcome = runner.run()
     seconds = time.perf_counter() - started
@@ -118,15 +194,31 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
         rows = [measure(args.rounds, int(w), Path(tmp)) for w in args.widths.split(",")]
-    print(f"{'width':>5} {'rounds':>7} {'LLM calls':>9} {'seconds':>8} {'ms/round':>9} {'ms/round/trajectory':>20}")
+    print(
+        f"{'width':>5} {'rounds':>7} {'LLM calls':>9} {'seconds':>8} {'ms/round':>9} {'ms/round/trajectory':>20}"
+    )
     for r in rows:
-        print(f"{r['width']:>5} {r['rounds_played']:>7} {r['llm_calls']:>9} {r['seconds']:>8.2f} {r['ms_per_round']:>9.1f} {r['ms_per_round_per_trajectory']:>20.1f}")
+        print(
+            f"{r['width']:>5} {r['rounds_played']:>7} {r['llm_calls']:>9} {r['seconds']:>8.2f} {r['ms_per_round']:>9.1f} {r['ms_per_round_per_trajectory']:>20.1f}"
+        )
     worst = max(r["ms_per_round_per_trajectory"] for r in rows)
-    print(f"target < 200 ms per round: {'met' if worst < 200 else 'NOT met'} (worst {worst:.1f} ms)")
+    print(
+        f"target < 200 ms per round: {'met' if worst < 200 else 'NOT met'} (worst {worst:.1f} ms)"
+    )
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"date": date.today().isoformat(), "machine": platform.node(), "python": platform.python_version(), "rows": rows}, indent=2))
+        out.write_text(
+            json.dumps(
+                {
+                    "date": date.today().isoformat(),
+                    "machine": platform.node(),
+                    "python": platform.python_version(),
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

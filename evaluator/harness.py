@@ -86,7 +86,7 @@ class Harness:
 
     # ---- steps -----------------------------------------------------------------------------
     def run(self) -> dict:
-        t0 = time.perf_counter()
+        t0 = self.job.get("worker_started", time.perf_counter())
         self.setup()
         self.out["phase_seconds"]["startup"] = time.perf_counter() - t0
         try:
@@ -299,11 +299,10 @@ class Harness:
                 out = self.call_candidate(cand, inputs, f"forward on '{set_name}'")
             device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
             seen = sorted({e.name for e in device_events})
-            durations = self.out.setdefault("kernel_durations_us", {})
-            if not durations:
-                self.out["profiled_set"] = set_name
-                for e in device_events:
-                    durations[e.name] = durations.get(e.name, 0.0) + e.device_time
+            durations: dict[str, float] = {}
+            for e in device_events:
+                durations[e.name] = durations.get(e.name, 0.0) + e.device_time
+            self.out["kernel_durations_us"], self.out["profiled_set"] = durations, set_name
             self.out["kernels_seen"] = sorted(set(self.out["kernels_seen"]) | set(seen))
             ran = [k for k in seen if any(n in k for n in names)]
         else:

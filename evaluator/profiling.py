@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import tempfile
 import time
@@ -144,6 +145,7 @@ def profile_with_ncu(sandbox, payload: dict, timeout_s: float) -> dict:
     from forge.sandbox.base import SandboxJob
 
     with tempfile.TemporaryDirectory(prefix="forge-ncu-") as tmp:
+        os.chmod(tmp, 0o777)  # ncu runs as the sandbox's user, which may be uid 65534
         log = Path(tmp) / "ncu.csv"
         t0 = time.perf_counter()
         outcome = sandbox.run(

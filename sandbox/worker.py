@@ -7,7 +7,11 @@ itself, runs the job and writes exactly one framed message to the channel. It le
 
 from __future__ import annotations
 
-import json
+import time
+
+STARTED = time.perf_counter()
+
+import json  # noqa: E402 - STARTED must be taken before any import
 import os
 import socket
 import sys
@@ -91,7 +95,7 @@ def main() -> None:
     write = _channel_writer(spec["channel"])
     token = spec["token"]
     applied = {"filesystem": False, "network": False}
-    job = spec["job"]
+    job = {**spec["job"], "worker_started": STARTED}
     if job.get("device") == "cuda":
         _open_gpu()
     if spec.get("restrict_writes", True):

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Device run: eval latency (cold/warm), every legit candidate, then the GPU tests.
+set -u
+source bench/gpu_setup.sh || exit 1
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -c "import os,torch; print(torch.cuda.get_device_name())"
+python3 bench/sandbox_gpu_diag.py > "$OUT/sandbox_diag.txt"; eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+for step in ${STEPS:-latency sweep gputests}; do
+  case $step in
+    latency) python3 bench/eval_latency.py --json "$OUT/eval_latency.json" 2>&1 | grep -v Warn ;;
+    sweep) python3 bench/legit_sweep.py --json "$OUT/legit_sweep.json" ${SWEEP_ARGS:-} 2>&1 | grep -v Warn ;;
+    repro) python3 bench/reproducibility.py --runs 5 --json "$OUT/reproducibility.json" 2>&1 | grep -v Warn ;;
+    gputests) python3 -m pytest -m gpu -q -x -p no:cacheprovider ${GPU_TESTS:-tests} 2>&1 | tail -40 ;;
+  esac
+done
