@@ -5,7 +5,7 @@ source bench/gpu_setup.sh || exit 1
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -c "import os,torch; print(torch.cuda.get_device_name())"
-python3 bench/sandbox_gpu_diag.py > "$OUT/sandbox_diag.txt"; eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+python3 bench/sandbox_gpu_diag.py > "$OUT/sandbox_diag.txt"; tail -1 "$OUT/sandbox_diag.txt" | grep -q = && eval "$(tail -1 "$OUT/sandbox_diag.txt")"
 for step in ${STEPS:-latency sweep gputests}; do
   case $step in
     latency) python3 bench/eval_latency.py --json "$OUT/eval_latency.json" 2>&1 | grep -v Warn ;;

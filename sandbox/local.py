@@ -99,7 +99,8 @@ class LocalSandbox:
             os.chown(path, NOBODY, NOBODY)
 
     def run(self, job: SandboxJob) -> SandboxOutcome:
-        drop = self.drop and world_traversable(str(self.cache_dir.parent)) and (not job.gpu or _gpu_devices_open_to_all())
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        drop = self.drop and world_traversable(str(self.cache_dir)) and (not job.gpu or _gpu_devices_open_to_all())
         token = secrets.token_hex(16)
         cache = self.cache_dir / (f"uid-{NOBODY}" if drop else f"uid-{os.geteuid()}")
         self._prepare_dir(cache, drop)
