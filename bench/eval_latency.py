@@ -1,7 +1,10 @@
 """Seconds per verdict, split into phases, for Triton and both CUDA flavours, cold and warm caches.
 
 Cold: an empty compiler cache directory (Triton, torch extensions, cupy, inductor). Warm: the
-same candidate again with that cache filled. Each evaluation is a fresh sandboxed process.
+same candidate again with that cache filled. Warm-prestarted: as the optimize loop runs, with
+the worker process started ahead of its job. Each evaluation is a fresh sandboxed process.
+"verdict" is the time until correct/incorrect is known (static + startup + compile +
+correctness, plus the worker's preparation unless it was pre-started).
 
     python bench/eval_latency.py [--json out.json] [--repeats 2]
 """
@@ -10,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 
 from forge.evaluator import EvalConfig, evaluate, resolve_problem
+from forge.sandbox.local import LocalSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES = {
@@ -21,7 +27,7 @@ CANDIDATES = {
     "cuda-nvrtc": ROOT / "tests/fixtures/legit/cuda_nvrtc_softmax.py",
     "cuda-inline": ROOT / "tests/fixtures/legit/cuda_inline_softmax.py",
 }
-PHASES = ("static", "startup", "compile", "correctness", "timing", "profiling", "total")
+PHASES = ("static", "prepare", "startup", "compile", "correctness", "timing", "profiling", "total")
 
 
 def main() -> None:
@@ -30,20 +36,28 @@ def main() -> None:
     parser.add_argument("--op", default="softmax")
     parser.add_argument("--flavours", default=",".join(CANDIDATES))
     parser.add_argument("--baselines", default="eager,compile")
+    parser.add_argument("--idle", type=float, default=15.0, help="seconds the pre-started worker gets to prepare")
     args = parser.parse_args()
     problem = resolve_problem(args.op)
     rows = []
     for flavour in args.flavours.split(","):
         source = CANDIDATES[flavour].read_text()
         with tempfile.TemporaryDirectory(prefix="forge-bench-cache-") as cache:
-            for state in ("cold", "warm"):
-                config = EvalConfig(device="cuda", cache_dir=Path(cache), baselines=args.baselines.split(","))
-                result = evaluate(problem, source, config)
+            os.chmod(cache, 0o755)
+            config = EvalConfig(device="cuda", cache_dir=Path(cache), baselines=args.baselines.split(","))
+            prestarted = LocalSandbox(cache_dir=Path(cache), prestart=True)
+            for state in ("cold", "warm", "warm-prestarted"):
+                if state == "warm-prestarted":
+                    evaluate(problem, source, config, sandbox=prestarted)  # leaves a worker started ahead
+                    time.sleep(args.idle)
+                result = evaluate(problem, source, config, sandbox=prestarted if state == "warm-prestarted" else None)
                 row = {"flavour": flavour, "cache": state, "status": result.status.value, **result.phase_seconds.model_dump()}
+                row["verdict"] = sum(row[p] for p in ("static", "startup", "compile", "correctness")) + (0.0 if state == "warm-prestarted" else row["prepare"])
                 row["speedup_vs_eager"] = result.speedup_vs_eager
                 row["reasons"] = result.reasons[:2]
                 rows.append(row)
-                print(f"{flavour:12s} {state:5s} {result.status.value:14s} " + " ".join(f"{p}={row[p]:.2f}" for p in PHASES), flush=True)
+                print(f"{flavour:12s} {state:16s} {result.status.value:8s} verdict={row['verdict']:.2f} " + " ".join(f"{p}={row[p]:.2f}" for p in PHASES), flush=True)
+            prestarted.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

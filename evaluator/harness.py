@@ -86,8 +86,9 @@ class Harness:
 
     # ---- steps -----------------------------------------------------------------------------
     def run(self) -> dict:
-        t0 = self.job.get("worker_started", time.perf_counter())
+        t0 = self.job.get("worker_received", time.perf_counter())
         self.setup()
+        self.out["phase_seconds"]["prepare"] = self.job.get("worker_prepare_s", 0.0)
         self.out["phase_seconds"]["startup"] = time.perf_counter() - t0
         try:
             self.load()

@@ -120,7 +120,8 @@ class Profile(BaseModel):
 
 class PhaseSeconds(BaseModel):
     static: float = 0.0
-    startup: float = 0.0
+    prepare: float = Field(0.0, description="worker imports and CUDA/profiler start-up (hidden when pre-started)")
+    startup: float = Field(0.0, description="from the job's arrival to the harness being ready")
     compile: float = 0.0
     correctness: float = 0.0
     timing: float = 0.0

@@ -18,8 +18,6 @@ import time
 
 import torch
 
-from forge.evaluator import compare as cmp
-
 _CUDART = None
 
 

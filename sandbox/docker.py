@@ -36,6 +36,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest, LogConfig, Ulimit
 from docker.utils import parse_repository_tag
+
 from forge.evaluator.result import SandboxInfo
 from forge.sandbox.base import (
     ChannelError,

@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 from forge.evaluator.result import SandboxInfo
-from forge.sandbox.base import ChannelError, SandboxJob, SandboxOutcome, decode_message, scrubbed_environment
+from forge.sandbox.base import (
+    ChannelError,
+    SandboxJob,
+    SandboxOutcome,
+    decode_message,
+    scrubbed_environment,
+)
 from forge.sandbox.policy import (
     NOBODY,
     PidsCgroup,
@@ -87,8 +93,12 @@ def _gpu_devices_open_to_all() -> bool:
 class LocalSandbox:
     name = "local"
 
-    def __init__(self, config: SandboxConfig | None = None, cache_dir: Path | None = None):
+    def __init__(self, config: SandboxConfig | None = None, cache_dir: Path | None = None, prestart: bool = False):
+        """`prestart=True` keeps the next worker started ahead of its job (imports, CUDA and
+        profiler initialised, no candidate code yet): each job still gets a fresh process."""
         self.config = config or SandboxConfig.from_env()
+        self.prestart = prestart
+        self._spare: _Launched | None = None
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
         self.drop = self.config.drop_privileges and running_as_root() and all(map(world_traversable, _worker_paths()))
         self.isolate_network = self.config.isolate_network and network_namespace_available()
@@ -98,80 +108,132 @@ class LocalSandbox:
         if drop:
             os.chown(path, NOBODY, NOBODY)
 
-    def run(self, job: SandboxJob) -> SandboxOutcome:
+    def _launch(self, gpu: bool, argv_prefix: list[str]) -> _Launched:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        drop = self.drop and world_traversable(str(self.cache_dir)) and (not job.gpu or _gpu_devices_open_to_all())
-        token = secrets.token_hex(16)
+        drop = self.drop and world_traversable(str(self.cache_dir)) and (not gpu or _gpu_devices_open_to_all())
+        name = secrets.token_hex(16)
         cache = self.cache_dir / (f"uid-{NOBODY}" if drop else f"uid-{os.geteuid()}")
         self._prepare_dir(cache, drop)
-        with tempfile.TemporaryDirectory(prefix="forge-job-") as tmp:
-            workdir = Path(tmp)
-            self._prepare_dir(workdir, drop)
-            env = {**scrubbed_environment(), **self.config.extra_env, **cache_environment(cache, workdir)}
-            read_fd, write_fd = os.pipe()
-            spec = {
-                "token": token,
-                "channel": {"kind": "fd", "fd": write_fd},
-                "writable": [str(workdir), str(cache), "/dev", *job.writable_dirs],
-                "restrict_writes": self.config.restrict_writes,
-                "job": job.payload,
-            }
-            cgroup = None if drop else PidsCgroup.create(f"forge-{token}", self.config.max_processes)
-            start = time.perf_counter()
-            proc = subprocess.Popen(
-                [*job.argv_prefix, sys.executable, *WORKER],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=workdir,
-                env=env,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                preexec_fn=preexec(self.config, self.isolate_network, drop, cgroup),
-            )
-            os.close(write_fd)
-            drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
-            for d in drains:
-                d.start()
-            proc.stdin.write(json.dumps(spec).encode())
-            proc.stdin.close()
-            timed_out = False
-            try:
-                proc.wait(timeout=job.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            kill_session(proc.pid)
-            if cgroup is not None:
-                cgroup.remove()
-            proc.wait()
-            for d in drains:
-                d.join(timeout=5)
-            wall = time.perf_counter() - start
-        stdout, stderr, channel = (bytes(d.data) for d in drains)
+        tmp = tempfile.TemporaryDirectory(prefix="forge-job-")
+        workdir = Path(tmp.name)
+        self._prepare_dir(workdir, drop)
+        env = {
+            **scrubbed_environment(),
+            **self.config.extra_env,
+            **cache_environment(cache, workdir),
+            "FORGE_WORKER_DEVICE": "cuda" if gpu else "cpu",
+        }
+        read_fd, write_fd = os.pipe()
+        cgroup = None if drop else PidsCgroup.create(f"forge-{name}", self.config.max_processes)
+        proc = subprocess.Popen(
+            [*argv_prefix, sys.executable, *WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            preexec_fn=preexec(self.config, self.isolate_network, drop, cgroup),
+        )
+        os.close(write_fd)
+        drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
+        for d in drains:
+            d.start()
+        return _Launched(proc, drains, tmp, workdir, cache, write_fd, drop, cgroup, gpu)
+
+    def _take(self, job: SandboxJob) -> _Launched:
+        """The pre-started worker when it fits the job; wrapped jobs (ncu) always start their own."""
+        spare = self._spare
+        if job.argv_prefix or spare is None:
+            return self._launch(job.gpu, job.argv_prefix)
+        self._spare = None
+        if spare.gpu == job.gpu and spare.proc.poll() is None:
+            return spare
+        spare.discard()
+        return self._launch(job.gpu, job.argv_prefix)
+
+    def close(self) -> None:
+        """Stop the pre-started worker, if any."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
+
+    def run(self, job: SandboxJob) -> SandboxOutcome:
+        worker = self._take(job)
+        token = secrets.token_hex(16)
+        spec = {
+            "token": token,
+            "channel": {"kind": "fd", "fd": worker.channel_fd},
+            "writable": [str(worker.workdir), str(worker.cache), "/dev", *job.writable_dirs],
+            "restrict_writes": self.config.restrict_writes,
+            "job": job.payload,
+        }
+        start = time.perf_counter()
+        try:
+            worker.proc.stdin.write(json.dumps(spec).encode())
+            worker.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        timed_out = False
+        try:
+            worker.proc.wait(timeout=job.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        worker.discard()
+        wall = time.perf_counter() - start
+        if self.prestart and not job.argv_prefix and self._spare is None:
+            self._spare = self._launch(job.gpu, [])
+        stdout, stderr, channel = (bytes(d.data) for d in worker.drains)
         message, channel_error = None, ""
         if channel:
             try:
                 message = decode_message(token, channel)
             except ChannelError as exc:
                 channel_error = str(exc)
-        code = proc.returncode
+        code = worker.proc.returncode
+        exit_code = code if code is not None and code >= 0 else None
+        signal_number = -code if code is not None and code < 0 else None
         return SandboxOutcome(
             message=message,
             channel_error=channel_error,
             timed_out=timed_out,
-            exit_code=code if code is not None and code >= 0 else None,
-            signal=-code if code is not None and code < 0 else None,
+            exit_code=exit_code,
+            signal=signal_number,
             stdout=SandboxOutcome.logs(stdout),
             stderr=SandboxOutcome.logs(stderr),
             wall_s=wall,
             info=SandboxInfo(
                 backend=self.name,
-                exit_code=code if code is not None and code >= 0 else None,
-                signal=-code if code is not None and code < 0 else None,
+                exit_code=exit_code,
+                signal=signal_number,
                 network_isolated=self.isolate_network,
                 filesystem_restricted=bool(message and message.get("sandbox", {}).get("filesystem")),
                 killed_on_timeout=timed_out,
-                privileges_dropped=drop,
-                process_limit="cgroup" if cgroup is not None else ("rlimit" if drop or not running_as_root() else "none"),
+                privileges_dropped=worker.drop,
+                process_limit=worker.process_limit,
             ),
         )
+
+
+class _Launched:
+    """A worker process, started (possibly ahead of its job) with its pipes being drained."""
+
+    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, drop, cgroup, gpu):
+        self.proc, self.drains, self.tmp, self.workdir, self.cache = proc, drains, tmp, workdir, cache
+        self.channel_fd, self.drop, self.cgroup, self.gpu = channel_fd, drop, cgroup, gpu
+
+    @property
+    def process_limit(self) -> str:
+        if self.cgroup is not None:
+            return "cgroup"
+        return "rlimit" if self.drop or not running_as_root() else "none"
+
+    def discard(self) -> None:
+        kill_session(self.proc.pid)
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        self.proc.wait()
+        for d in self.drains:
+            d.join(timeout=5)
+        self.tmp.cleanup()

@@ -11,7 +11,7 @@ import time
 
 STARTED = time.perf_counter()
 
-import json  # noqa: E402 - STARTED must be taken before any import
+import json  # STARTED is taken before any import (E402 ignored for this file)
 import os
 import socket
 import sys
@@ -67,12 +67,15 @@ def probe(job: dict) -> dict:
 
 
 def _open_gpu() -> None:
-    """Initialise CUDA before Landlock: the driver's start-up needs writes that Landlock forbids
-    (seen on an H200 host: error 304); once its device files are open, kernels run restricted."""
+    """Initialise CUDA (and CUPTI, for the proof-of-work trace) before Landlock: the driver's
+    start-up needs writes that Landlock forbids (seen on an H200 host: error 304); once its
+    device files are open, kernels run restricted."""
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.init()
-    torch.empty(1, device="cuda")
+    with profile(activities=[ProfilerActivity.CUDA]):
+        torch.empty(1, device="cuda").fill_(1)
 
 
 def run(job: dict) -> dict:
@@ -90,14 +93,27 @@ def run(job: dict) -> dict:
     raise ValueError(f"unknown job kind {kind!r}")
 
 
+def prepare(device: str) -> None:
+    """Everything that needs no job: imports, and on a GPU host CUDA and the profiler's start-up
+    (seconds), done before the spec arrives so a pre-started worker has it behind it."""
+    import torch  # noqa: F401
+
+    import forge.evaluator.harness  # noqa: F401
+
+    if device == "cuda":
+        import triton  # noqa: F401 - on the CPU it is imported only after TRITON_INTERPRET is set
+
+        _open_gpu()
+
+
 def main() -> None:
+    prepare(os.environ.get("FORGE_WORKER_DEVICE", "cpu"))
+    prepared = time.perf_counter()
     spec = json.loads(sys.stdin.buffer.read())
     write = _channel_writer(spec["channel"])
     token = spec["token"]
     applied = {"filesystem": False, "network": False}
-    job = {**spec["job"], "worker_started": STARTED}
-    if job.get("device") == "cuda":
-        _open_gpu()
+    job = {**spec["job"], "worker_prepare_s": prepared - STARTED, "worker_received": time.perf_counter()}
     if spec.get("restrict_writes", True):
         applied = restrict_writes(spec.get("writable", []))
     del spec
