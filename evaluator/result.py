@@ -136,6 +136,7 @@ class SandboxInfo(BaseModel):
     network_isolated: bool = False
     filesystem_restricted: bool = False
     privileges_dropped: bool = False
+    processes_isolated: bool = Field(False, description="own PID namespace and /proc")
     process_limit: str = Field("rlimit", description="rlimit | cgroup | container | none")
     killed_on_timeout: bool = False
 

@@ -24,9 +24,11 @@ from forge.sandbox.base import (
 from forge.sandbox.policy import (
     NOBODY,
     PidsCgroup,
+    PID_NAMESPACE,
     SandboxConfig,
     cache_environment,
     network_namespace_available,
+    pid_namespace_available,
     preexec,
     running_as_root,
     world_traversable,
@@ -125,8 +127,9 @@ class LocalSandbox:
         }
         read_fd, write_fd = os.pipe()
         cgroup = None if drop else PidsCgroup.create(f"forge-{name}", self.config.max_processes)
+        isolate_pids = not drop and self.config.isolate_processes and running_as_root() and pid_namespace_available()
         proc = subprocess.Popen(
-            [*argv_prefix, sys.executable, *WORKER],
+            [*(PID_NAMESPACE if isolate_pids else []), *argv_prefix, sys.executable, *WORKER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -140,7 +143,7 @@ class LocalSandbox:
         drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
         for d in drains:
             d.start()
-        return _Launched(proc, drains, tmp, workdir, cache, write_fd, drop, cgroup, gpu)
+        return _Launched(proc, drains, tmp, workdir, cache, write_fd, drop, cgroup, gpu, isolate_pids)
 
     def _take(self, job: SandboxJob) -> _Launched:
         """The pre-started worker when it fits the job; wrapped jobs (ncu) always start their own."""
@@ -211,6 +214,7 @@ class LocalSandbox:
                 filesystem_restricted=bool(message and message.get("sandbox", {}).get("filesystem")),
                 killed_on_timeout=timed_out,
                 privileges_dropped=worker.drop,
+                processes_isolated=worker.isolate_pids,
                 process_limit=worker.process_limit,
             ),
         )
@@ -219,9 +223,9 @@ class LocalSandbox:
 class _Launched:
     """A worker process, started (possibly ahead of its job) with its pipes being drained."""
 
-    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, drop, cgroup, gpu):
+    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, drop, cgroup, gpu, isolate_pids):
         self.proc, self.drains, self.tmp, self.workdir, self.cache = proc, drains, tmp, workdir, cache
-        self.channel_fd, self.drop, self.cgroup, self.gpu = channel_fd, drop, cgroup, gpu
+        self.channel_fd, self.drop, self.cgroup, self.gpu, self.isolate_pids = channel_fd, drop, cgroup, gpu, isolate_pids
 
     @property
     def process_limit(self) -> str:

@@ -30,6 +30,10 @@ class SandboxConfig(BaseModel):
     isolate_network: bool = True
     """Run the worker in a fresh network namespace (needs root or user namespaces)."""
 
+    isolate_processes: bool = True
+    """As root (when privileges are not dropped): run the worker in its own PID namespace with a
+    private /proc, so no other process, nor the host's environment, is visible to it."""
+
     drop_privileges: bool = True
     """When started as root, run the worker as uid/gid 65534 so per-user process limits apply."""
 
@@ -144,6 +148,17 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+@cache
+def pid_namespace_available() -> bool:
+    try:
+        return subprocess.run([*PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def preexec(config: SandboxConfig, isolate_network: bool, drop: bool, cgroup: PidsCgroup | None):

@@ -49,7 +49,16 @@ def probe(job: dict) -> dict:
         "cwd": os.getcwd(),
         "env": sorted(os.environ),
         "secret_values_seen": [v for v in job.get("look_for", []) if v in "".join(os.environ.values())],
+        "visible_processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     }
+    readable = ""
+    for pid in facts["visible_processes"]:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                readable += f.read().decode(errors="replace")
+        except OSError:
+            continue
+    facts["secret_values_in_other_processes"] = [v for v in job.get("look_for", []) if v in readable]
     try:
         with socket.create_connection((job.get("host", "127.0.0.1"), job.get("port", 9)), timeout=2):
             facts["network"] = "connected"
