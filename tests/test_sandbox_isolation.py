@@ -1,6 +1,7 @@
 """The worker cannot read other processes' environments (the host's holds the API keys)."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -12,8 +13,13 @@ SECRET = "sk-forge-isolation-test-0123456789"
 
 
 @pytest.fixture
-def secret_in_host_env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+def secret_in_host_env():
+    """A process started with the key in its environment, as `forge optimize` is
+    (/proc/PID/environ shows a process's start-up environment, not later os.environ edits)."""
+    holder = subprocess.Popen(["sleep", "120"], env={**os.environ, "OPENAI_API_KEY": SECRET})
+    yield holder
+    holder.kill()
+    holder.wait()
 
 
 def probe(config: SandboxConfig) -> tuple[dict, object]:
