@@ -11,6 +11,15 @@ from forge.sandbox.policy import SandboxConfig, preexec
 
 PROBE = "import torch; torch.cuda.init(); print('ok', torch.cuda.get_device_name())"
 LANDLOCK = "from forge.sandbox.policy import restrict_writes; restrict_writes(['/tmp', '/dev']);" + PROBE
+# CUDA up first (as the worker does), then reads restricted, then a Triton kernel compiles and runs.
+READS = (
+    "import torch, triton, triton.language as tl; torch.cuda.init(); torch.empty(1, device='cuda');"
+    "from forge.sandbox.policy import restrict_filesystem, default_readable; import tempfile;"
+    "d = tempfile.mkdtemp(); restrict_filesystem([d, '/dev'], default_readable());"
+    "import os; os.environ['TRITON_CACHE_DIR'] = d;"
+    "exec(open(os.path.join(os.path.dirname(__import__('forge').__file__), 'tests/fixtures/legit/triton_softmax.py')).read());"
+    "x = torch.randn(4, 100, device='cuda'); print('ok', float(softmax_forward(x).sum()))"
+)
 
 
 def attempt(label: str, code: str, **kwargs) -> bool:
@@ -32,6 +41,7 @@ results = {
     "nobody": attempt("nobody", PROBE, preexec_fn=preexec(config, False, True, None)),
     "landlock": attempt("landlock", LANDLOCK),
     "init+landlock": attempt("init+landlock", "import torch; torch.cuda.init(); torch.empty(1, device='cuda');" + LANDLOCK),
+    "init+reads": attempt("init+reads", READS),
 }
-off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "init+landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0"}
+off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "init+landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0", "init+reads": "FORGE_SANDBOX_RESTRICT_READS=0"}
 print("export " + " ".join(v for k, v in off.items() if not results[k]))

@@ -9,19 +9,26 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 160
+"""Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 REFERENCE = re.compile(r"^(?:(?P<kind>run|r|candidate|cand|c):?)?(?P<id>\d+)$", re.IGNORECASE)
-DbOption = Annotated[str | None, typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
+]
 
 
 def fail(message: str) -> None:
@@ -33,7 +40,9 @@ def parse_reference(text: str, default: str) -> tuple[str, int]:
     """`run:3` -> ("run", 3); `cand:12` -> ("candidate", 12); `7` -> (default, 7)."""
     match = REFERENCE.match(text.strip())
     if match is None:
-        raise ValueError(f"'{text}' is not a run or candidate reference: use run:ID, cand:ID or a plain ID")
+        raise ValueError(
+            f"'{text}' is not a run or candidate reference: use run:ID, cand:ID or a plain ID"
+        )
     kind = (match["kind"] or default).lower()
     return ("run" if kind in ("run", "r") else "candidate"), int(match["id"])
 
@@ -53,14 +62,40 @@ def runs(
     db: DbOption = None,
 ) -> None:
     """List recorded optimize runs, newest first."""
-    table = Table("run", "op", "status", "backend", "device", "coder / judge", "rounds", "best", "vs eager", "vs compile", "cost", "started")
+    table = Table(
+        "run",
+        "op",
+        "status",
+        "backend",
+        "rounds",
+        "best",
+        "vs eager",
+        "cost",
+        "started",
+        "models",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in table.columns[:-1]:
+        column.no_wrap = True
+    table.columns[-1].overflow = "fold"
+    table.columns[-1].min_width = 16
     for run in _store(db).list_runs(limit):
-        models = run.coder_model if run.coder_model == run.judge_model else f"{run.coder_model} / {run.judge_model}"
+        models = (
+            run.coder_model
+            if run.coder_model == run.judge_model
+            else f"{run.coder_model} / {run.judge_model}"
+        )
         table.add_row(
-            str(run.id), run.op, run.status, run.backend, run.device, escape(models), str(run.rounds_done),
+            str(run.id),
+            run.op,
+            run.status,
+            f"{run.backend}/{run.device}",
+            str(run.rounds_done),
             f"cand:{run.best_candidate_id}" if run.best_candidate_id else "-",
-            _x(run.best_speedup_vs_eager), _x(run.best_speedup_vs_compile), f"${run.cost_usd:.4f}",
-            f"{run.started_at:%Y-%m-%d %H:%M}",
+            _x(run.best_speedup_vs_eager),
+            f"${run.cost_usd:.4f}",
+            f"{run.started_at:%m-%d %H:%M}",
+            escape(models),
         )
     console.print(table)
 
@@ -83,28 +118,55 @@ def show(
 def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     run = store.get_run(run_id)
     config = json.loads(run.config_json or "{}")
-    console.print(f"[bold]run {run.id}[/]: {run.op}  [bold]{run.status}[/]  {run.backend} on {run.gpu_name or run.device}")
-    console.print(escape(f"coder {run.coder_model}, judge {run.judge_model}; started {run.started_at:%Y-%m-%d %H:%M:%S}"))
-    limits = {k: config.get(k) for k in ("rounds", "width", "budget_usd", "time_limit_s", "patience")}
+    console.print(
+        f"[bold]run {run.id}[/]: {run.op}  [bold]{run.status}[/]  {run.backend} on {run.gpu_name or run.device}"
+    )
+    console.print(
+        escape(
+            f"coder {run.coder_model}, judge {run.judge_model}; started {run.started_at:%Y-%m-%d %H:%M:%S}"
+        )
+    )
+    limits = {
+        k: config.get(k) for k in ("rounds", "width", "budget_usd", "time_limit_s", "patience")
+    }
     console.print("settings: " + ", ".join(f"{k}={v}" for k, v in limits.items()))
     console.print(
         f"rounds done {run.rounds_done}; {run.prompt_tokens} prompt + {run.completion_tokens} completion tokens; ${run.cost_usd:.4f}"
     )
     if run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
-    table = Table("cand", "traj", "round", "kind", "parent", "status", "vs eager", "vs compile", "median ms", title="candidates")
+    table = Table(
+        "cand",
+        "traj",
+        "round",
+        "kind",
+        "parent",
+        "status",
+        "vs eager",
+        "vs compile",
+        "median ms",
+        title="candidates",
+    )
     for step in store.history(run_id):
         c, e = step.candidate, step.evaluation
         best = " *" if c.id == run.best_candidate_id else ""
         table.add_row(
-            f"{c.id}{best}", str(c.trajectory), str(c.round), c.kind, str(c.parent_id or "-"),
-            e.status if e else "not evaluated", _x(e.speedup_vs_eager if e else None),
-            _x(e.speedup_vs_compile if e else None), f"{e.median_ms:.4f}" if e and e.median_ms else "-",
+            f"{c.id}{best}",
+            str(c.trajectory),
+            str(c.round),
+            c.kind,
+            str(c.parent_id or "-"),
+            e.status if e else "not evaluated",
+            _x(e.speedup_vs_eager if e else None),
+            _x(e.speedup_vs_compile if e else None),
+            f"{e.median_ms:.4f}" if e and e.median_ms else "-",
         )
     console.print(table)
     calls = store.llm_calls(run_id)
     unusable = sum(1 for c in calls if c.error)
-    console.print(f"{len(calls)} LLM calls ({unusable} failed or unusable); * marks the best candidate")
+    console.print(
+        f"{len(calls)} LLM calls ({unusable} failed or unusable); * marks the best candidate"
+    )
 
 
 def show_candidate(store, candidate_id: int) -> None:  # noqa: ANN001 (RunStore)
@@ -124,7 +186,11 @@ def show_candidate(store, candidate_id: int) -> None:  # noqa: ANN001 (RunStore)
         console.print("[yellow]not evaluated yet[/] (`forge optimize --resume` evaluates it)")
     else:
         render_result(console, result)
-    notes = [call for call in store.llm_calls(c.run_id, role="judge") if call.candidate_id == c.id and not call.error]
+    notes = [
+        call
+        for call in store.llm_calls(c.run_id, role="judge")
+        if call.candidate_id == c.id and not call.error
+    ]
     for call in notes:
         console.print(f"[bold]Judge's notes (round {call.round}):[/]")
         console.print(escape(_judge_note(call.response_text)))

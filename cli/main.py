@@ -14,9 +14,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from forge.cli import evaluate
+    from forge.cli import browse, evaluate, library, optimize
 
     evaluate.register(app)
+    optimize.register(app)
+    browse.register(app)
+    library.register(app)
 
 
 _register()

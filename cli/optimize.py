@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from enum import Enum
 from typing import Annotated
@@ -11,8 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from forge.db.redact import redact
+
+PIPE_WIDTH = 160
+"""Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATUS_COLOURS = {"correct": "green", "compiled": "cyan", "incorrect": "red", "rejected": "magenta"}
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
@@ -45,9 +50,16 @@ class Progress:
         self.lock = threading.Lock()
 
     def __call__(self, event) -> None:  # noqa: ANN001 (forge.agents.loop.Event)
-        head = escape(f"[t{event.trajectory} r{event.round}]") + (" (replayed)" if event.replayed else "")
-        totals = f"best {_x(event.best_speedup)} | {event.tokens / 1000:.1f}k tokens | ${event.cost_usd:.4f}"
-        detail = escape(event.detail)
+        head = escape(f"[t{event.trajectory} r{event.round}]") + (
+            " (replayed)" if event.replayed else ""
+        )
+        best = (
+            f"cand {event.best_candidate_id} ({_x(event.best_speedup)})"
+            if event.best_candidate_id
+            else "none yet"
+        )
+        totals = f"best {best} | {event.tokens / 1000:.1f}k tokens | ${event.cost_usd:.4f}"
+        detail = escape(redact(event.detail))
         if event.kind == "plan":
             line = f"{head} judge: {detail[:110]}"
         elif event.kind == "unusable":
@@ -70,11 +82,16 @@ def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.O
     table.add_column()
     not_timed = " (timings are not meaningful on cpu)" if device == "cpu" else ""
     best = outcome.best_candidate_id
-    table.add_row("best candidate", f"{best}   (forge show cand:{best})" if best else "none passed verification")
+    table.add_row(
+        "best candidate",
+        f"{best}   (forge show cand:{best})" if best else "none passed verification",
+    )
     table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed)
     table.add_row("speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed)
     table.add_row("candidates", str(outcome.candidates))
-    table.add_row("tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion")
+    table.add_row(
+        "tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion"
+    )
     table.add_row("cost", f"${outcome.cost_usd:.4f}")
     for index, stop in sorted(outcome.stops.items()):
         table.add_row(f"trajectory {index}", stop)
@@ -84,67 +101,121 @@ def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.O
 
 
 def optimize(
-    op: Annotated[str | None, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")] = None,
-    backend: Annotated[Backend, typer.Option(help="kernel backend the Coder writes")] = Backend.triton,
-    model: Annotated[str | None, typer.Option(help="LLM for Coder and Judge (litellm string, or scripted:FILE); default $FORGE_MODEL")] = None,
-    coder_model: Annotated[str | None, typer.Option(help="LLM for the Coder (overrides --model)")] = None,
-    judge_model: Annotated[str | None, typer.Option(help="LLM for the Judge (overrides --model)")] = None,
-    api_base: Annotated[str | None, typer.Option(help="base URL of an OpenAI-compatible server")] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="rounds per trajectory, round 0 included")] = 8,
-    width: Annotated[int, typer.Option(min=1, help="independent trajectories run at once")] = 1,
-    budget_usd: Annotated[float | None, typer.Option(min=0.0, help="stop once the LLM cost reaches this many dollars")] = None,
-    time_limit: Annotated[float | None, typer.Option(min=0.0, help="stop starting rounds after this many seconds")] = None,
-    patience: Annotated[int, typer.Option(min=0, help="stop a trajectory after N rounds without a new best (0: never)")] = 4,
-    device: Annotated[Device, typer.Option(help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter")] = Device.cuda,
-    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)")] = None,
-    resume: Annotated[int | None, typer.Option(help="continue the stored run with this id (its problem and settings)")] = None,
+    op: Annotated[
+        str | None, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")
+    ] = None,
+    backend: Annotated[
+        Backend | None, typer.Option(help="kernel backend the Coder writes [default: triton]")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="LLM for Coder and Judge (litellm string, or scripted:FILE); default $FORGE_MODEL"
+        ),
+    ] = None,
+    coder_model: Annotated[
+        str | None, typer.Option(help="LLM for the Coder (overrides --model)")
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="LLM for the Judge (overrides --model)")
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="base URL of an OpenAI-compatible server")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="rounds per trajectory, round 0 included [default: 8]")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="independent trajectories run at once [default: 1]")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option(min=0.0, help="stop once the LLM cost reaches this many dollars")
+    ] = None,
+    time_limit: Annotated[
+        float | None, typer.Option(min=0.0, help="stop starting rounds after this many seconds")
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="stop a trajectory after N rounds without a new best, 0: never [default: 4]"
+        ),
+    ] = None,
+    device: Annotated[
+        Device | None,
+        typer.Option(
+            help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter [default: cuda]"
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
+    ] = None,
+    resume: Annotated[
+        int | None,
+        typer.Option(
+            help="continue stored run RUN with its problem and settings (model flags may name replacements)"
+        ),
+    ] = None,
 ) -> None:
     """Search for a faster, verified kernel for an operator with a Coder and a Judge LLM."""
     from forge.agents import loop
     from forge.agents.coder import detect_gpu
     from forge.agents.errors import ResumeError
-    from forge.agents.interfaces import LLMOptions
     from forge.agents.llm import NoModelConfigured, ScriptError, get_model, resolve_models
     from forge.db.store import RecordNotFound, RunStore
-    from forge.evaluator.config import EvalConfig
+    from forge.evaluator import EvaluatorError
     from forge.evaluator.problem import ProblemError, resolve_problem
 
+    settings = {
+        "--backend": backend,
+        "--api-base": api_base,
+        "--rounds": rounds,
+        "--width": width,
+        "--budget-usd": budget_usd,
+        "--time-limit": time_limit,
+        "--patience": patience,
+        "--device": device,
+    }
     if (op is None) == (resume is None):
-        fail("give an operator (or problem file) to optimize, or --resume RUN to continue a run, not both")
+        fail(
+            "give an operator (or problem file) to optimize, or --resume RUN to continue a run, not both"
+        )
+    if resume is not None and any(v is not None for v in settings.values()):
+        given = ", ".join(k for k, v in settings.items() if v is not None)
+        fail(f"--resume continues run {resume} with its stored settings: drop {given}")
     try:
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
-            problem.sets_for(device.value)
-        store = RunStore(db)
-        if resume is not None:
+            config = new_config(
+                backend, api_base, rounds, width, budget_usd, time_limit, patience, device
+            )
+            problem.sets_for(config.evaluation.device)
+            store = RunStore(db)
+        else:
+            store = RunStore(db)
             run = store.get_run(resume)
             coder_name = coder_model or model or run.coder_model
             judge_name = judge_model or model or run.judge_model
-            device = Device(run.device)
+            config = loop.LoopConfig.model_validate(store.run_config(resume))
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
-    except (NoModelConfigured, ProblemError, ScriptError, RecordNotFound) as exc:
-        fail(str(exc))
-    gpu = detect_gpu() if device is Device.cuda else None
-    progress = Progress(console)
-    try:
+        gpu = detect_gpu() if config.evaluation.device == "cuda" else None
         if resume is None:
-            options = LLMOptions(api_base=api_base)
-            config = loop.LoopConfig(
-                backend=backend.value,
-                rounds=rounds,
-                width=width,
-                budget_usd=budget_usd or None,
-                time_limit_s=time_limit or None,
-                patience=patience or None,
-                coder=options,
-                judge=options.model_copy(update={"temperature": 0.0, "max_tokens": 2048}),
-                evaluation=EvalConfig(device=device.value, backend=backend.value),
+            runner = loop.start(
+                problem, config, coder_llm, judge_llm, store, gpu=gpu, on_event=Progress(console)
             )
-            runner = loop.start(problem, config, coder_llm, judge_llm, store, gpu=gpu, on_event=progress)
         else:
-            runner = loop.resume(resume, coder_llm, judge_llm, store, gpu=gpu, on_event=progress)
-    except ResumeError as exc:
+            runner = loop.resume(
+                resume, coder_llm, judge_llm, store, gpu=gpu, on_event=Progress(console)
+            )
+    except (
+        NoModelConfigured,
+        ProblemError,
+        ScriptError,
+        RecordNotFound,
+        ResumeError,
+        EvaluatorError,
+    ) as exc:
         fail(str(exc))
     console.print(
         f"run {runner.run_id}: {runner.problem.name} ({runner.config.backend}, {runner.config.evaluation.device}), "
@@ -153,8 +224,31 @@ def optimize(
     outcome = runner.run()
     console.print(summary(outcome, runner.config.evaluation.device))
     if outcome.status != "finished":
-        err.print(f"run {outcome.run_id} {outcome.status}: continue with `forge optimize --resume {outcome.run_id}`")
+        err.print(
+            f"run {outcome.run_id} {outcome.status}: continue with `forge optimize --resume {outcome.run_id}`"
+        )
     raise typer.Exit(EXIT_CODES[outcome.status])
+
+
+def new_config(backend, api_base, rounds, width, budget_usd, time_limit, patience, device):  # noqa: ANN001, ANN201
+    """The LoopConfig of a new run: the flags given, LoopConfig's defaults for the rest."""
+    from forge.agents.loop import LoopConfig
+    from forge.evaluator.config import EvalConfig
+
+    chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
+    if patience is not None:
+        chosen["patience"] = patience or None
+    backend_name = (backend or Backend.triton).value
+    defaults = LoopConfig()
+    return LoopConfig(
+        backend=backend_name,
+        coder=defaults.coder.model_copy(update={"api_base": api_base}),
+        judge=defaults.judge.model_copy(update={"api_base": api_base}),
+        evaluation=EvalConfig(device=(device or Device.cuda).value, backend=backend_name),
+        budget_usd=budget_usd or None,
+        time_limit_s=time_limit or None,
+        **chosen,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -31,7 +31,7 @@ class EvalConfig(BaseModel):
     """Untimed calls before timing, on randomized inputs, so compilation stays out of the numbers."""
 
     recheck_every: int = Field(10, ge=1)
-    """Re-verify the output of every N-th timed call."""
+    """Re-verify the output of about one timed call in N (which ones is a secret random choice)."""
 
     rotate_buffers: int = Field(3, ge=2)
     """Distinct input buffers the timed loop rotates through (defeats pointer-keyed caches)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
+import secrets
 import sys
 import threading
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from forge.evaluator import compare as cmp
+from forge.evaluator import profiling, timing
 from forge.evaluator.integrity import IdentitySnapshot
 from forge.evaluator.monitor import AtenMonitor, KernelCodeWatch
 
@@ -80,9 +83,9 @@ class Harness:
             "degenerate": [],
             "notes": [],
         }
-        self.identity = IdentitySnapshot()
+        self.identity = IdentitySnapshot(self)
         self.threads_before = threading.active_count()
-        self.rng = random.Random(job["seeds"][0])
+        self.rng = random.Random(secrets.randbits(64))
 
     # ---- steps -----------------------------------------------------------------------------
     def run(self) -> dict:
@@ -172,14 +175,16 @@ class Harness:
     def build_models(self, input_set: dict):
         self.set_constants(input_set)
         init = self.problem.get_init_inputs()
-        torch.manual_seed(self.job["seeds"][0])
+        init_seed = secrets.randbits(62)
+        torch.manual_seed(init_seed)
         ref = self.problem.Model(*init)
-        torch.manual_seed(self.job["seeds"][0])
+        torch.manual_seed(init_seed)
         try:
             cand = self.candidate.ModelNew(*init)
         except Exception as exc:  # noqa: BLE001 - a constructor error is the candidate's verdict
             raise CandidateFailure(_failure_status(exc), f"ModelNew(*get_init_inputs()) failed: {_short(exc)}", traceback.format_exc()) from exc
         self._after_candidate_code("ModelNew()")
+        _forget_seed()
         ref_state, cand_state = ref.state_dict(), cand.state_dict()
         if ref_state and {k: v.shape for k, v in ref_state.items()} == {k: v.shape for k, v in cand_state.items()}:
             cand.load_state_dict(ref_state)
@@ -199,6 +204,7 @@ class Harness:
         torch.manual_seed(seed)
         with torch.device(gen_device):
             raw = list(self.problem.get_inputs())
+        _forget_seed()
         inputs = []
         for x in raw:
             if isinstance(x, torch.Tensor):
@@ -242,7 +248,7 @@ class Harness:
         if watch:
             out1 = self.watched_call(cand, inputs, set_name)
         else:
-            out1 = self.call_candidate(cand, inputs, f"forward on '{set_name}'")
+            out1 = self.monitored_call(cand, inputs, f"forward on '{set_name}'")
         self.assert_inputs_unchanged(inputs, pristine, set_name)
         expected = self.reference(ref, inputs)
         self.record(set_name, seed_index, "before_reference", out1, expected)
@@ -253,7 +259,7 @@ class Harness:
         _poison(expected)
         del expected
         self.poison_free_memory()
-        out2 = self.call_candidate(cand, inputs, f"forward on '{set_name}' after the reference")
+        out2 = self.monitored_call(cand, inputs, f"forward on '{set_name}' after the reference")
         self.assert_inputs_unchanged(inputs, pristine, set_name)
         expected = self.reference(ref, inputs)
         self.record(set_name, seed_index, "after_reference", out2, expected)
@@ -288,6 +294,22 @@ class Harness:
             if isinstance(x, torch.Tensor) and not torch.equal(x, y):
                 raise CandidateFailure("incorrect", f"input set '{set_name}': the candidate modified input {i}")
 
+    def monitored_call(self, cand, inputs: list, what: str):
+        """Every verified call runs under the ATen monitor, so a fallback to PyTorch on any call
+        (not only the first) is caught."""
+        monitor = AtenMonitor()
+        with monitor:
+            out = self.call_candidate(cand, inputs, what)
+        self._reject_foreign_ops(monitor)
+        return out
+
+    def _reject_foreign_ops(self, monitor: AtenMonitor) -> None:
+        if monitor.forbidden:
+            self.out["foreign_ops"] = sorted(set(monitor.forbidden))
+            raise CandidateFailure(
+                "rejected", f"PyTorch computed part of the result: {', '.join(sorted(set(monitor.forbidden))[:6])} ran during forward"
+            )
+
     def watched_call(self, cand, inputs: list, set_name: str):
         """The first call per input set: which ATen ops ran (PyTorch fallback) and proof that the
         candidate's own kernel ran (Triton interpreter frames on CPU, a profiler trace on GPU)."""
@@ -305,18 +327,14 @@ class Harness:
                 durations[e.name] = durations.get(e.name, 0.0) + e.device_time
             self.out["kernel_durations_us"], self.out["profiled_set"] = durations, set_name
             self.out["kernels_seen"] = sorted(set(self.out["kernels_seen"]) | set(seen))
-            ran = [k for k in seen if any(n in k for n in names)]
+            ran = [k for k in seen if kernel_base_name(k) in names]
         else:
             watch = KernelCodeWatch(self.candidate, names)
             with watch, monitor:
                 out = self.call_candidate(cand, inputs, f"forward on '{set_name}'")
             ran = watch.ran
             self.out["kernels_seen"] = sorted(set(self.out["kernels_seen"]) | set(ran))
-        if monitor.forbidden:
-            self.out["foreign_ops"] = sorted(set(monitor.forbidden))
-            raise CandidateFailure(
-                "rejected", f"PyTorch computed part of the result: {', '.join(sorted(set(monitor.forbidden))[:6])} ran during forward"
-            )
+        self._reject_foreign_ops(monitor)
         if not ran:
             raise CandidateFailure(
                 "rejected",
@@ -361,21 +379,35 @@ class Harness:
 
     # ---- timing (GPU) -----------------------------------------------------------------------
     def time_all(self) -> None:
-        from forge.evaluator.timing import time_input_set
-
         if self._any_failed():
             return
         t0 = time.perf_counter()
         wanted = self.job.get("timing_sets") or [s["name"] for s in self.job["input_sets"]]
         for input_set in self.job["input_sets"]:
             if input_set["name"] in wanted:
-                self.out["timings"].append(time_input_set(self, input_set))
+                self.out["timings"].append(timing.time_input_set(self, input_set))
         self.out["phase_seconds"]["timing"] = time.perf_counter() - t0
 
     def collect_triton_metadata(self) -> None:
-        from forge.evaluator.profiling import triton_kernel_metadata
+        self.out["triton_kernels"] = profiling.triton_kernel_metadata(self.candidate, self.job["kernel_names"])
 
-        self.out["triton_kernels"] = triton_kernel_metadata(self.candidate, self.job["kernel_names"])
+
+def _forget_seed() -> None:
+    """Reseed the global RNG from fresh entropy: `torch.initial_seed()` must not reveal the seed
+    that produced the inputs or parameters (row 7)."""
+    torch.manual_seed(secrets.randbits(62))
+
+
+_ARGS = re.compile(r"\((?:[^()]|\([^()]*\))*\)$")
+
+
+def kernel_base_name(traced: str) -> str:
+    """`(anonymous namespace)::softmax_rows_f32(float const*, float*, long, bool)` -> `softmax_rows_f32`;
+    `void ns::k<128>(float*)` -> `k`; a Triton or extern "C" name is returned as is."""
+    name = _ARGS.sub("", traced.strip())
+    name = name.split("::")[-1]
+    name = re.sub(r"<.*>$", "", name)
+    return name.split()[-1] if name.split() else name
 
 
 def _byte_view(address: int, size: int) -> torch.Tensor:

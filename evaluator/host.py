@@ -7,6 +7,7 @@ the worker's raw samples, out of the candidate's reach (row 14).
 from __future__ import annotations
 
 import ast
+import hashlib
 import secrets
 import time
 
@@ -44,7 +45,8 @@ def model_init_params(problem_source: str) -> list[str] | None:
 
 
 def _derive_seeds(secret: int, count: int, salt: int) -> list[int]:
-    return [(secret * 6364136223846793005 + (salt << 20) + i * 1442695040888963407) % (1 << 62) for i in range(count)]
+    """Test seeds from the secret per-evaluation seed through SHA-256: one seed reveals no other."""
+    return [int.from_bytes(hashlib.sha256(f"{secret}:{salt}:{i}".encode()).digest()[:8], "little") >> 2 for i in range(count)]
 
 
 def _sandbox(config: EvalConfig):
@@ -94,7 +96,7 @@ def evaluate(problem: Problem, source: str, config: EvalConfig | None = None, sa
         "distributions": problem.distributions,
         "input_sets": [s.model_dump() for s in problem.sets_for(config.device)],
         "seeds": _derive_seeds(secret, config.seeds, 1),
-        "timing_seeds": _derive_seeds(secret, config.rotate_buffers + 1, 2),
+        "timing_seeds": _derive_seeds(secret, config.rotate_buffers + config.trials + 2, 2),
         "kernel_names": report.kernel_names,
         "trials": config.trials,
         "warmup": config.warmup,

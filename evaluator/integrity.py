@@ -1,21 +1,28 @@
-"""Row 14: candidate code must not replace the functions the harness measures and compares with.
+"""Row 14 and 22: candidate code must not replace the functions the harness measures and
+compares with, nor the harness's own code, nor the modules it imports.
 
-A snapshot of the identities of every attribute of the modules and classes the harness relies on
-is taken before candidate code is imported and compared after each time candidate code ran.
+The identities of every attribute of the watched modules, classes and the harness object, of
+the `sys.modules` entries of torch, triton and forge, and the contents of `sys.path` are taken
+before candidate code is imported and compared each time candidate code ran.
 """
 
 from __future__ import annotations
 
 import builtins
+import sys
 import threading
 import time
 
 import torch
 
-from forge.evaluator import compare
+from forge.evaluator import compare, monitor, profiling, timing
+
+WATCHED_MODULE_PREFIXES = ("forge", "torch", "triton", "time", "builtins", "threading", "sys", "os")
 
 
-def _watched() -> dict[str, object]:
+def _watched(harness: object) -> dict[str, object]:
+    from forge.evaluator import harness as harness_module
+
     return {
         "torch": torch,
         "torch.Tensor": torch.Tensor,
@@ -28,6 +35,16 @@ def _watched() -> dict[str, object]:
         "builtins": builtins,
         "threading": threading,
         "forge.evaluator.compare": compare,
+        "forge.evaluator.monitor": monitor,
+        "forge.evaluator.monitor.AtenMonitor": monitor.AtenMonitor,
+        "forge.evaluator.monitor.KernelCodeWatch": monitor.KernelCodeWatch,
+        "forge.evaluator.timing": timing,
+        "forge.evaluator.profiling": profiling,
+        "forge.evaluator.integrity": sys.modules[__name__],
+        "forge.evaluator.integrity.IdentitySnapshot": IdentitySnapshot,
+        "forge.evaluator.harness": harness_module,
+        "forge.evaluator.harness.Harness": harness_module.Harness,
+        "harness": harness,
     }
 
 
@@ -36,18 +53,31 @@ def _identities(obj: object) -> dict[str, int]:
     return {name: id(value) for name, value in list(namespace.items())}
 
 
+def _modules() -> dict[str, int]:
+    return {name: id(m) for name, m in list(sys.modules.items()) if name.split(".")[0] in WATCHED_MODULE_PREFIXES}
+
+
 class IdentitySnapshot:
-    def __init__(self) -> None:
+    def __init__(self, harness: object = None) -> None:
+        self.harness = harness
         self.before: dict[str, dict[str, int]] = {}
+        self.modules: dict[str, int] = {}
+        self.path: list[str] = []
 
     def take(self) -> None:
-        self.before = {label: _identities(obj) for label, obj in _watched().items()}
+        self.before = {label: _identities(obj) for label, obj in _watched(self.harness).items()}
+        self.modules = _modules()
+        self.path = list(sys.path)
 
     def changed(self) -> list[str]:
         changes = []
-        for label, obj in _watched().items():
+        for label, obj in _watched(self.harness).items():
             now = _identities(obj)
             for name, ident in self.before.get(label, {}).items():
                 if now.get(name) != ident:
                     changes.append(f"{label}.{name}")
+        now_modules = _modules()
+        changes += [f"sys.modules[{name!r}]" for name, ident in self.modules.items() if now_modules.get(name) != ident]
+        if self.path and sys.path != self.path:
+            changes.append("sys.path")
         return changes

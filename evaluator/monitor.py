@@ -35,21 +35,40 @@ class AtenMonitor(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def kernel_code_objects(module, kernel_names: list[str]) -> dict:
+    """Where the candidate's jit kernels are defined (through autotune/heuristics wrappers):
+    (file, function name) -> (kernel, first line, last line). The interpreter runs a rewritten
+    copy of each kernel's code, so identity cannot be compared; file, name and the kernel's own
+    line span can (a helper that merely shares a kernel's name lives on other lines)."""
+    codes = {}
+    for name in kernel_names:
+        obj = getattr(module, name, None)
+        for _ in range(8):
+            if obj is None or hasattr(obj, "__code__"):
+                break
+            obj = getattr(obj, "fn", None)
+        if obj is not None and hasattr(obj, "__code__"):
+            code = obj.__code__
+            last = max((line for _, _, line in code.co_lines() if line), default=code.co_firstlineno)
+            codes[(code.co_filename, code.co_name)] = (name, code.co_firstlineno, last)
+    return codes
+
+
 class KernelCodeWatch:
     """On the CPU the Triton interpreter executes a kernel's Python body: a profile hook sees a
-    frame of the candidate's file whose function is one of its jit kernels."""
+    frame running one of the candidate's jit kernels, defined where that kernel is defined."""
 
     def __init__(self, module, kernel_names: list[str]):
-        self.filename = getattr(module, "__file__", "")
-        self.names = set(kernel_names)
+        self.codes = kernel_code_objects(module, kernel_names)
         self.ran: list[str] = []
         self._previous = None
 
     def _hook(self, frame, event, arg):
         if event == "call":
             code = frame.f_code
-            if code.co_name in self.names and code.co_filename == self.filename and code.co_name not in self.ran:
-                self.ran.append(code.co_name)
+            entry = self.codes.get((code.co_filename, code.co_name))
+            if entry is not None and entry[1] <= code.co_firstlineno <= entry[2] and entry[0] not in self.ran:
+                self.ran.append(entry[0])
 
     def __enter__(self):
         self._previous = sys.getprofile()

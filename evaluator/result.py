@@ -135,6 +135,7 @@ class SandboxInfo(BaseModel):
     signal: int | None = None
     network_isolated: bool = False
     filesystem_restricted: bool = False
+    reads_restricted: bool = Field(False, description="Landlock read allowlist in force")
     privileges_dropped: bool = False
     processes_isolated: bool = Field(False, description="own PID namespace and /proc")
     process_limit: str = Field("rlimit", description="rlimit | cgroup | container | none")

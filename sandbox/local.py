@@ -126,7 +126,7 @@ class LocalSandbox:
             "FORGE_WORKER_DEVICE": "cuda" if gpu else "cpu",
         }
         read_fd, write_fd = os.pipe()
-        cgroup = None if drop else PidsCgroup.create(f"forge-{name}", self.config.max_processes)
+        cgroup = PidsCgroup.create(f"forge-{name}", self.config.max_processes)
         isolate_pids = not drop and self.config.isolate_processes and running_as_root() and pid_namespace_available()
         proc = subprocess.Popen(
             [*(PID_NAMESPACE if isolate_pids else []), *argv_prefix, sys.executable, *WORKER],
@@ -170,6 +170,7 @@ class LocalSandbox:
             "channel": {"kind": "fd", "fd": worker.channel_fd},
             "writable": [str(worker.workdir), str(worker.cache), "/dev", *job.writable_dirs],
             "restrict_writes": self.config.restrict_writes,
+            "restrict_reads": self.config.restrict_reads,
             "job": job.payload,
         }
         start = time.perf_counter()
@@ -212,6 +213,7 @@ class LocalSandbox:
                 signal=signal_number,
                 network_isolated=self.isolate_network,
                 filesystem_restricted=bool(message and message.get("sandbox", {}).get("filesystem")),
+                reads_restricted=bool(message and message.get("sandbox", {}).get("reads")),
                 killed_on_timeout=timed_out,
                 privileges_dropped=worker.drop,
                 processes_isolated=worker.isolate_pids,

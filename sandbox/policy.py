@@ -40,6 +40,10 @@ class SandboxConfig(BaseModel):
     restrict_writes: bool = True
     """Landlock: the worker may write only its private directory, caches and /dev."""
 
+    restrict_reads: bool = True
+    """Landlock: the worker may read only system directories, its interpreter and packages, its
+    private directory and caches (not home directories, /tmp, /var or /run)."""
+
     max_processes: int = 4096
     """RLIMIT_NPROC for the worker's user (threads count too: CUDA and torch start many)."""
 
@@ -187,6 +191,7 @@ _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _FS_WRITE_RIGHTS_V1 = sum(1 << b for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))
 _FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14
+_FS_READ_FILE, _FS_READ_DIR = 1 << 2, 1 << 3
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
 
 
@@ -196,13 +201,33 @@ def landlock_abi() -> int:
     return max(version, 0)
 
 
-def restrict_writes(writable: list[str]) -> dict[str, bool]:
-    """Forbid writes outside `writable` (and TCP connect/bind when the ABI allows) for this
-    process and its children. Returns what was applied."""
+SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
+
+
+def default_readable() -> list[str]:
+    """What a worker reads: system directories, the interpreter and every import location.
+    Home directories, /tmp (other jobs), /var, /run and /root are not among them."""
+    import importlib.util
+
+    places = [*SYSTEM_READABLE, sys.prefix, sys.base_prefix, sys.exec_prefix]
+    places += [p for p in sys.path if p and os.path.isdir(p)]
+    for name in ("forge", "torch", "triton", "cupy", "pydantic"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            places.append(os.path.dirname(os.path.realpath(spec.origin)))
+    return sorted(set(places))
+
+
+def restrict_filesystem(writable: list[str], readable: list[str] | None = None) -> dict[str, bool]:
+    """Landlock for this process and its children: writes only beneath `writable`; when
+    `readable` is given, reads only beneath it and `writable` (a root worker cannot read ~/.aws
+    or another job's files); TCP connect/bind denied when the ABI allows. Returns what applied."""
     abi = landlock_abi()
     if abi < 1:
-        return {"filesystem": False, "network": False}
-    fs_rights = _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+        return {"filesystem": False, "reads": False, "network": False}
+    write_rights = _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    read_rights = _FS_READ_FILE | _FS_READ_DIR if readable is not None else 0
+    fs_rights = write_rights | read_rights
     net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0
     if abi >= 6:
         attr = struct.pack("QQQ", fs_rights, net_rights, 0)
@@ -215,13 +240,14 @@ def restrict_writes(writable: list[str]) -> dict[str, bool]:
     ruleset = libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    rules = [(path, fs_rights) for path in writable] + [(path, read_rights) for path in readable or []]
     try:
-        for path in writable:
-            if not Path(path).exists():
+        for path, rights in rules:
+            if not os.path.isdir(path):
                 continue
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
-                rule = ctypes.create_string_buffer(struct.pack("=Qi", fs_rights, fd), 12)
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
                 if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, ctypes.c_uint32(0)) != 0:
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
             finally:
@@ -232,7 +258,12 @@ def restrict_writes(writable: list[str]) -> dict[str, bool]:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    return {"filesystem": True, "network": net_rights != 0}
+    return {"filesystem": True, "reads": readable is not None, "network": net_rights != 0}
+
+
+def restrict_writes(writable: list[str]) -> dict[str, bool]:
+    """Writes only beneath `writable` (reads unrestricted)."""
+    return restrict_filesystem(writable)
 
 
 def cache_environment(cache_dir: Path, workdir: Path) -> dict[str, str]:

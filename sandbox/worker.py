@@ -1,6 +1,6 @@
 """The sandboxed side of a job: `python -P -m forge.sandbox.worker`.
 
-Reads `{"token", "channel", "writable", "restrict_writes", "job"}` as JSON on stdin, restricts
+Reads `{"token", "channel", "writable", "restrict_writes", "restrict_reads", "job"}` as JSON on stdin, restricts
 itself, runs the job and writes exactly one framed message to the channel. It leaves with
 `os._exit` so that nothing the candidate registered (atexit, finalizers) runs after the result.
 """
@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 
 from forge.sandbox.base import encode_message
-from forge.sandbox.policy import restrict_writes
+from forge.sandbox.policy import default_readable, restrict_filesystem
 
 
 def _channel_writer(channel: dict) -> Callable[[bytes], None]:
@@ -121,10 +121,11 @@ def main() -> None:
     spec = json.loads(sys.stdin.buffer.read())
     write = _channel_writer(spec["channel"])
     token = spec["token"]
-    applied = {"filesystem": False, "network": False}
+    applied = {"filesystem": False, "reads": False, "network": False}
     job = {**spec["job"], "worker_prepare_s": prepared - STARTED, "worker_received": time.perf_counter()}
     if spec.get("restrict_writes", True):
-        applied = restrict_writes(spec.get("writable", []))
+        readable = [*default_readable(), *spec.get("readable", [])] if spec.get("restrict_reads", False) else None
+        applied = restrict_filesystem(spec.get("writable", []), readable)
     del spec
     try:
         payload = run(job)

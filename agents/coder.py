@@ -1,0 +1,161 @@
+"""The Coder: turns the search's state into a prompt, and its answer into candidate source."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field
+
+from forge import prompts
+from forge.agents.errors import FormatError, NoCodeBlock
+from forge.agents.interfaces import JudgePlan, Message
+from forge.evaluator.problem import Problem
+from forge.evaluator.result import EvalResult
+
+ALLOWED_IMPORTS = {
+    "triton": ["torch", "torch.nn", "triton", "triton.language", "math", "typing", "functools"],
+    "cuda": [
+        "torch",
+        "torch.nn",
+        "torch.utils.cpp_extension",
+        "cupy",
+        "math",
+        "typing",
+        "functools",
+    ],
+}
+FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+class GpuSpec(BaseModel):
+    """What the prompts say about the target GPU; throughputs are measured ones, or absent."""
+
+    name: str
+    sm_count: int
+    l2_mb: float
+    bandwidth_tbs: float | None = Field(None, description="device copy bandwidth, TB/s")
+    fp32_tflops: float | None = None
+    bf16_tflops: float | None = None
+    source: str = "measured on the device machine (docs/benchmarks.md)"
+
+
+def detect_gpu() -> GpuSpec:
+    """The first visible CUDA GPU, with the measured ceilings Forge knows for it (raises
+    EvaluatorError when there is none)."""
+    import torch
+
+    from forge.evaluator import EvaluatorError
+    from forge.evaluator.gpus import ceilings_for
+
+    if not torch.cuda.is_available():
+        raise EvaluatorError(
+            "--device cuda needs a CUDA GPU and none is visible here: use --device cpu"
+        )
+    props = torch.cuda.get_device_properties(0)
+    ceilings = ceilings_for(props.name)
+    return GpuSpec(
+        name=props.name,
+        sm_count=props.multi_processor_count,
+        l2_mb=round(props.L2_cache_size / 2**20, 1),
+        bandwidth_tbs=ceilings.bandwidth_bytes_s / 1e12 if ceilings else None,
+        fp32_tflops=ceilings.fp32_flops_s / 1e12 if ceilings else None,
+        bf16_tflops=ceilings.half_flops_s / 1e12 if ceilings else None,
+    )
+
+
+class Attempt(BaseModel):
+    """One line of the compact history the agents see."""
+
+    round: int
+    kind: str
+    plan: str = ""
+    status: str
+    speedup: float | None = None
+    note: str = ""
+    is_best: bool = False
+
+
+class PromptContext(BaseModel):
+    """What every prompt of one trajectory shares."""
+
+    problem: Problem
+    backend: str
+    device: str
+    gpu: GpuSpec | None = None
+
+    def variables(self) -> dict:
+        return {
+            "problem": self.problem,
+            "input_sets": self.problem.sets_for(self.device),
+            "backend": self.backend,
+            "device": self.device,
+            "gpu": self.gpu,
+            "allowed_imports": ALLOWED_IMPORTS[self.backend],
+        }
+
+
+def extract_code(text: str) -> str:
+    """The last fenced block that defines ModelNew (the Coder may quote code before answering)."""
+    blocks = [body for lang, body in FENCE.findall(text) if lang.lower() in ("", "python", "py")]
+    defining = [b for b in blocks if "class ModelNew" in b]
+    if not defining:
+        what = "no ```python code block" if not blocks else "no code block defines `class ModelNew`"
+        raise NoCodeBlock(what, text)
+    return defining[-1].strip() + "\n"
+
+
+class Coder:
+    def __init__(self, context: PromptContext):
+        self.context = context
+
+    def _messages(self, template: str, **ctx: object) -> list[Message]:
+        variables = self.context.variables()
+        return [
+            Message(role="system", content=prompts.render("coder_system", **variables)),
+            Message(role="user", content=prompts.render(template, **variables, **ctx)),
+        ]
+
+    def initial(self) -> list[Message]:
+        example = prompts.example_for(self.context.backend, self.context.problem.name)
+        return self._messages("coder_initial", example=example)
+
+    def repair(
+        self,
+        code: str,
+        result: EvalResult,
+        plan: JudgePlan | None,
+        history: list[Attempt],
+        code_round: int,
+    ) -> list[Message]:
+        return self._messages(
+            "coder_repair",
+            code=code,
+            result=result,
+            plan=plan,
+            history=history,
+            code_round=code_round,
+        )
+
+    def optimize(
+        self,
+        code: str,
+        result: EvalResult,
+        plan: JudgePlan | None,
+        history: list[Attempt],
+        code_round: int,
+    ) -> list[Message]:
+        return self._messages(
+            "coder_optimize",
+            code=code,
+            result=result,
+            plan=plan,
+            history=history,
+            code_round=code_round,
+        )
+
+    def reminder(self, error: FormatError) -> Message:
+        return Message(
+            role="user", content=prompts.render("format_reminder_code", reason=error.reason)
+        )
+
+    parse = staticmethod(extract_code)

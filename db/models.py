@@ -1,0 +1,203 @@
+"""The kernel database's tables (SQLModel).
+
+Every column has an explicit SQLAlchemy type that SQLite and PostgreSQL both accept, and the
+initial Alembic revision (`forge/db/migrations/versions/0001_initial.py`) creates exactly these
+(a test compares the migrated schema with this metadata). Times are UTC. JSON payloads are
+stored as text (`*_json` columns) so that any SQLAlchemy backend works; the key columns a query
+filters or sorts on are copied out of them and indexed.
+
+Ids are integer autoincrement: users type them (`forge show 12`).
+
+`Run.best_candidate_id` deliberately carries no foreign key: runs and candidates would reference
+each other, a cycle that needs ALTER TABLE (which SQLite cannot do in place). It is written only
+by `RunStore.update_run_totals`, from the candidate rows of the same run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+NAME = sa.String(200)
+SHORT = sa.String(64)
+HASH = sa.String(64)
+TEXT = sa.Text()
+WHEN = sa.DateTime(timezone=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunStatus(str, Enum):
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+    interrupted = "interrupted"
+
+
+class CandidateKind(str, Enum):
+    initial = "initial"
+    repair = "repair"
+    optimize = "optimize"
+
+
+class Role(str, Enum):
+    coder = "coder"
+    judge = "judge"
+
+
+class ProblemRow(SQLModel, table=True):
+    """One problem source, stored once per (name, source hash) and shared by its runs."""
+
+    __tablename__ = "problem"
+    __table_args__ = (sa.UniqueConstraint("name", "source_hash", name="uq_problem_name_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_type=NAME, index=True)
+    source: str = Field(sa_type=TEXT)
+    source_hash: str = Field(sa_type=HASH)
+    dtype: str = Field(sa_type=SHORT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+
+
+class Run(SQLModel, table=True):
+    """One `forge optimize` invocation; totals are recomputed from its rows."""
+
+    __tablename__ = "run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    problem_id: int = Field(foreign_key="problem.id", index=True)
+    op: str = Field(sa_type=NAME, index=True)
+    status: str = Field(default=RunStatus.running.value, sa_type=SHORT, index=True)
+    config_json: str = Field(default="{}", sa_type=TEXT)
+    coder_model: str = Field(sa_type=NAME)
+    judge_model: str = Field(sa_type=NAME)
+    backend: str = Field(sa_type=SHORT)
+    device: str = Field(sa_type=SHORT)
+    gpu_name: str = Field(default="", sa_type=NAME)
+    error: str = Field(default="", sa_type=TEXT)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=WHEN, index=True)
+    finished_at: datetime | None = Field(default=None, sa_type=WHEN)
+    rounds_done: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    best_candidate_id: int | None = None
+    best_speedup_vs_eager: float | None = None
+    best_speedup_vs_compile: float | None = None
+
+
+class Candidate(SQLModel, table=True):
+    """One kernel source the Coder wrote."""
+
+    __tablename__ = "candidate"
+    __table_args__ = (sa.Index("ix_candidate_run_traj_round", "run_id", "trajectory", "round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    trajectory: int = 0
+    round: int = 0
+    parent_id: int | None = Field(default=None, foreign_key="candidate.id")
+    kind: str = Field(sa_type=SHORT)
+    backend: str = Field(sa_type=SHORT)
+    source: str = Field(sa_type=TEXT)
+    source_hash: str = Field(sa_type=HASH, index=True)
+    plan_json: str = Field(default="", sa_type=TEXT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+
+
+class Evaluation(SQLModel, table=True):
+    """The evaluator's verdict on one candidate: the full EvalResult plus indexed key columns.
+
+    `median_ms` is the candidate's median time on the first timed input set (the problem's
+    first declared set), absent when nothing was timed.
+    """
+
+    __tablename__ = "evaluation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    candidate_id: int = Field(foreign_key="candidate.id", index=True)
+    result_json: str = Field(sa_type=TEXT)
+    status: str = Field(sa_type=SHORT, index=True)
+    suspicious: bool = False
+    speedup_vs_eager: float | None = Field(default=None, index=True)
+    speedup_vs_compile: float | None = None
+    median_ms: float | None = None
+    gpu_name: str = Field(default="", sa_type=NAME, index=True)
+    arch: str = Field(default="", sa_type=SHORT, index=True)
+    torch_version: str = Field(default="", sa_type=SHORT)
+    triton_version: str = Field(default="", sa_type=SHORT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+
+
+class LLMCall(SQLModel, table=True):
+    """One LLM request: what was sent, what came back (or the error), tokens, cost, latency.
+
+    `candidate_id` is the candidate the call is about: for a Coder call, the candidate its answer
+    became (linked by `RunStore.link_llm_call` once the candidate exists); for a Judge call, the
+    candidate it judged. `attempts` counts HTTP attempts including retries.
+    """
+
+    __tablename__ = "llm_call"
+    __table_args__ = (sa.Index("ix_llm_call_run_traj_round", "run_id", "trajectory", "round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    candidate_id: int | None = Field(default=None, foreign_key="candidate.id")
+    trajectory: int = 0
+    round: int = 0
+    role: str = Field(sa_type=SHORT)
+    model: str = Field(sa_type=NAME)
+    messages_json: str = Field(sa_type=TEXT)
+    response_text: str = Field(default="", sa_type=TEXT)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    attempts: int = 1
+    error: str = Field(default="", sa_type=TEXT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+
+
+class LibraryEntry(SQLModel, table=True):
+    """A verified kernel in the library (issue 4), keyed by op, dtype, shape bucket, arch and
+    the torch / triton / CUDA major.minor it was verified with."""
+
+    __tablename__ = "library_entry"
+    __table_args__ = (
+        sa.Index(
+            "ix_library_entry_key",
+            "op",
+            "dtype",
+            "arch",
+            "torch_version",
+            "triton_version",
+            "cuda_version",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    op: str = Field(sa_type=NAME)
+    dtype: str = Field(sa_type=SHORT)
+    shape_key: str = Field(default="{}", sa_type=TEXT)
+    arch: str = Field(sa_type=SHORT)
+    torch_version: str = Field(default="", sa_type=SHORT)
+    triton_version: str = Field(default="", sa_type=SHORT)
+    cuda_version: str = Field(default="", sa_type=SHORT)
+    backend: str = Field(sa_type=SHORT)
+    source: str = Field(sa_type=TEXT)
+    source_hash: str = Field(sa_type=HASH, index=True)
+    metadata_json: str = Field(default="{}", sa_type=TEXT)
+    speedup_vs_eager: float | None = None
+    speedup_vs_compile: float | None = None
+    candidate_id: int | None = Field(default=None, foreign_key="candidate.id", ondelete="SET NULL")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    verified_at: datetime | None = Field(default=None, sa_type=WHEN)
+    active: bool = Field(default=True, index=True)
+
+
+TABLES = (ProblemRow, Run, Candidate, Evaluation, LLMCall, LibraryEntry)

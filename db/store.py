@@ -1,0 +1,572 @@
+"""`RunStore`: the one object the optimize loop talks to about the database.
+
+Every write method commits before it returns, so a run killed at any instant (kill -9) loses at
+most the step in flight. Every text that enters the database passes through
+`forge.db.redact.redact`, so provider keys never reach it.
+
+Resuming a run (`forge optimize --resume RUN`): `rounds(run_id)` groups everything recorded for
+a run by (trajectory, round), in order, as `RoundRecord`s holding that round's LLM calls and its
+candidates with their evaluations. From them the loop sees, per trajectory, the last complete
+round, and for a round in flight which of its steps exist:
+
+- a Judge call with no error for (t, r): its plan is in `response_text` (do not call again);
+- a Coder call with no error whose `candidate_id` is None: its answer arrived but no candidate
+  was stored (`RoundRecord.unlinked_coder_calls`): extract the code from it, add the candidate,
+  then `link_llm_call`;
+- a candidate with no evaluation (`candidates_without_evaluation`): evaluate it, do not ask the
+  Coder again;
+- calls marked malformed (`set_llm_call_error`) count towards the retry-once rule.
+
+`consumed_calls(run_id, role)` counts the calls that took an answer from the model, so a
+scripted model can be fast-forwarded past the answers already used
+(`forge.agents.llm.resume_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pydantic import BaseModel
+from sqlalchemy import case, func, literal, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from forge.db.engine import get_engine, migrate
+from forge.db.models import (
+    Candidate,
+    CandidateKind,
+    Evaluation,
+    LLMCall,
+    ProblemRow,
+    Role,
+    Run,
+    RunStatus,
+    utcnow,
+)
+from forge.db.redact import redact
+from forge.evaluator.problem import Problem
+from forge.evaluator.result import EvalResult, Status
+
+
+class RecordNotFound(LookupError):
+    """A run or candidate id that is not in the database."""
+
+
+def source_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def result_to_json(result: EvalResult) -> str:
+    """EvalResult -> JSON text that round-trips, infinities included (pydantic's own JSON
+    writes inf as null, which the model then refuses to read back)."""
+    return json.dumps(result.model_dump(mode="python"), allow_nan=True)
+
+
+def result_from_json(text: str) -> EvalResult:
+    return EvalResult.model_validate(json.loads(text))
+
+
+def _json(value: dict | BaseModel | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass
+class Step:
+    """One candidate with its latest evaluation (None until evaluated)."""
+
+    candidate: Candidate
+    evaluation: Evaluation | None = None
+    result: EvalResult | None = None
+
+    @property
+    def id(self) -> int:
+        return self.candidate.id  # type: ignore[return-value]
+
+    @property
+    def status(self) -> str | None:
+        return self.evaluation.status if self.evaluation else None
+
+    @property
+    def plan(self) -> dict:
+        return json.loads(self.candidate.plan_json) if self.candidate.plan_json else {}
+
+
+@dataclass
+class RoundRecord:
+    """Everything recorded for one (trajectory, round) of a run, in insertion order."""
+
+    trajectory: int
+    round: int
+    calls: list[LLMCall] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def calls_for(self, role: str, *, ok_only: bool = False) -> list[LLMCall]:
+        return [c for c in self.calls if c.role == role and (not ok_only or not c.error)]
+
+    @property
+    def unlinked_coder_calls(self) -> list[LLMCall]:
+        """Coder answers that arrived without error but have no candidate yet."""
+        return [c for c in self.calls_for(Role.coder.value, ok_only=True) if c.candidate_id is None]
+
+    @property
+    def evaluated(self) -> bool:
+        """The round produced a candidate and every candidate of it was evaluated."""
+        return bool(self.steps) and all(s.evaluation is not None for s in self.steps)
+
+
+class RunStore:
+    """Runs, candidates, evaluations and LLM calls in one database.
+
+    `RunStore(url)` connects to `database_url(url)` and migrates it to the newest schema
+    (`migrate_schema=False` to skip, e.g. for a read-only replica). Thread-safe: each method uses its
+    own session, so parallel trajectories may share one store.
+    """
+
+    def __init__(self, url: str | Engine | None = None, *, migrate_schema: bool = True) -> None:
+        self.engine = url if isinstance(url, Engine) else get_engine(url)
+        if migrate_schema:
+            migrate(self.engine)
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _insert(self, row):  # noqa: ANN001, ANN202 (any table row)
+        with self._session() as s:
+            s.add(row)
+            s.commit()
+            return row
+
+    # ---------------------------------------------------------------- runs
+
+    def _problem_id(self, problem: Problem) -> int:
+        digest = source_hash(problem.source)
+        query = select(ProblemRow.id).where(
+            ProblemRow.name == problem.name, ProblemRow.source_hash == digest
+        )
+        with self._session() as s:
+            existing = s.exec(query).first()
+            if existing is not None:
+                return existing
+            row = ProblemRow(
+                name=problem.name, source=problem.source, source_hash=digest, dtype=problem.dtype
+            )
+            s.add(row)
+            try:
+                s.commit()
+            except IntegrityError:  # another process stored the same problem first
+                s.rollback()
+                return s.exec(query).one()
+            return row.id  # type: ignore[return-value]
+
+    def create_run(
+        self,
+        problem: Problem,
+        config: dict | BaseModel,
+        coder_model: str,
+        judge_model: str,
+        backend: str,
+        device: str,
+        gpu_name: str = "",
+    ) -> int:
+        """Store the problem (once per source) and a new run in status `running`; its id."""
+        run = Run(
+            problem_id=self._problem_id(problem),
+            op=problem.name,
+            config_json=redact(_json(config)),
+            coder_model=redact(coder_model),
+            judge_model=redact(judge_model),
+            backend=backend,
+            device=device,
+            gpu_name=gpu_name,
+        )
+        return self._insert(run).id
+
+    def get_run(self, run_id: int) -> Run:
+        with self._session() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            raise RecordNotFound(f"no run {run_id} in the database (`forge runs` lists them)")
+        return run
+
+    def problem(self, run_id: int) -> ProblemRow:
+        """The problem row of a run (its source, to rebuild the Problem on resume)."""
+        run = self.get_run(run_id)
+        with self._session() as s:
+            return s.get(ProblemRow, run.problem_id)  # type: ignore[return-value]
+
+    def run_config(self, run_id: int) -> dict:
+        return json.loads(self.get_run(run_id).config_json or "{}")
+
+    def list_runs(
+        self, limit: int = 50, *, op: str | None = None, status: str | None = None
+    ) -> list[Run]:
+        """Newest first."""
+        query = select(Run).order_by(col(Run.id).desc()).limit(limit)
+        if op is not None:
+            query = query.where(Run.op == op)
+        if status is not None:
+            query = query.where(Run.status == RunStatus(status).value)
+        with self._session() as s:
+            return list(s.exec(query).all())
+
+    def finish_run(self, run_id: int, status: str | RunStatus, error: str = "") -> Run:
+        """Set the final status (finished | failed | interrupted), the end time and the totals."""
+        final = RunStatus(status)
+        self.get_run(run_id)
+        with self._session() as s:
+            s.exec(
+                update(Run)
+                .where(col(Run.id) == run_id)
+                .values(status=final.value, finished_at=utcnow(), error=redact(error))
+            )
+            s.commit()
+        return self.update_run_totals(run_id)
+
+    def reopen_run(self, run_id: int) -> Run:
+        """Mark a run `running` again (for `--resume`); its rows are kept as they are."""
+        self.get_run(run_id)
+        with self._session() as s:
+            s.exec(
+                update(Run)
+                .where(col(Run.id) == run_id)
+                .values(status=RunStatus.running.value, finished_at=None, error="")
+            )
+            s.commit()
+        return self.get_run(run_id)
+
+    def set_run_gpu(self, run_id: int, gpu_name: str) -> None:
+        with self._session() as s:
+            s.exec(update(Run).where(col(Run.id) == run_id).values(gpu_name=gpu_name))
+            s.commit()
+
+    def update_run_totals(self, run_id: int) -> Run:
+        """Recompute tokens, cost, rounds done and the best candidate from the rows, in one
+        UPDATE statement (correct even when several threads or processes write the run)."""
+        calls = select(LLMCall).where(col(LLMCall.run_id) == run_id).subquery()
+        latest = self._latest_evaluation_ids().subquery()
+        evaluated = (
+            select(
+                Candidate.id,
+                Candidate.round,
+                Evaluation.status,
+                Evaluation.suspicious,
+                Evaluation.speedup_vs_eager,
+                Evaluation.speedup_vs_compile,
+                Evaluation.gpu_name,
+            )
+            .join(latest, col(latest.c.candidate_id) == col(Candidate.id))
+            .join(Evaluation, col(Evaluation.id) == latest.c.evaluation_id)
+            .where(col(Candidate.run_id) == run_id)
+            .subquery()
+        )
+        best = (
+            select(evaluated)
+            .where(
+                evaluated.c.status == Status.correct.value, evaluated.c.suspicious == literal(False)
+            )
+            .order_by(*self._best_order(evaluated.c.speedup_vs_eager, evaluated.c.id))
+            .limit(1)
+            .subquery()
+        )
+        gpu = (
+            select(evaluated.c.gpu_name)
+            .where(evaluated.c.gpu_name != "")
+            .order_by(evaluated.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        values = {
+            "prompt_tokens": select(
+                func.coalesce(func.sum(calls.c.prompt_tokens), 0)
+            ).scalar_subquery(),
+            "completion_tokens": select(
+                func.coalesce(func.sum(calls.c.completion_tokens), 0)
+            ).scalar_subquery(),
+            "cost_usd": select(func.coalesce(func.sum(calls.c.cost_usd), 0.0)).scalar_subquery(),
+            "rounds_done": select(
+                func.coalesce(func.max(evaluated.c.round) + 1, 0)
+            ).scalar_subquery(),
+            "best_candidate_id": select(best.c.id).scalar_subquery(),
+            "best_speedup_vs_eager": select(best.c.speedup_vs_eager).scalar_subquery(),
+            "best_speedup_vs_compile": select(best.c.speedup_vs_compile).scalar_subquery(),
+            "gpu_name": func.coalesce(gpu, Run.gpu_name),
+        }
+        with self._session() as s:
+            s.exec(update(Run).where(col(Run.id) == run_id).values(**values))
+            s.commit()
+        return self.get_run(run_id)
+
+    @staticmethod
+    def _best_order(speedup, candidate_id):  # noqa: ANN001, ANN205 (SQL expressions)
+        """Highest speedup first, unmeasured last, then the earliest candidate."""
+        return (case((speedup.is_(None), 1), else_=0), speedup.desc(), candidate_id)
+
+    @staticmethod
+    def _latest_evaluation_ids():  # noqa: ANN205
+        return select(
+            col(Evaluation.candidate_id).label("candidate_id"),
+            func.max(Evaluation.id).label("evaluation_id"),
+        ).group_by(Evaluation.candidate_id)
+
+    # ---------------------------------------------------------- candidates
+
+    def add_candidate(
+        self,
+        run_id: int,
+        trajectory: int,
+        round: int,
+        source: str,
+        backend: str,
+        kind: str | CandidateKind,
+        parent_id: int | None = None,
+        plan: dict | BaseModel | None = None,
+    ) -> int:
+        """Store a candidate's source (and the Judge plan it implements); its id."""
+        text = redact(source)
+        row = Candidate(
+            run_id=run_id,
+            trajectory=trajectory,
+            round=round,
+            parent_id=parent_id,
+            kind=CandidateKind(kind).value,
+            backend=backend,
+            source=text,
+            source_hash=source_hash(text),
+            plan_json=redact(_json(plan)),
+        )
+        return self._insert(row).id
+
+    def candidate(self, candidate_id: int) -> Candidate:
+        with self._session() as s:
+            row = s.get(Candidate, candidate_id)
+        if row is None:
+            raise RecordNotFound(f"no candidate {candidate_id} in the database")
+        return row
+
+    def candidates(self, run_id: int, trajectory: int | None = None) -> list[Candidate]:
+        query = select(Candidate).where(Candidate.run_id == run_id)
+        if trajectory is not None:
+            query = query.where(Candidate.trajectory == trajectory)
+        query = query.order_by(col(Candidate.trajectory), col(Candidate.round), col(Candidate.id))
+        with self._session() as s:
+            return list(s.exec(query).all())
+
+    # --------------------------------------------------------- evaluations
+
+    def add_evaluation(self, candidate_id: int, result: EvalResult) -> int:
+        """Store the full EvalResult and its key columns; its id."""
+        self.candidate(candidate_id)
+        first_timing = result.timings[0].candidate.median_ms if result.timings else None
+        env = result.environment
+        row = Evaluation(
+            candidate_id=candidate_id,
+            result_json=redact(result_to_json(result)),
+            status=result.status.value,
+            suspicious=result.suspicious,
+            speedup_vs_eager=result.speedup_vs_eager,
+            speedup_vs_compile=result.speedup_vs_compile,
+            median_ms=first_timing,
+            gpu_name=env.gpu_name,
+            arch=env.arch,
+            torch_version=env.torch_version,
+            triton_version=env.triton_version,
+        )
+        return self._insert(row).id
+
+    def latest_evaluation(self, candidate_id: int) -> Evaluation | None:
+        query = (
+            select(Evaluation)
+            .where(Evaluation.candidate_id == candidate_id)
+            .order_by(col(Evaluation.id).desc())
+            .limit(1)
+        )
+        with self._session() as s:
+            return s.exec(query).first()
+
+    def evaluation_for(self, candidate_id: int) -> EvalResult | None:
+        """The candidate's latest EvalResult, or None when it was never evaluated."""
+        row = self.latest_evaluation(candidate_id)
+        return result_from_json(row.result_json) if row else None
+
+    def _steps(self, candidates: Iterable[Candidate]) -> list[Step]:
+        candidates = list(candidates)
+        if not candidates:
+            return []
+        ids = [c.id for c in candidates]
+        latest = (
+            self._latest_evaluation_ids().where(col(Evaluation.candidate_id).in_(ids)).subquery()
+        )
+        query = select(Evaluation).join(latest, col(Evaluation.id) == latest.c.evaluation_id)
+        with self._session() as s:
+            by_candidate = {e.candidate_id: e for e in s.exec(query).all()}
+        steps = []
+        for c in candidates:
+            ev = by_candidate.get(c.id)  # type: ignore[arg-type]
+            steps.append(Step(c, ev, result_from_json(ev.result_json) if ev else None))
+        return steps
+
+    def history(self, run_id: int, trajectory: int | None = None) -> list[Step]:
+        """Candidates with their latest evaluation, ordered by (trajectory, round, id)."""
+        return self._steps(self.candidates(run_id, trajectory))
+
+    def candidates_without_evaluation(self, run_id: int) -> list[Candidate]:
+        """Candidates that were stored but never evaluated (a run killed mid-evaluation)."""
+        evaluated = select(Evaluation.candidate_id)
+        query = (
+            select(Candidate)
+            .where(Candidate.run_id == run_id, col(Candidate.id).not_in(evaluated))
+            .order_by(col(Candidate.trajectory), col(Candidate.round), col(Candidate.id))
+        )
+        with self._session() as s:
+            return list(s.exec(query).all())
+
+    def best_candidate(self, run_id: int, *, include_suspicious: bool = False) -> Step | None:
+        """The correct candidate with the highest speedup vs eager (unmeasured ones rank last,
+        ties go to the earliest); suspicious results are left out unless asked for."""
+        latest = self._latest_evaluation_ids().subquery()
+        query = (
+            select(Candidate)
+            .join(latest, col(latest.c.candidate_id) == col(Candidate.id))
+            .join(Evaluation, col(Evaluation.id) == latest.c.evaluation_id)
+            .where(Candidate.run_id == run_id, Evaluation.status == Status.correct.value)
+        )
+        if not include_suspicious:
+            query = query.where(col(Evaluation.suspicious).is_(False))
+        query = query.order_by(
+            *self._best_order(col(Evaluation.speedup_vs_eager), col(Candidate.id))
+        ).limit(1)
+        with self._session() as s:
+            row = s.exec(query).first()
+        return self._steps([row])[0] if row else None
+
+    # ----------------------------------------------------------- LLM calls
+
+    def record_llm_call(
+        self,
+        run_id: int,
+        role: str | Role,
+        model: str,
+        messages: list,
+        response_text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        latency_s: float,
+        error: str = "",
+        trajectory: int = 0,
+        round: int = 0,
+        candidate_id: int | None = None,
+        attempts: int = 1,
+    ) -> int:
+        """Store one LLM call (secrets redacted); its id. `messages` are `Message` models or
+        `{"role", "content"}` dicts."""
+        plain = [
+            m.model_dump(mode="json") if isinstance(m, BaseModel) else dict(m) for m in messages
+        ]
+        row = LLMCall(
+            run_id=run_id,
+            candidate_id=candidate_id,
+            trajectory=trajectory,
+            round=round,
+            role=Role(role).value,
+            model=redact(model),
+            messages_json=redact(json.dumps(plain)),
+            response_text=redact(response_text),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
+            latency_s=latency_s,
+            attempts=attempts,
+            error=redact(error),
+        )
+        return self._insert(row).id
+
+    def link_llm_call(self, call_id: int, candidate_id: int) -> None:
+        """Point a Coder call at the candidate its answer became."""
+        self.candidate(candidate_id)
+        with self._session() as s:
+            s.exec(
+                update(LLMCall).where(col(LLMCall.id) == call_id).values(candidate_id=candidate_id)
+            )
+            s.commit()
+
+    def set_llm_call_error(self, call_id: int, error: str) -> None:
+        """Mark a call whose answer was unusable (no code block, invalid plan JSON)."""
+        with self._session() as s:
+            s.exec(update(LLMCall).where(col(LLMCall.id) == call_id).values(error=redact(error)))
+            s.commit()
+
+    def llm_calls(
+        self,
+        run_id: int,
+        trajectory: int | None = None,
+        round: int | None = None,
+        role: str | None = None,
+    ) -> list[LLMCall]:
+        """A run's LLM calls ordered by (trajectory, round, id)."""
+        query = select(LLMCall).where(LLMCall.run_id == run_id)
+        if trajectory is not None:
+            query = query.where(LLMCall.trajectory == trajectory)
+        if round is not None:
+            query = query.where(LLMCall.round == round)
+        if role is not None:
+            query = query.where(LLMCall.role == Role(role).value)
+        query = query.order_by(col(LLMCall.trajectory), col(LLMCall.round), col(LLMCall.id))
+        with self._session() as s:
+            return list(s.exec(query).all())
+
+    def consumed_calls(self, run_id: int, role: str) -> int:
+        """Calls of `role` that took an answer from the model (attempts >= 1): where a
+        scripted model's replay resumes."""
+        query = (
+            select(func.count())
+            .select_from(LLMCall)
+            .where(
+                LLMCall.run_id == run_id,
+                LLMCall.role == Role(role).value,
+                col(LLMCall.attempts) >= 1,
+            )
+        )
+        with self._session() as s:
+            return int(s.exec(query).one())
+
+    # ------------------------------------------------------------- resume
+
+    def rounds(self, run_id: int, trajectory: int | None = None) -> list[RoundRecord]:
+        """Everything recorded for the run, grouped by (trajectory, round), in order."""
+        grouped: dict[tuple[int, int], RoundRecord] = {}
+
+        def record(t: int, r: int) -> RoundRecord:
+            return grouped.setdefault((t, r), RoundRecord(t, r))
+
+        for call in self.llm_calls(run_id, trajectory):
+            record(call.trajectory, call.round).calls.append(call)
+        for step in self.history(run_id, trajectory):
+            record(step.candidate.trajectory, step.candidate.round).steps.append(step)
+        return [grouped[k] for k in sorted(grouped)]
+
+    def trajectories(self, run_id: int) -> list[int]:
+        with self._session() as s:
+            rows = s.exec(
+                select(Candidate.trajectory).where(Candidate.run_id == run_id).distinct()
+            ).all()
+            calls = s.exec(
+                select(LLMCall.trajectory).where(LLMCall.run_id == run_id).distinct()
+            ).all()
+        return sorted(set(rows) | set(calls))
+
+
+def ensure_datetime(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; they are UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,598 @@
+"""The runtime: library kernels inside an eager PyTorch program, through `torch.library`.
+
+`enable()` reads the library directories (hash-checked), keeps the entries verified on this
+machine (same arch and torch / triton / CUDA major.minor), indexes them per operator by
+(arch, dtype, shape bucket) keeping the fastest per key, and registers one Python kernel per
+mapped ATen operator with `torch.library.Library("aten", "IMPL")`. That kernel serves a call
+from the library when the call is one the entry verified (see `adapters`) and an entry covers
+its dtype, shape bucket and device; otherwise it calls PyTorch's own kernel, obtained with
+`torch.library.get_kernel` before registering, and counts the reason (`stats()`, and a debug
+log line the first time each reason is seen). `disable()` destroys the registrations, which
+restores PyTorch's kernels exactly.
+
+Needs torch >= 2.9 for `torch.library.get_kernel`; `load()` works with any torch.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field
+
+from forge.kernels_library import adapters as _adapters
+from forge.kernels_library.keys import (
+    Machine,
+    bucket_of,
+    bucket_text,
+    incompatibility,
+    major_minor,
+    pow2_bucket,
+)
+from forge.kernels_library.storage import (
+    EntryRecord,
+    LibraryError,
+    library_dirs,
+    read_library,
+)
+
+log = logging.getLogger("forge.kernels_library")
+
+DISABLE_ENV = "FORGE_KERNELS_DISABLE"
+LIBRARY = "library"
+"""Counter key of calls served by a library kernel (every other key is a fallback reason)."""
+
+# Fallback reasons decided by the runtime itself (the adapters add the argument/shape ones).
+REENTRANT = "re-entrant call from inside a library kernel"
+SUBCLASS = "tensor subclass input (FakeTensor, torch.compile tracing, ...)"
+DISPATCH_MODE = "a TorchDispatchMode is active"
+AUTOGRAD = "input requires grad (the kernel has no backward)"
+NO_DTYPE = "no entry for this dtype on this machine"
+OTHER_MACHINE = "entries exist only for other machines (run `forge library verify`)"
+NO_BUCKET = "no entry for this shape bucket"
+UNBINDABLE = "the entry's ModelNew does not have the Model's parameters"
+
+
+class RuntimeConfig(BaseModel):
+    """What `kl.enable` registers."""
+
+    ops: list[str] | None = None
+    """Catalogue operators to dispatch to the library (None: every ATen-mapped operator that has
+    an entry usable on this machine)."""
+
+    devices: list[Literal["cuda", "cpu"]] = Field(default_factory=lambda: ["cuda"])
+    """Device types whose ATen kernels are replaced. `cuda` is the product; `cpu` replaces CPU
+    kernels with entries verified on `cpu` (Triton under TRITON_INTERPRET=1) and exists so the
+    registration path can be tested without a GPU."""
+
+    path: list[str] | None = None
+    """Library directories to read (None: `$FORGE_LIBRARY`, else `$FORGE_HOME/library`)."""
+
+
+@dataclass
+class EnableReport:
+    """What `enable` did: operators registered (with their entry counts), operators left to
+    PyTorch and why, and entries skipped and why."""
+
+    enabled: bool
+    registered: dict[str, int] = field(default_factory=dict)
+    not_registered: dict[str, str] = field(default_factory=dict)
+    skipped_entries: list[dict] = field(default_factory=list)
+    disabled_reason: str | None = None
+    library_dirs: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ machine
+
+
+def triton_version() -> str:
+    """The installed triton's version ('' when absent), without importing it."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _interpreter_problem() -> str | None:
+    """Why Triton kernels cannot run on CPU tensors in this process (None: they can)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "devices=['cpu'] runs Triton kernels through the interpreter: set TRITON_INTERPRET=1 in the environment before enabling"
+    language = sys.modules.get("triton.language")
+    if language is not None and type(language.standard.max).__name__ != "InterpretedFunction":
+        return "triton was imported before TRITON_INTERPRET=1 was set, so its standard library is compiled, not interpreted: set it before triton is first imported"
+    return None
+
+
+def machines(device_type: str) -> dict[int, Machine]:
+    """This process's devices of a type, by device index (-1 for the CPU)."""
+    torch_mm = major_minor(torch.__version__)
+    triton_mm = major_minor(triton_version())
+    if device_type == "cpu":
+        return {-1: Machine("cpu", "cpu", torch_mm, triton_mm, "")}
+    if not torch.cuda.is_available():
+        return {}
+    cuda_mm = major_minor(torch.version.cuda or "")
+    found = {}
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        found[index] = Machine("cuda", f"sm_{major}{minor}", torch_mm, triton_mm, cuda_mm)
+    return found
+
+
+def _incompatible(record: EntryRecord, machine: Machine) -> str | None:
+    m = record.meta
+    return incompatibility(machine, arch=m.arch, torch=m.torch_version, triton=m.triton_version, cuda=m.cuda_version, backend=m.backend)
+
+
+# ------------------------------------------------------------------------------------ modules
+
+_LOCK = threading.RLock()
+_CLASSES: dict[tuple, type] = {}
+_local = threading.local()
+
+
+def module_class(record: EntryRecord) -> type:
+    """The entry's `ModelNew` class, executed once per process from the hash-checked source
+    (the text that was verified, compiled with the entry's kernel.py as its file name so that
+    Triton can read the kernels' source)."""
+    key = (record.meta.id, record.meta.files.get("kernel.py", ""), os.environ.get("TRITON_INTERPRET", ""))
+    cls = _CLASSES.get(key)
+    if cls is not None:
+        return cls
+    with _LOCK:
+        cls = _CLASSES.get(key)
+        if cls is not None:
+            return cls
+        if record.path is None:
+            raise LibraryError(f"library entry {record.meta.id} has no folder on disk to load from")
+        filename = str(record.path / "kernel.py")
+        name = f"forge_library_{record.meta.id}"
+        spec = importlib.util.spec_from_file_location(name, filename)
+        module = importlib.util.module_from_spec(spec)
+        code = compile(record.kernel_source, filename, "exec")
+        sys.modules[name] = module
+        try:
+            exec(code, module.__dict__)
+        except ImportError as exc:
+            del sys.modules[name]
+            raise LibraryError(f"library entry {record.path} ({record.meta.op}) cannot be loaded here: {exc}") from exc
+        cls = getattr(module, "ModelNew", None)
+        if not isinstance(cls, type):
+            raise LibraryError(f"library entry {record.path} defines no class ModelNew")
+        cls.forge_entry = record.meta
+        _CLASSES[key] = cls
+        return cls
+
+
+# ------------------------------------------------------------------------------------ counters
+
+_COUNTS: dict[str, dict[str, int]] = {}
+_ENTRY_COUNTS: dict[str, dict[str, int]] = {}
+_SEEN: set[tuple[str, str]] = set()
+_DETAILS_SEEN: set[tuple] = set()
+_MAX_DETAILS = 1000
+
+
+def _counts(op: str) -> dict[str, int]:
+    return _COUNTS.setdefault(op, {})
+
+
+def _first_time(op: str, reason: str) -> None:
+    if (op, reason) not in _SEEN:
+        _SEEN.add((op, reason))
+        log.debug("%s: falling back to PyTorch: %s", op, reason)
+
+
+# ------------------------------------------------------------------------------------ dispatch
+
+
+@dataclass
+class _Choice:
+    record: EntryRecord
+    speedup: float
+    broken: bool = False
+
+
+@dataclass
+class _OpState:
+    adapter: _adapters.Adapter
+    pow2: tuple[bool, ...]
+    index: dict[tuple, dict[tuple, _Choice]]
+    foreign_dtypes: set
+    entries: int
+    library: torch.library.Library | None = None
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    config: RuntimeConfig
+    report: EnableReport
+    ops: dict[str, _OpState]
+    archs: dict[int, str]
+
+
+_STATE: _State | None = None
+
+
+def _instance(choice: _Choice, call: _adapters.Call, adapter: _adapters.Adapter, x: torch.Tensor):
+    """A per-thread ModelNew for (entry, constructor args, device, dtype), with the slots its
+    parameters are bound through; None when the entry cannot bind the Model's parameters."""
+    cache = _local.__dict__.setdefault("modules", {})
+    key = (choice.record.meta.id, call.init_args, x.device, x.dtype)
+    slot = cache.get(key)
+    if slot is not None:
+        return slot
+    cls = module_class(choice.record)
+    module = cls(*call.init_args).to(x.device)
+    if x.dtype != torch.float32:
+        module = module.to(x.dtype)
+    module.eval()
+    binds = []
+    for name in adapter.params:
+        prefix, _, leaf = name.rpartition(".")
+        try:
+            owner = module.get_submodule(prefix) if prefix else module
+        except AttributeError:
+            owner = None
+        if owner is None or leaf not in owner._parameters:
+            choice.broken = True
+            log.warning("library entry %s (%s): ModelNew has no parameter '%s': not used for ATen calls", choice.record.meta.id, adapter.op, name)
+            return None
+        binds.append((owner._parameters, leaf))
+    slot = (module.forward, tuple(binds))
+    cache[key] = slot
+    return slot
+
+
+def _detail_text(adapter: _adapters.Adapter, detail: tuple) -> str:
+    arch, dtype, bucket = detail
+    text = f"{arch}, {str(dtype).removeprefix('torch.')}"
+    return text if bucket is None else f"{text}, bucket {bucket_text(dict(zip(adapter.constants, bucket, strict=True)))}"
+
+
+def _make_impl(op: str, state: _OpState, original, archs: dict[int, str], composite_level: bool):
+    adapter = state.adapter
+    prepare = adapter.prepare
+    index = state.index
+    pow2 = state.pow2
+    counts = _counts(op)
+    by_entry = _ENTRY_COUNTS.setdefault(op, {})
+    tensor_types = (torch.Tensor, torch.nn.Parameter)
+    grad_enabled = torch.is_grad_enabled
+    dispatch_modes = torch._C._len_torch_dispatch_stack
+    local = _local
+    debug_on = log.isEnabledFor
+
+    def fallback(keyset, args, kwargs, reason, detail=None):
+        counts[reason] = counts.get(reason, 0) + 1
+        if (op, reason) not in _SEEN:
+            _first_time(op, reason)
+        if detail is not None and len(_DETAILS_SEEN) < _MAX_DETAILS and debug_on(logging.DEBUG) and (op, reason, detail) not in _DETAILS_SEEN:
+            _DETAILS_SEEN.add((op, reason, detail))
+            log.debug("%s: %s (%s)", op, reason, _detail_text(adapter, detail))
+        return original.call_boxed(keyset, *args, **kwargs)
+
+    def impl(keyset, *args, **kwargs):
+        x = args[0]
+        if getattr(local, "depth", 0):
+            return fallback(keyset, args, kwargs, REENTRANT)
+        if type(x) not in tensor_types:
+            return fallback(keyset, args, kwargs, SUBCLASS)
+        if composite_level:
+            if dispatch_modes():
+                return fallback(keyset, args, kwargs, DISPATCH_MODE)
+            if grad_enabled():
+                for a in (*args, *kwargs.values()):
+                    if isinstance(a, torch.Tensor) and a.requires_grad:
+                        return fallback(keyset, args, kwargs, AUTOGRAD)
+        call = prepare(*args, **kwargs)
+        if call.__class__ is str:
+            return fallback(keyset, args, kwargs, call)
+        arch = archs.get(x.get_device())
+        table = index.get((arch, x.dtype))
+        if table is None:
+            reason = OTHER_MACHINE if x.dtype in state.foreign_dtypes else NO_DTYPE
+            return fallback(keyset, args, kwargs, reason, (arch, x.dtype, None))
+        bucket = tuple(pow2_bucket(v) if p else v for v, p in zip(call.constants, pow2, strict=True))
+        choice = table.get(bucket)
+        if choice is None:
+            return fallback(keyset, args, kwargs, NO_BUCKET, (arch, x.dtype, bucket))
+        if choice.broken:
+            return fallback(keyset, args, kwargs, UNBINDABLE)
+        slot = _instance(choice, call, adapter, x)
+        if slot is None:
+            return fallback(keyset, args, kwargs, UNBINDABLE)
+        forward, binds = slot
+        for (params, name), tensor in zip(binds, call.params, strict=True):
+            params[name] = tensor
+        local.depth = 1
+        try:
+            if x.is_cuda and x.get_device() != torch.cuda.current_device():
+                with torch.cuda.device(x.device):
+                    out = forward(*call.inputs)
+            else:
+                out = forward(*call.inputs)
+        finally:
+            local.depth = 0
+            for params, name in binds:
+                params[name] = None
+        counts[LIBRARY] = counts.get(LIBRARY, 0) + 1
+        entry = choice.record.meta.id
+        by_entry[entry] = by_entry.get(entry, 0) + 1
+        return out if call.out_shape is None else out.reshape(call.out_shape)
+
+    return impl
+
+
+_CATALOGUE_RULES: dict[str, dict[str, str]] = {}
+
+
+def _catalogue_rules(op: str) -> dict[str, str]:
+    if op not in _CATALOGUE_RULES:
+        from forge.evaluator.problem import resolve_problem
+
+        _CATALOGUE_RULES[op] = dict(resolve_problem(op).shape_buckets)
+    return _CATALOGUE_RULES[op]
+
+
+def _disabled_by_env() -> str | None:
+    value = os.environ.get(DISABLE_ENV, "").strip().lower()
+    if value and value not in ("0", "false", "no", "off"):
+        return f"{DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    return None
+
+
+def _build(config: RuntimeConfig) -> _State:
+    dirs = library_dirs(config.path)
+    report = EnableReport(enabled=True, library_dirs=[str(d) for d in dirs])
+    wanted = list(_adapters.ADAPTERS) if config.ops is None else list(config.ops)
+    for op in wanted:
+        if op not in _adapters.ADAPTERS:
+            why = _adapters.NOT_MAPPED.get(op, "it has no ATen counterpart")
+            raise LibraryError(f"'{op}' cannot be dispatched from ATen ({why}): use kl.load('{op}') and call it explicitly")
+    records = [r for r in read_library(dirs) if r.meta.op in wanted]
+    archs: dict[int, str] = {}
+    by_arch: dict[str, Machine] = {}
+    for device in config.devices:
+        for index, machine in machines(device).items():
+            archs[index] = machine.arch
+            by_arch[machine.arch] = machine
+    if "cpu" in config.devices and any(r.meta.arch == "cpu" and r.meta.backend == "triton" for r in records):
+        problem = _interpreter_problem()
+        if problem is not None:
+            raise LibraryError(problem)
+    ops: dict[str, _OpState] = {}
+    for op in wanted:
+        adapter = _adapters.ADAPTERS[op]
+        rules = _catalogue_rules(op)
+        state = _OpState(adapter, tuple(rules.get(c, "exact") == "pow2" for c in adapter.constants), {}, set(), 0)
+        for record in (r for r in records if r.meta.op == op):
+            dtype = getattr(torch, record.meta.dtype)
+            why = _adapters.aten_ineligibility(op, record.problem_source)
+            missing = [c for c in adapter.constants if any(c not in s.constants for s in record.meta.sets)]
+            if why is None and missing:
+                why = f"its input sets do not name the constant(s) {missing}"
+            if why is None and not by_arch:
+                why = f"no {' or '.join(config.devices)} device in this process"
+            usable: list[str] = []
+            if why is None:
+                verdicts = {arch: _incompatible(record, m) for arch, m in by_arch.items()}
+                usable = [arch for arch, v in verdicts.items() if v is None]
+                if not usable:
+                    why = next(iter(verdicts.values()))
+                    state.foreign_dtypes.add(dtype)
+            if why is not None:
+                report.skipped_entries.append({"id": record.meta.id, "op": op, "path": str(record.path), "reason": why})
+                continue
+            state.entries += 1
+            for arch in usable:
+                table = state.index.setdefault((arch, dtype), {})
+                for s in record.meta.sets:
+                    if not s.served:
+                        continue
+                    bucket = tuple(bucket_of(s.constants, rules, adapter.constants).values())
+                    speed = s.speedup_vs_eager or 0.0
+                    best = table.get(bucket)
+                    if best is None or speed > best.speedup:
+                        table[bucket] = _Choice(record, speed)
+        if state.index:
+            ops[op] = state
+        else:
+            skipped = [s["reason"] for s in report.skipped_entries if s["op"] == op]
+            report.not_registered[op] = f"no usable entry ({skipped[0]})" if skipped else "no entry in the library"
+    return _State(config, report, ops, archs)
+
+
+def _register(state: _State) -> None:
+    if not hasattr(torch.library, "get_kernel"):
+        raise LibraryError(
+            f"kl.enable() needs torch >= 2.9 (torch.library.get_kernel, to call PyTorch's own kernel on "
+            f"fallback); this is torch {torch.__version__}. kl.load(op) works on any torch."
+        )
+    for op, op_state in state.ops.items():
+        adapter = op_state.adapter
+        library = torch.library.Library("aten", "IMPL")
+        op_state.library = library
+        for device in state.config.devices:
+            backend_key = "CUDA" if device == "cuda" else "CPU"
+            keys = [(f"Autograd{backend_key}", True), (backend_key, False)] if adapter.composite else [(backend_key, False)]
+            for key, composite_level in keys:
+                original = torch.library.get_kernel(adapter.aten, key)
+                impl = _make_impl(op, op_state, original, state.archs, composite_level)
+                with warnings.catch_warnings():
+                    # torch warns once per process that an ATen kernel is being overridden,
+                    # which is what enable() is for
+                    warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
+                    library.impl(adapter.registered_name, impl, key, with_keyset=True)
+                op_state.keys.append(key)
+        state.report.registered[op] = op_state.entries
+        log.debug("%s: %s registered at %s with %d entries", op, adapter.aten, op_state.keys, op_state.entries)
+
+
+def _unregister(state: _State) -> None:
+    for op_state in state.ops.values():
+        if op_state.library is not None:
+            op_state.library._destroy()
+            op_state.library = None
+            op_state.keys = []
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def enable(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)) -> EnableReport:
+    """Dispatch the mapped ATen operators of `ops` (default: all with a usable entry) to the
+    library, replacing what an earlier `enable` registered. With FORGE_KERNELS_DISABLE set, it
+    registers nothing and says so in the report."""
+    global _STATE
+    config = RuntimeConfig(
+        ops=list(ops) if ops is not None else None,
+        devices=list(devices),
+        path=[str(p) for p in (path if isinstance(path, list | tuple) else [path])] if path is not None else None,
+    )
+    with _LOCK:
+        reason = _disabled_by_env()
+        if reason is not None:
+            disable()
+            log.info("forge kernels library disabled by %s: PyTorch's kernels are used", reason)
+            return EnableReport(enabled=False, disabled_reason=reason)
+        state = _build(config)  # a library that cannot be read leaves the current state alone
+        disable()
+        if not state.ops:
+            log.info("forge kernels library: nothing registered (%s)", state.report.not_registered or "no entries")
+        try:
+            _register(state)
+        except BaseException:
+            _unregister(state)
+            raise
+        _STATE = state
+        return state.report
+
+
+def disable() -> None:
+    """Remove every registration: PyTorch's own kernels run again."""
+    global _STATE
+    with _LOCK:
+        if _STATE is not None:
+            _unregister(_STATE)
+            _STATE = None
+
+
+def enabled() -> bool:
+    return _STATE is not None and bool(_STATE.ops)
+
+
+@contextmanager
+def use(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)) -> Iterator[EnableReport]:
+    """Within the block, dispatch exactly `ops` (default all) to the library; afterwards restore
+    whatever was enabled before (or nothing)."""
+    with _LOCK:
+        previous = _STATE.config if _STATE is not None else None
+    try:
+        yield enable(ops, path=path, devices=devices)
+    finally:
+        disable()
+        if previous is not None:
+            enable(previous.ops, path=previous.path, devices=previous.devices)
+
+
+def stats() -> dict:
+    """Per operator: calls served by the library and fallbacks to PyTorch by reason; what is
+    registered, what is not and why, and skipped entries. Counters are per process (approximate
+    under concurrent threads) and survive disable(); `reset_stats()` clears them."""
+    state = _STATE
+    ops = {}
+    for op in sorted(set(_COUNTS) | (set(state.ops) if state else set())):
+        counts = dict(_COUNTS.get(op, {}))
+        library = counts.pop(LIBRARY, 0)
+        op_state = state.ops.get(op) if state else None
+        ops[op] = {
+            "registered": op_state is not None and bool(op_state.keys),
+            "aten": _adapters.ADAPTERS[op].aten if op in _adapters.ADAPTERS else "",
+            "dispatch_keys": list(op_state.keys) if op_state else [],
+            "entries": op_state.entries if op_state else 0,
+            "library_calls": library,
+            "library_calls_by_entry": dict(_ENTRY_COUNTS.get(op, {})),
+            "fallbacks": counts,
+        }
+    return {
+        "enabled": enabled(),
+        "disabled_reason": _disabled_by_env(),
+        "devices": list(state.config.devices) if state else [],
+        "library_dirs": list(state.report.library_dirs) if state else [],
+        "ops": ops,
+        "not_registered": dict(state.report.not_registered) if state else {},
+        "skipped_entries": list(state.report.skipped_entries) if state else [],
+    }
+
+
+def reset_stats() -> None:
+    """Zero every counter (registered kernels keep counting into the same dictionaries)."""
+    for counts in (*_COUNTS.values(), *_ENTRY_COUNTS.values()):
+        counts.clear()
+    _SEEN.clear()
+    _DETAILS_SEEN.clear()
+
+
+def entries(path=None) -> list[EntryRecord]:
+    """Every entry in the library directories (hash-checked)."""
+    return read_library(library_dirs(path))
+
+
+def best_entry(op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None) -> EntryRecord:
+    """The fastest entry for `op` verified on this machine (for `device`, default cuda when a GPU
+    is visible, else cpu), optionally for a dtype and a shape (the problem's constants, e.g.
+    `{"batch_size": 4096, "dim": 8192}`: only entries serving its bucket)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dirs = library_dirs(path)
+    records = [r for r in read_library(dirs) if r.meta.op == op]
+    where = ", ".join(str(d) for d in dirs)
+    if not records:
+        raise LibraryError(f"no library entry for '{op}' in {where}: promote one (`forge library promote`) or point FORGE_LIBRARY at a library")
+    found = machines(device)
+    if not found:
+        raise LibraryError(f"no {device} device in this process to run '{op}' on")
+    index = torch.cuda.current_device() if device == "cuda" else -1
+    machine = found[index]
+    verdicts = [(r, _incompatible(r, machine)) for r in records]
+    usable = [r for r, v in verdicts if v is None]
+    if not usable:
+        raise LibraryError(f"no entry for '{op}' verified on this machine ({machine.describe()}): {len(records)} entr{'y' if len(records) == 1 else 'ies'} {verdicts[0][1]}")
+    if dtype is not None:
+        name = str(dtype).removeprefix("torch.")
+        usable = [r for r in usable if r.meta.dtype == name]
+        if not usable:
+            raise LibraryError(f"no entry for '{op}' in {name} on this machine")
+    if shape is None:
+        return max(usable, key=lambda r: r.meta.speedup_vs_eager or 0.0)
+    scored = []
+    for r in usable:
+        names = list(r.meta.shape_buckets) or sorted(shape)
+        if any(n not in shape for n in names):
+            raise LibraryError(f"shape for '{op}' must give {names}, got {sorted(shape)}")
+        want = bucket_of(shape, r.meta.shape_buckets, names)
+        for s in r.meta.sets:
+            if s.served and {k: s.bucket[k] for k in names if k in s.bucket} == want:
+                scored.append((s.speedup_vs_eager or 0.0, r))
+    if not scored:
+        raise LibraryError(f"no entry for '{op}' serves the shape bucket {bucket_text(bucket_of(shape, usable[0].meta.shape_buckets, list(usable[0].meta.shape_buckets) or sorted(shape)))} on this machine")
+    return max(scored, key=lambda pair: pair[0])[1]
+
+
+def load(op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None) -> type:
+    """The `ModelNew` class of the best entry for `op` on this machine (see `best_entry`), for
+    explicit use: construct it with the problem's `get_init_inputs()` arguments and load the
+    reference Model's state_dict. Its `forge_entry` attribute is the entry's metadata. Works
+    for every library operator, with or without an ATen counterpart."""
+    return module_class(best_entry(op, dtype=dtype, shape=shape, device=device, path=path))

@@ -1,0 +1,638 @@
+"""The kernel database: migrations from a blank database, every RunStore method, the URL rules,
+concurrent access (WAL, threads), and secrets kept out."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import String, Text, inspect, text
+from sqlmodel import SQLModel
+
+from forge.db import engine as db_engine
+from forge.db.engine import (
+    current_revision,
+    database_url,
+    get_engine,
+    head_revision,
+    migrate,
+    migration_sql,
+)
+from forge.db.models import TABLES
+from forge.db.store import RecordNotFound, RunStore
+from forge.evaluator.problem import resolve_problem
+from forge.evaluator.result import (
+    Check,
+    Environment,
+    EvalResult,
+    KernelProfile,
+    PhaseSeconds,
+    Profile,
+    SandboxInfo,
+    SetTiming,
+    Status,
+    TimingStats,
+)
+
+SOURCE = "import torch\nclass ModelNew(torch.nn.Module):\n    pass\n"
+
+
+def make_result(
+    status: Status = Status.correct, speedup: float | None = 1.8, suspicious: bool = False
+) -> EvalResult:
+    timing = TimingStats.from_samples([0.10, 0.11, 0.12, 0.13], [0.12, 0.13, 0.13, 0.14])
+    eager = TimingStats.from_samples([0.2, 0.21, 0.22], [0.22, 0.23, 0.23])
+    return EvalResult(
+        status=status,
+        reasons=[] if status is Status.correct else ["input set 'odd' seed 1: 3 mismatches"],
+        problem="softmax",
+        backend="triton",
+        environment=Environment(
+            device="cuda",
+            gpu_name="NVIDIA H100 80GB HBM3",
+            arch="sm_90",
+            torch_version="2.11.0",
+            triton_version="3.6.0",
+            cuda_version="13.0",
+        ),
+        checks=[
+            Check(
+                input_set="base",
+                seed_index=0,
+                phase="before_reference",
+                passed=True,
+                max_abs_error=1e-7,
+                max_rel_error=2e-7,
+                mismatches=0,
+                numel=1024,
+            ),
+            Check(
+                input_set="odd",
+                seed_index=1,
+                phase="after_reference",
+                passed=status is Status.correct,
+                max_abs_error=math.inf,
+                max_rel_error=math.nan,
+                mismatches=3,
+                numel=1023,
+                first_bad_index=[2, 17],
+            ),
+        ],
+        timings=[
+            SetTiming(
+                input_set="base",
+                candidate=timing,
+                eager=eager,
+                speedup_vs_eager=speedup,
+                speedup_vs_compile=1.2,
+                floor_ms=0.05,
+                roofline_fraction=0.4,
+                rechecks=3,
+            )
+        ],
+        timing_meaningful=True,
+        speedup_vs_eager=speedup,
+        speedup_vs_compile=1.2 if speedup else None,
+        suspicious=suspicious,
+        candidate_kernels=["softmax_kernel"],
+        kernels_seen=["softmax_kernel"],
+        profile=Profile(
+            tool="ncu",
+            input_set="base",
+            kernels=[
+                KernelProfile(
+                    name="softmax_kernel",
+                    duration_us=98.0,
+                    registers_per_thread=32,
+                    metrics={"dram__throughput.avg.pct_of_peak_sustained_elapsed": 71.5},
+                ),
+            ],
+        ),
+        phase_seconds=PhaseSeconds(compile=1.5, total=4.0),
+        compile_log="ok",
+        stderr="warning: something\n" * 3,
+        sandbox=SandboxInfo(backend="local", exit_code=0, network_isolated=True),
+    )
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'forge.db'}"
+
+
+POSTGRES_ENV = "FORGE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(params=["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else []))
+def store(request: pytest.FixtureRequest, db_url: str) -> RunStore:
+    """The store on a fresh SQLite file, and on PostgreSQL when FORGE_TEST_POSTGRES_URL names a
+    scratch database (its tables are dropped and recreated)."""
+    if request.param == "sqlite":
+        return RunStore(db_url)
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(
+            f"set {POSTGRES_ENV}=postgresql+psycopg://... (a scratch database) to run on PostgreSQL"
+        )
+    from alembic import command
+
+    engine = get_engine(url)
+    command.downgrade(db_engine.alembic_config(migrate(engine)), "base")
+    return RunStore(engine)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return resolve_problem("softmax")
+
+
+# ------------------------------------------------------------------ schema
+
+
+def test_migrate_blank_database_matches_models(db_url: str) -> None:
+    engine = get_engine(db_url)
+    assert current_revision(engine) is None
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+    inspector = inspect(engine)
+    expected = {t.__tablename__ for t in TABLES}
+    assert set(inspector.get_table_names()) == expected | {"alembic_version"}
+    for table in TABLES:
+        columns = {c["name"] for c in inspector.get_columns(table.__tablename__)}
+        assert columns == set(table.__table__.columns.keys()), table.__tablename__
+    with engine.connect() as connection:
+        diff = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata
+        )
+    assert diff == []
+
+
+def test_downgrade_to_blank_and_upgrade_again(db_url: str) -> None:
+    from alembic import command
+
+    engine = migrate(db_url)
+    command.downgrade(db_engine.alembic_config(engine), "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(db_url: str) -> None:
+    engine = migrate(db_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(db_engine.SchemaTooNew, match="revision 9999, newer than this Forge"):
+        RunStore(db_url)
+
+
+def test_migration_renders_for_postgresql() -> None:
+    sql = migration_sql("postgresql://forge@localhost/forge")
+    for table in TABLES:
+        assert f"CREATE TABLE {table.__tablename__} (" in sql
+    assert "id SERIAL NOT NULL" in sql
+    assert "TIMESTAMP WITH TIME ZONE" in sql
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    assert db_engine.MIGRATIONS_DIR.is_relative_to(Path(db_engine.__file__).parent)
+    assert (db_engine.MIGRATIONS_DIR / "env.py").is_file()
+    assert (db_engine.MIGRATIONS_DIR / "script.py.mako").is_file()
+
+
+# -------------------------------------------------------------------- URLs
+
+
+def test_database_url_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORGE_DB_URL", raising=False)
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "home"))
+    assert database_url() == f"sqlite:///{tmp_path / 'home' / 'forge.db'}"
+    monkeypatch.setenv("FORGE_DB_URL", "postgresql://u@h/db")
+    assert database_url() == "postgresql://u@h/db"
+    assert database_url("sqlite:///explicit.db") == "sqlite:///explicit.db"
+    monkeypatch.delenv("FORGE_HOME")
+    monkeypatch.delenv("FORGE_DB_URL")
+    assert database_url() == f"sqlite:///{Path.home() / '.forge' / 'forge.db'}"
+
+
+def test_forge_home_creates_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem
+) -> None:
+    monkeypatch.delenv("FORGE_DB_URL", raising=False)
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "deep" / "home"))
+    run_id = RunStore().create_run(problem, {}, "a", "b", "triton", "cpu")
+    assert (tmp_path / "deep" / "home" / "forge.db").is_file()
+    assert (
+        RunStore(get_engine(f"sqlite:///{tmp_path / 'deep' / 'home' / 'forge.db'}"))
+        .get_run(run_id)
+        .op
+        == "softmax"
+    )
+
+
+def test_forge_db_url_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem) -> None:
+    target = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("FORGE_HOME", str(tmp_path / "unused"))
+    monkeypatch.setenv("FORGE_DB_URL", f"sqlite:///{target}")
+    RunStore().create_run(problem, {}, "a", "b", "triton", "cpu")
+    assert target.is_file()
+    assert not (tmp_path / "unused").exists()
+
+
+def test_in_memory_sqlite_works(problem) -> None:
+    store = RunStore("sqlite://")
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cpu")
+    assert store.list_runs()[0].id == run_id
+
+
+# --------------------------------------------------------------- round trip
+
+
+def test_run_store_round_trip(store: RunStore, problem) -> None:
+    config = {"rounds": 4, "width": 2, "budget_usd": 1.5}
+    run_id = store.create_run(
+        problem, config, "openai/gpt-4o", "anthropic/claude", "triton", "cuda"
+    )
+    second = store.create_run(problem, {}, "m", "m", "cuda", "cuda")
+    assert store.problem(run_id).id == store.problem(second).id  # one problem row per source
+    run = store.get_run(run_id)
+    assert (run.status, run.op, run.coder_model, run.judge_model, run.backend, run.device) == (
+        "running",
+        "softmax",
+        "openai/gpt-4o",
+        "anthropic/claude",
+        "triton",
+        "cuda",
+    )
+    assert store.run_config(run_id) == config
+    assert store.problem(run_id).source == problem.source
+
+    c0 = store.add_candidate(run_id, 0, 0, SOURCE, "triton", "initial")
+    c1 = store.add_candidate(
+        run_id,
+        0,
+        1,
+        SOURCE + "# faster\n",
+        "triton",
+        "optimize",
+        parent_id=c0,
+        plan={"diagnosis": "memory bound", "plan": "fuse"},
+    )
+    c2 = store.add_candidate(run_id, 1, 0, SOURCE + "# t1\n", "triton", "initial")
+    assert [c0, c1, c2] == sorted([c0, c1, c2])
+    assert store.candidate(c1).parent_id == c0
+    assert store.candidate(c1).source_hash != store.candidate(c0).source_hash
+
+    slow = make_result(speedup=1.1)
+    e0 = store.add_evaluation(c0, slow)
+    fast = make_result(speedup=2.5)
+    store.add_evaluation(c1, fast)
+    assert e0 > 0
+    assert store.evaluation_for(c0) == slow  # the full EvalResult survives, inf and nan included
+    assert math.isinf(store.evaluation_for(c0).checks[1].max_abs_error)
+    assert store.evaluation_for(c2) is None
+    assert [c.id for c in store.candidates_without_evaluation(run_id)] == [c2]
+    key = store.latest_evaluation(c1)
+    assert (key.status, key.speedup_vs_eager, key.speedup_vs_compile, key.arch, key.gpu_name) == (
+        "correct",
+        2.5,
+        1.2,
+        "sm_90",
+        "NVIDIA H100 80GB HBM3",
+    )
+    assert key.median_ms == pytest.approx(fast.timings[0].candidate.median_ms)
+    assert (key.torch_version, key.triton_version) == ("2.11.0", "3.6.0")
+
+    msgs = [
+        {"role": "system", "content": "you write kernels"},
+        {"role": "user", "content": "softmax"},
+    ]
+    k0 = store.record_llm_call(
+        run_id, "coder", "openai/gpt-4o", msgs, "```python\n...```", 100, 50, 0.01, 2.0
+    )
+    k1 = store.record_llm_call(
+        run_id,
+        "judge",
+        "anthropic/claude",
+        msgs,
+        '{"plan": "fuse"}',
+        80,
+        20,
+        0.02,
+        1.0,
+        round=1,
+        candidate_id=c0,
+    )
+    k2 = store.record_llm_call(
+        run_id,
+        "coder",
+        "openai/gpt-4o",
+        msgs,
+        "",
+        0,
+        0,
+        0.0,
+        0.5,
+        error="LLMRateLimited: ...",
+        round=1,
+        attempts=5,
+    )
+    store.link_llm_call(k0, c0)
+    store.set_llm_call_error(k1, "malformed: invalid JSON")
+    calls = store.llm_calls(run_id)
+    assert [c.id for c in calls] == [k0, k1, k2]
+    assert calls[0].candidate_id == c0 and calls[1].error.startswith("malformed")
+    assert [c.id for c in store.llm_calls(run_id, role="judge")] == [k1]
+    assert [c.id for c in store.llm_calls(run_id, trajectory=0, round=1)] == [k1, k2]
+    import json
+
+    assert json.loads(calls[0].messages_json) == msgs
+
+    history = store.history(run_id)
+    assert [(s.candidate.trajectory, s.candidate.round) for s in history] == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+    ]
+    assert history[1].result == fast and history[1].plan["plan"] == "fuse"
+    assert history[2].evaluation is None and history[2].status is None
+    assert [s.id for s in store.history(run_id, trajectory=1)] == [c2]
+
+    best = store.best_candidate(run_id)
+    assert best is not None and best.id == c1 and best.result.speedup_vs_eager == 2.5
+
+    run = store.update_run_totals(run_id)
+    assert (run.prompt_tokens, run.completion_tokens) == (180, 70)
+    assert run.cost_usd == pytest.approx(0.03)
+    assert (run.best_candidate_id, run.best_speedup_vs_eager, run.best_speedup_vs_compile) == (
+        c1,
+        2.5,
+        1.2,
+    )
+    assert run.rounds_done == 2 and run.gpu_name == "NVIDIA H100 80GB HBM3"
+
+    finished = store.finish_run(run_id, "finished")
+    assert finished.status == "finished" and finished.finished_at is not None
+    assert [r.id for r in store.list_runs()] == [second, run_id]
+    assert [r.id for r in store.list_runs(limit=1)] == [second]
+    assert [r.id for r in store.list_runs(status="finished")] == [run_id]
+    reopened = store.reopen_run(run_id)
+    assert reopened.status == "running" and reopened.finished_at is None
+    store.finish_run(run_id, "failed", error="boom")
+    assert store.get_run(run_id).error == "boom"
+
+
+def test_missing_ids_and_bad_values(store: RunStore, problem) -> None:
+    with pytest.raises(RecordNotFound, match="no run 99"):
+        store.get_run(99)
+    with pytest.raises(RecordNotFound, match="no candidate 7"):
+        store.candidate(7)
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cpu")
+    with pytest.raises(ValueError, match="'best'"):
+        store.add_candidate(run_id, 0, 0, SOURCE, "triton", "best")
+    with pytest.raises(ValueError, match="'done'"):
+        store.finish_run(run_id, "done")
+    with pytest.raises(ValueError, match="'tester'"):
+        store.record_llm_call(run_id, "tester", "m", [], "", 0, 0, 0.0, 0.0)
+    with pytest.raises(RecordNotFound):
+        store.add_evaluation(12345, make_result())
+
+
+def test_best_candidate_rules(store: RunStore, problem) -> None:
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    assert store.best_candidate(run_id) is None
+    ids = [
+        store.add_candidate(run_id, 0, r, SOURCE + f"#{r}\n", "triton", "optimize")
+        for r in range(5)
+    ]
+    store.add_evaluation(ids[0], make_result(Status.incorrect, speedup=None))
+    store.add_evaluation(ids[1], make_result(speedup=None))  # correct but unmeasured (CPU)
+    assert store.best_candidate(run_id).id == ids[1]
+    store.add_evaluation(ids[2], make_result(speedup=1.3))
+    store.add_evaluation(ids[3], make_result(speedup=40.0, suspicious=True))
+    assert store.best_candidate(run_id).id == ids[2]
+    assert store.best_candidate(run_id, include_suspicious=True).id == ids[3]
+    store.add_evaluation(ids[4], make_result(speedup=1.3))  # a tie goes to the earliest
+    assert store.best_candidate(run_id).id == ids[2]
+    store.add_evaluation(
+        ids[2], make_result(Status.incorrect, speedup=None)
+    )  # re-evaluated: latest counts
+    assert store.best_candidate(run_id).id == ids[4]
+    run = store.update_run_totals(run_id)
+    assert run.best_candidate_id == ids[4] and run.best_speedup_vs_eager == 1.3
+
+
+def test_rounds_view_for_resume(store: RunStore, problem) -> None:
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    msgs = [{"role": "user", "content": "x"}]
+    # trajectory 0: round 0 complete; round 1: judge answered, coder answered, no candidate yet
+    k = store.record_llm_call(run_id, "coder", "a", msgs, "code0", 1, 1, 0.0, 0.1)
+    c0 = store.add_candidate(run_id, 0, 0, SOURCE, "triton", "initial")
+    store.link_llm_call(k, c0)
+    store.add_evaluation(c0, make_result())
+    store.record_llm_call(
+        run_id, "judge", "b", msgs, '{"plan":"p"}', 1, 1, 0.0, 0.1, round=1, candidate_id=c0
+    )
+    pending = store.record_llm_call(run_id, "coder", "a", msgs, "code1", 1, 1, 0.0, 0.1, round=1)
+    # trajectory 1: candidate stored, evaluation lost
+    c1 = store.add_candidate(run_id, 1, 0, SOURCE + "#1\n", "triton", "initial")
+    store.record_llm_call(
+        run_id,
+        "coder",
+        "a",
+        msgs,
+        "",
+        0,
+        0,
+        0.0,
+        0.1,
+        trajectory=1,
+        error="ScriptExhausted",
+        attempts=0,
+    )
+
+    rounds = store.rounds(run_id)
+    assert [(r.trajectory, r.round) for r in rounds] == [(0, 0), (0, 1), (1, 0)]
+    assert rounds[0].evaluated and rounds[0].unlinked_coder_calls == []
+    assert not rounds[1].evaluated and [c.id for c in rounds[1].unlinked_coder_calls] == [pending]
+    assert len(rounds[1].calls_for("judge", ok_only=True)) == 1
+    assert [s.id for s in rounds[2].steps] == [c1] and not rounds[2].evaluated
+    assert [c.id for c in store.candidates_without_evaluation(run_id)] == [c1]
+    assert store.consumed_calls(run_id, "coder") == 2 and store.consumed_calls(run_id, "judge") == 1
+    assert store.trajectories(run_id) == [0, 1]
+    assert [(r.trajectory, r.round) for r in store.rounds(run_id, trajectory=1)] == [(1, 0)]
+
+
+# -------------------------------------------------------------- concurrency
+
+
+def test_sqlite_is_in_wal_mode(db_url: str) -> None:
+    engine = migrate(db_url)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert (
+            connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            == db_engine.SQLITE_BUSY_TIMEOUT_MS
+        )
+
+
+WRITER = """
+import sys
+from sqlalchemy import text
+from forge.db.engine import get_engine
+engine = get_engine(sys.argv[1])
+with engine.connect() as c:
+    c.exec_driver_sql("BEGIN IMMEDIATE")
+    for i in range(2000):  # enough to spill the page cache: a rollback journal would lock readers out
+        c.execute(text("INSERT INTO problem (name, source, source_hash, dtype, created_at) "
+                       "VALUES (:n, :s, :h, 'float32', '2026-01-01')"),
+                  {"n": f"p{i}", "s": "x" * 2000, "h": str(i)})
+    print("writing", flush=True)
+    sys.stdin.readline()
+    c.exec_driver_sql("COMMIT")
+print("committed", flush=True)
+"""
+
+
+def test_second_process_reads_while_a_run_writes(db_url: str, problem) -> None:
+    store = RunStore(db_url)
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, db_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        reader = RunStore(get_engine(db_url), migrate_schema=False)
+        started = time.monotonic()
+        assert [r.id for r in reader.list_runs()] == [
+            run_id
+        ]  # readable, uncommitted rows invisible
+        with reader.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM problem")).scalar() == 1
+        assert time.monotonic() - started < 2.0  # did not wait for the writer's busy timeout
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "committed"
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    with reader.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM problem")).scalar() == 2001
+
+
+def test_parallel_trajectories_write_from_threads(store: RunStore, problem) -> None:
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+
+    def trajectory(t: int) -> None:
+        for r in range(10):
+            store.record_llm_call(
+                run_id, "coder", "a", [], "x", 10, 1, 0.001, 0.0, trajectory=t, round=r
+            )
+            c = store.add_candidate(run_id, t, r, SOURCE + f"#{t}.{r}\n", "triton", "initial")
+            store.add_evaluation(c, make_result(speedup=1.0 + t + r / 100))
+            store.update_run_totals(run_id)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(trajectory, t) for t in range(4)]:
+            future.result()  # re-raises a thread's error (e.g. "database is locked")
+    run = store.update_run_totals(run_id)
+    assert run.prompt_tokens == 400 and run.cost_usd == pytest.approx(0.04)
+    assert run.best_speedup_vs_eager == pytest.approx(4.09)
+    assert len(store.history(run_id)) == 40
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def dump_text_columns(engine) -> str:  # noqa: ANN001
+    """Every text value of every row of every table, concatenated."""
+    out = []
+    with engine.connect() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            names = [c.name for c in table.columns if isinstance(c.type, String | Text)]
+            for row in connection.execute(table.select()).mappings():
+                out.extend(str(row[n]) for n in names)
+    return "\n".join(out)
+
+
+def test_secrets_never_reach_the_database(
+    store: RunStore, problem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-test-SECRET-3b8f0e"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-9d8c7b6a5f")
+    run_id = store.create_run(
+        problem,
+        {"api_base": f"https://user:{secret}@proxy/v1", "key": secret},
+        "openai/gpt-4o",
+        "openai/gpt-4o",
+        "triton",
+        "cuda",
+    )
+    c = store.add_candidate(run_id, 0, 0, SOURCE + f"# {secret}\n", "triton", "initial")
+    result = make_result()
+    result.stderr = f"env: OPENAI_API_KEY={secret} MY_SERVICE_TOKEN=tok-9d8c7b6a5f"
+    store.add_evaluation(c, result)
+    store.record_llm_call(
+        run_id,
+        "coder",
+        "openai/gpt-4o",
+        [{"role": "user", "content": f"key {secret}"}],
+        f"Bearer {secret}",
+        1,
+        1,
+        0.0,
+        0.1,
+        error=f"AuthenticationError: bad key {secret}",
+    )
+    store.finish_run(run_id, "failed", error=f"401 for key {secret}")
+    dump = dump_text_columns(store.engine)
+    assert "SECRET-3b8f0e" not in dump and "tok-9d8c7b6a5f" not in dump
+    assert "[REDACTED:OPENAI_API_KEY]" in dump
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        ("Authorization: Bearer abcdefgh12345678", "abcdefgh12345678"),
+        ("key sk-ant-api03-abcdefghijkl in a message", "abcdefghijkl"),
+        ("postgresql://forge:hunter2hunter2@db/forge", "hunter2hunter2"),
+        ('{"api_key": "k3y-0123456789"}', "k3y-0123456789"),
+    ],
+)
+def test_redact_masks_key_shapes_not_from_the_environment(text: str, hidden: str) -> None:
+    from forge.db.redact import redact
+
+    masked = redact(text, environ={})
+    assert hidden not in masked and "[REDACTED" in masked
+    assert redact("plain kernel source: x = y + 1", environ={"TRIVIAL_KEY": "1"}) == (
+        "plain kernel source: x = y + 1"
+    )
+
+
+def test_session_commits_and_datetimes_are_utc(store: RunStore, problem) -> None:
+    from datetime import timezone
+
+    from forge.db.engine import session
+    from forge.db.models import Run
+    from forge.db.store import ensure_datetime
+
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cpu")
+    with session(store.engine) as s:
+        s.get(Run, run_id).rounds_done = 7
+    with pytest.raises(KeyError), session(store.engine) as s:
+        s.get(Run, run_id).rounds_done = 8
+        raise KeyError("rolled back")
+    run = store.get_run(run_id)
+    assert run.rounds_done == 7
+    assert ensure_datetime(run.started_at).tzinfo is timezone.utc

@@ -1,0 +1,204 @@
+"""EXPLOITS rows that only show on a GPU (caching allocator, silent launches, streams, timing):
+fixtures tests/fixtures/cheats/gpu_*.py, same docstring format as test_adversarial.py.
+
+Run on the GPU machine: `pytest -m gpu tests/test_gpu_adversarial.py`. The configuration keeps
+the protocol (3 seeds, 50 trials, rechecks, rotated buffers) but skips what only costs time here:
+the torch.compile baseline and Nsight Compute, and times the 'large' set only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from test_adversarial import (
+    CHEATS,
+    LEGIT,
+    CheatSpec,
+    Expectation,
+    check_verdict,
+    evaluate,
+    parse_spec,
+)
+
+from forge.evaluator.config import EvalConfig
+from forge.evaluator.problem import resolve_problem
+from forge.evaluator.result import EvalResult, Status
+
+pytestmark = pytest.mark.gpu
+
+GPU_SPECS = [parse_spec(p) for p in sorted(CHEATS.glob("gpu_*.py"))]
+TIMED_SET = "large"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+requires_cuda = pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA GPU")
+
+
+def gpu_config(cache_dir: Path, **overrides) -> EvalConfig:
+    values = {
+        "device": "cuda",
+        "baselines": ["eager"],
+        "profile": False,
+        "timing_sets": [TIMED_SET],
+        "timeout_s": 600.0,
+        "cache_dir": cache_dir,
+        **overrides,
+    }
+    return EvalConfig(**values)
+
+
+def run_gpu(name_or_path: str | Path, cache_dir: Path, **overrides) -> EvalResult:
+    path = Path(name_or_path)
+    if not path.is_absolute():
+        path = CHEATS / f"{name_or_path}.py"
+    result = evaluate(resolve_problem("softmax"), path.read_text(), gpu_config(cache_dir, **overrides))
+    print(_summary(path.stem, result))  # shown with -s or on failure
+    return result
+
+
+def _summary(name: str, result: EvalResult) -> str:
+    lines = [f"[{name}] {result.status.value} on {result.environment.gpu_name or '?'}: {result.reasons[:2]}"]
+    for t in result.timings:
+        eager = f"{t.eager.median_ms:.4f}" if t.eager else "-"
+        lines.append(
+            f"    {t.input_set}: cand {t.candidate.median_ms:.4f} ms (host {t.candidate.host_median_ms:.4f}), eager {eager} ms, "
+            f"floor {t.floor_ms}, speedup {t.speedup_vs_eager}, rechecks {t.rechecks}"
+        )
+    lines.append(f"    suspicious={result.suspicious} {result.suspicious_reasons[:3]}")
+    return "\n".join(lines)
+
+
+def _timing(result: EvalResult, name: str = TIMED_SET):
+    return next((t for t in result.timings if t.input_set == name), None)
+
+
+def _cases() -> list:
+    cases = []
+    for spec in GPU_SPECS:
+        e = spec.default
+        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"GAP: {e.gap}")] if e.gap else []
+        cases.append(pytest.param(spec, e, id=spec.name, marks=marks))
+    return cases
+
+
+@requires_cuda
+@pytest.mark.parametrize(("spec", "expectation"), _cases())
+def test_gpu_cheat_is_not_correct(spec: CheatSpec, expectation: Expectation, forge_cache_dir: Path):
+    result = run_gpu(spec.path, forge_cache_dir)
+    if expectation.reason == ".":
+        # a gap fixture: what matters is that it is not `correct`
+        assert result.status is not Status.correct, f"CHEAT PASSED: {spec.name}: suspicious={result.suspicious} {result.suspicious_reasons[:3]}"
+        return
+    check_verdict(result, expectation, spec.name)
+
+
+# ---- what still catches the gap fixtures today: the per-set roofline / speedup flags ----------
+
+
+_UNFLAGGED = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="GAP (seen on an H200): a cache hit still costs ~0.07-0.11 ms (fingerprint reads, Python), above the "
+    "roofline floor and under 10x, so the free timed calls are neither rejected nor flagged",
+)
+
+
+@requires_cuda
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("gpu_row09_pointer_cache", marks=_UNFLAGGED),
+        pytest.param("gpu_row13_batched_launch", marks=_UNFLAGGED),
+        "gpu_row20_recheck_schedule",
+    ],
+)
+def test_gpu_free_timed_calls_are_at_least_flagged(name: str, forge_cache_dir: Path):
+    """Timed calls that do no work must never produce an unflagged speedup (row 21's defence:
+    per-set roofline floor and the > 10x flag)."""
+    result = run_gpu(name, forge_cache_dir)
+    if result.status is not Status.correct:
+        return
+    timing = _timing(result)
+    assert timing is not None and timing.floor_ms is not None, f"no roofline for {result.environment.gpu_name!r}: add it to forge.evaluator.gpus"
+    assert result.suspicious, (
+        f"{name}: correct and NOT flagged: median {timing.candidate.median_ms:.4f} ms, floor {timing.floor_ms:.4f} ms, "
+        f"speedup {timing.speedup_vs_eager}"
+    )
+    assert any(f"'{TIMED_SET}'" in r for r in result.suspicious_reasons), result.suspicious_reasons
+
+
+# ---- row 10: side stream, runtime only ----------------------------------------------------------
+
+
+@requires_cuda
+def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path):
+    """With the static check off (it rejects stream creation), the harness's device-wide
+    synchronize before the end event must time the side-stream kernel: the result is correct
+    (the kernel is) and its time is honest: not below the roofline floor, no 10x speedup, and the
+    host clock agrees with the events."""
+    result = run_gpu("gpu_row10_side_stream", forge_cache_dir, static_checks=False)
+    if result.status is Status.rejected:
+        return  # flagging stream creation at run time is an acceptable answer too
+    # the fixture orders its side stream after the inputs, so only a missing device-wide
+    # synchronize in the harness could make its output wrong
+    assert result.status is Status.correct, result.reasons
+    timing = _timing(result)
+    assert timing is not None and timing.eager is not None
+    legit = run_gpu(LEGIT / "triton_softmax.py", forge_cache_dir)
+    reference = _timing(legit)
+    assert legit.status is Status.correct and reference is not None
+    assert timing.candidate.median_ms > 0.5 * reference.candidate.median_ms, (
+        f"side-stream kernel timed at {timing.candidate.median_ms:.4f} ms, the same kernel on the default stream at "
+        f"{reference.candidate.median_ms:.4f} ms"
+    )
+    if timing.roofline_fraction is not None:
+        assert timing.roofline_fraction <= 1.05, (timing.candidate.median_ms, timing.floor_ms)
+    assert not result.suspicious, result.suspicious_reasons
+
+
+# ---- row 19: persisting L2 is reset before timing -----------------------------------------------
+
+
+@requires_cuda
+def test_gpu_persisting_l2_is_reset_before_timing(forge_cache_dir: Path):
+    """Pinning data in persisting L2 needs ctypes/cudart (rejected statically, see
+    gpu_row19_persisting_l2.py); the harness must still reset it before timing, and say so."""
+    result = run_gpu(LEGIT / "triton_softmax.py", forge_cache_dir)
+    assert result.status is Status.correct, result.reasons
+    assert result.timings, "the legit candidate was not timed"
+    assert not any("persisting L2" in r for r in result.suspicious_reasons), result.suspicious_reasons
+    timing = _timing(result)
+    assert timing is not None and timing.rechecks >= 5
+    assert timing.candidate.n >= 50
+
+
+# ---- row 22 / 14 on the GPU: a module the harness imports lazily is swapped ----------------------
+
+
+@requires_cuda
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="GAP: sys.modules is not watched; replacing forge.evaluator.timing before the harness imports it fabricates every timing",
+)
+def test_gpu_swapped_timing_module_is_rejected(forge_cache_dir: Path):
+    result = run_gpu("row22_poisons_environment", forge_cache_dir, static_checks=False)
+    assert result.status is Status.rejected, f"got {result.status.value}: speedup {result.speedup_vs_eager} suspicious={result.suspicious}"
+    assert re.search("tampered", result.reasons[0])
+
+
+@requires_cuda
+def test_gpu_fabricated_timings_are_at_least_flagged(forge_cache_dir: Path):
+    result = run_gpu("row22_poisons_environment", forge_cache_dir, static_checks=False)
+    if result.status is not Status.correct:
+        return
+    assert result.suspicious, f"fabricated timings passed unflagged: speedup {result.speedup_vs_eager}"

@@ -1,0 +1,256 @@
+"""The optimize loop with the real evaluator and database and a scripted LLM.
+
+Candidates here are PyTorch fallbacks that the evaluator's static checks reject at once, so the
+loop's control flow (limits, parallel trajectories, malformed answers, LLM errors, resume) is
+tested in milliseconds per round; tests/test_optimize_cli.py runs kernels through the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from forge.agents import loop
+from forge.agents.errors import ResumeError
+from forge.agents.interfaces import JudgePlan
+from forge.agents.llm import get_model
+from forge.db.store import RunStore
+from forge.evaluator.config import EvalConfig
+from forge.evaluator.problem import resolve_problem
+from forge.evaluator.result import Environment, EvalResult, SetTiming, Status, TimingStats
+
+KERNELS = Path(__file__).parent / "fixtures" / "scripts" / "softmax_kernels"
+FALLBACK = (KERNELS / "torch_fallback.py").read_text()
+TAG = re.compile(r"\[([A-Z]\d+)\]")
+PLAN = {
+    "diagnosis": "rejected: torch.softmax is PyTorch",
+    "bottleneck": "static_check",
+    "plan": "write a Triton kernel",
+}
+
+
+def coder(tag: str, cost: float = 0.0) -> dict:
+    return {"role": "coder", "text": f"[{tag}]\n```python\n{FALLBACK}```", "cost_usd": cost}
+
+
+def judge(tag: str, cost: float = 0.0) -> dict:
+    return {
+        "role": "judge",
+        "text": json.dumps({**PLAN, "diagnosis": f"[{tag}] {PLAN['diagnosis']}"}),
+        "cost_usd": cost,
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+
+
+def script(tmp_path: Path, items: list[dict]) -> str:
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps(items))
+    return f"scripted:{path}"
+
+
+def config(**kw: object) -> loop.LoopConfig:
+    return loop.LoopConfig(
+        evaluation=EvalConfig(device="cpu"), **{"rounds": 3, "patience": None, **kw}
+    )
+
+
+def start(
+    store: RunStore, name: str, cfg: loop.LoopConfig, events: list | None = None
+) -> loop.OptimizeLoop:
+    on_event = events.append if events is not None else None
+    return loop.start(
+        resolve_problem("softmax"),
+        cfg,
+        get_model(name, "coder"),
+        get_model(name, "judge"),
+        store,
+        on_event=on_event,
+    )
+
+
+def tags(store: RunStore, run_id: int) -> list[str]:
+    """The tag of each recorded answer, in call order."""
+    return [m.group(1) for c in store.llm_calls(run_id) if (m := TAG.search(c.response_text))]
+
+
+def test_rounds_limit_and_records(store, tmp_path):
+    name = script(tmp_path, [coder("C0"), judge("J1"), coder("C1"), judge("J2"), coder("C2")])
+    events: list = []
+    runner = start(store, name, config(rounds=3), events)
+    outcome = runner.run()
+    assert outcome.status == "finished" and outcome.stops == {0: "rounds: 3 rounds played"}
+    history = store.history(outcome.run_id)
+    assert [(s.candidate.round, s.candidate.kind, s.status) for s in history] == [
+        (0, "initial", "rejected"),
+        (1, "repair", "rejected"),
+        (2, "repair", "rejected"),
+    ]
+    assert [s.candidate.parent_id for s in history] == [None, history[0].id, history[1].id]
+    assert JudgePlan.model_validate(history[1].plan).diagnosis.startswith("[J1]")
+    calls = store.llm_calls(outcome.run_id)
+    assert [(c.role, c.round) for c in calls] == [
+        ("coder", 0),
+        ("judge", 1),
+        ("coder", 1),
+        ("judge", 2),
+        ("coder", 2),
+    ]
+    assert [c.candidate_id for c in calls] == [
+        history[0].id,
+        history[0].id,
+        history[1].id,
+        history[1].id,
+        history[2].id,
+    ]
+    # the Judge saw the static check's reason, the Coder the Judge's diagnosis
+    judge_prompt = json.loads(calls[1].messages_json)[1]["content"]
+    assert "Verdict: **rejected**" in judge_prompt and "static check" in judge_prompt
+    assert "[J1] rejected" in json.loads(calls[2].messages_json)[1]["content"]
+    assert outcome.best_candidate_id is None
+    assert [e.kind for e in events].count("evaluated") == 3 and events[-1].kind == "stopped"
+
+
+def test_patience_and_budget(store, tmp_path):
+    items = [
+        coder("C0", 0.01),
+        judge("J1", 0.01),
+        coder("C1", 0.01),
+        judge("J2", 0.01),
+        coder("C2", 0.01),
+    ]
+    outcome = start(store, script(tmp_path, items), config(rounds=10, patience=2)).run()
+    assert outcome.stops[0].startswith("patience") and outcome.candidates == 2
+
+    outcome = start(store, script(tmp_path, items), config(rounds=10, budget_usd=0.025)).run()
+    assert outcome.stops[0].startswith("budget_usd")
+    assert len(store.llm_calls(outcome.run_id)) == 3 and outcome.cost_usd == pytest.approx(0.03)
+
+    outcome = start(store, script(tmp_path, items), config(rounds=10, time_limit_s=1e-9)).run()
+    assert outcome.stops[0].startswith("time_limit") and store.llm_calls(outcome.run_id) == []
+
+
+def test_malformed_answers_are_retried_once_and_never_crash(store, tmp_path):
+    items = [
+        {"role": "coder", "text": "I'd write a kernel."},
+        {"role": "coder", "text": "```python\nprint('no ModelNew here')\n```"},
+        coder("C1"),
+        {"role": "judge", "text": "{'diagnosis': 'single quotes'}"},
+        {"role": "judge", "text": "still not JSON"},
+        coder("C2"),
+    ]
+    events: list = []
+    outcome = start(store, script(tmp_path, items), config(rounds=3), events).run()
+    assert outcome.status == "finished"
+    calls = store.llm_calls(outcome.run_id)
+    assert [c.error.split(":")[0] for c in calls] == [
+        "unusable answer",
+        "unusable answer",
+        "",
+        "unusable answer",
+        "unusable answer",
+        "",
+    ]
+    history = store.history(outcome.run_id)
+    # round 0 produced nothing; round 1 starts afresh; round 2 repairs without a plan
+    assert [(s.candidate.round, s.candidate.kind) for s in history] == [
+        (1, "initial"),
+        (2, "repair"),
+    ]
+    assert history[1].candidate.plan_json == ""
+    repair_prompt = json.loads(calls[-1].messages_json)[1]["content"]
+    assert (
+        "No usable diagnosis this round" in repair_prompt
+        and "round 0 (initial) -> no usable code" in repair_prompt
+    )
+    reminder = json.loads(calls[1].messages_json)
+    assert (
+        reminder[-2]["role"] == "assistant"
+        and "could not be used: no ```python code block" in reminder[-1]["content"]
+    )
+    assert sum(e.kind == "unusable" for e in events) == 4
+
+
+def test_parallel_trajectories(store, tmp_path):
+    items = [coder(f"C{i}") for i in range(4)] + [judge(f"J{i}") for i in range(2)]
+    outcome = start(store, script(tmp_path, items), config(rounds=2, width=2)).run()
+    assert outcome.status == "finished" and set(outcome.stops) == {0, 1}
+    rounds = sorted(
+        (s.candidate.trajectory, s.candidate.round) for s in store.history(outcome.run_id)
+    )
+    assert rounds == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sorted(tags(store, outcome.run_id)) == ["C0", "C1", "C2", "C3", "J0", "J1"]
+
+
+def test_llm_error_fails_the_run_and_resume_continues(store, tmp_path):
+    items = [
+        coder("C0"),
+        judge("J1"),
+        {"role": "coder", "error": "provider down"},
+        coder("C1"),
+        judge("J2"),
+        coder("C2"),
+    ]
+    name = script(tmp_path, items)
+    first = start(store, name, config(rounds=3)).run()
+    assert (
+        first.status == "failed"
+        and "provider down" in first.error
+        and first.stops[0].startswith("llm_error")
+    )
+    assert first.candidates == 1
+
+    events: list = []
+    second = loop.resume(
+        first.run_id,
+        get_model(name, "coder"),
+        get_model(name, "judge"),
+        store,
+        on_event=events.append,
+    ).run()
+    assert second.status == "finished" and second.candidates == 3
+    calls = store.llm_calls(first.run_id)
+    assert [c.error.split(":")[0] for c in calls] == ["", "", "LLMError", "", "", ""]
+    assert tags(store, first.run_id) == ["C0", "J1", "C1", "J2", "C2"]
+    assert [e.replayed for e in events if e.kind in ("plan", "evaluated")][:2] == [True, True]
+    with pytest.raises(ResumeError, match="finished"):
+        loop.resume(first.run_id, get_model(name, "coder"), get_model(name, "judge"), store)
+
+
+def _timed(
+    speedup: float | None, status: Status = Status.correct, suspicious: bool = False
+) -> loop.Evaluated:
+    stats = TimingStats(
+        n=50, median_ms=1.0, p20_ms=1.0, p80_ms=1.0, mean_ms=1.0, cv=0.0, host_median_ms=1.0
+    )
+    result = EvalResult(
+        status=status,
+        problem="softmax",
+        backend="triton",
+        environment=Environment(device="cuda"),
+        timings=[SetTiming(input_set="large", candidate=stats)] if speedup else [],
+        timing_meaningful=speedup is not None,
+        speedup_vs_eager=speedup,
+        suspicious=suspicious,
+    )
+    return loop.Evaluated(
+        candidate_id=1, round=0, kind="initial", source="", result=result, plan=None
+    )
+
+
+def test_what_counts_as_an_improvement():
+    better = loop.is_improvement
+    assert better(_timed(None), None, 0.02)
+    assert not better(_timed(None, Status.incorrect), None, 0.02)
+    assert better(_timed(None), _timed(None, Status.compiled), 0.02)
+    assert not better(_timed(None, Status.compiled), _timed(1.0), 0.02)
+    assert better(_timed(1.5), _timed(1.2), 0.02)
+    assert not better(_timed(1.21), _timed(1.2), 0.02)  # within min_gain: noise, not progress
+    assert not better(_timed(None), _timed(None), 0.02)  # cpu: no timings, the earlier one stays
+    assert not better(_timed(50.0, suspicious=True), _timed(1.2), 0.02)

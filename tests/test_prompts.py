@@ -1,0 +1,348 @@
+"""Every prompt template renders with realistic data; StrictUndefined catches a missing variable;
+the parsers of the agents' answers accept what they should and refuse the rest; the few-shot
+examples pass the evaluator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from forge import prompts
+from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext, extract_code
+from forge.agents.errors import InvalidPlan, NoCodeBlock
+from forge.agents.interfaces import JudgePlan
+from forge.agents.judge import Judge, parse_plan
+from forge.evaluator.problem import resolve_problem
+from forge.evaluator.result import (
+    Check,
+    Environment,
+    EvalResult,
+    KernelProfile,
+    Profile,
+    SetTiming,
+    Status,
+    TimingStats,
+)
+
+H200 = GpuSpec(
+    name="NVIDIA H200",
+    sm_count=132,
+    l2_mb=60.0,
+    bandwidth_tbs=4.25,
+    fp32_tflops=51.0,
+    bf16_tflops=679.0,
+    source="measured 2026-11-21",
+)
+SOFTMAX = resolve_problem("softmax")
+CANDIDATE = (Path(prompts.EXAMPLES_DIR) / "triton_softmax.py").read_text()
+
+
+def _stats(ms: float) -> TimingStats:
+    return TimingStats(
+        n=50,
+        median_ms=ms,
+        p20_ms=ms * 0.98,
+        p80_ms=ms * 1.03,
+        mean_ms=ms,
+        cv=0.02,
+        host_median_ms=ms * 1.01,
+    )
+
+
+COMPILE_ERROR = EvalResult(
+    status=Status.compile_error,
+    reasons=["triton compilation failed: incompatible shapes in tl.dot"],
+    problem="softmax",
+    backend="triton",
+    environment=Environment(device="cuda", gpu_name="NVIDIA H200", arch="sm_90"),
+    compile_log="triton.compiler.errors.CompilationError: at 12:8:\n    y = tl.dot(a, b)\n        ^\nValueError: incompatible dimensions",
+)
+INCORRECT = EvalResult(
+    status=Status.incorrect,
+    reasons=["output mismatch on input set 'odd' seed #0 (before_reference)"],
+    problem="softmax",
+    backend="triton",
+    environment=Environment(device="cuda", gpu_name="NVIDIA H200", arch="sm_90"),
+    checks=[
+        Check(
+            input_set="tiny",
+            seed_index=0,
+            phase="before_reference",
+            passed=True,
+            max_abs_error=1e-7,
+            max_rel_error=1e-6,
+            mismatches=0,
+            numel=889,
+        ),
+        Check(
+            input_set="odd",
+            seed_index=0,
+            phase="before_reference",
+            passed=False,
+            max_abs_error=float("nan"),
+            max_rel_error=float("inf"),
+            mismatches=33 * 489,
+            numel=33000,
+            first_bad_index=[0, 511],
+            note="NaN in output",
+        ),
+        Check(
+            input_set="odd",
+            seed_index=1,
+            phase="after_reference",
+            passed=False,
+            max_abs_error=0.25,
+            max_rel_error=3.5,
+            mismatches=120,
+            numel=33000,
+            first_bad_index=[2, 600],
+        ),
+    ],
+    stderr="UserWarning: something the candidate printed",
+)
+CORRECT = EvalResult(
+    status=Status.correct,
+    problem="softmax",
+    backend="triton",
+    environment=Environment(
+        device="cuda",
+        gpu_name="NVIDIA H200",
+        arch="sm_90",
+        torch_version="2.11.0",
+        triton_version="3.6.0",
+    ),
+    checks=[
+        Check(
+            input_set="large",
+            seed_index=i,
+            phase="before_reference",
+            passed=True,
+            max_abs_error=3e-8,
+            max_rel_error=2e-6,
+            mismatches=0,
+            numel=4096 * 8192,
+        )
+        for i in range(3)
+    ],
+    timings=[
+        SetTiming(
+            input_set="wide",
+            candidate=_stats(0.041),
+            eager=_stats(0.052),
+            compiled=_stats(0.038),
+            speedup_vs_eager=1.27,
+            speedup_vs_compile=0.93,
+            floor_ms=0.008,
+            roofline_fraction=0.195,
+            rechecks=5,
+        ),
+        SetTiming(
+            input_set="large",
+            candidate=_stats(0.071),
+            eager=_stats(0.102),
+            compiled=None,
+            speedup_vs_eager=1.44,
+            speedup_vs_compile=None,
+            floor_ms=0.063,
+            roofline_fraction=0.887,
+            rechecks=5,
+        ),
+    ],
+    timing_meaningful=True,
+    speedup_vs_eager=1.35,
+    speedup_vs_compile=0.93,
+    profile=Profile(
+        tool="ncu",
+        input_set="large",
+        kernels=[
+            KernelProfile(
+                name="_softmax_row_kernel",
+                duration_us=70.2,
+                registers_per_thread=40,
+                spills=0,
+                shared_mem_bytes=0,
+                metrics={
+                    "dram__throughput.avg.pct_of_peak_sustained_elapsed": 88.1,
+                    "sm__warps_active.avg.pct_of_peak_sustained_active": 41.0,
+                },
+            )
+        ],
+    ),
+)
+PLAN = JudgePlan(
+    diagnosis="Rows of 32769 columns spill: BLOCK=65536 keeps the whole row in registers.",
+    bottleneck="memory",
+    plan="Loop over the row in blocks of 4096 with an online max/sum.",
+    expected_gain="wide set from 0.041 ms to ~0.012 ms",
+)
+HISTORY = [
+    Attempt(round=0, kind="initial", status="compile_error", note="incompatible dimensions"),
+    Attempt(
+        round=1,
+        kind="repair",
+        plan="Use tl.sum instead of tl.dot",
+        status="correct",
+        speedup=1.35,
+        is_best=True,
+    ),
+]
+
+CASES = {
+    "coder_system": {},
+    "coder_initial": {"example": prompts.example_for("triton", "softmax")},
+    "coder_repair": {
+        "code": CANDIDATE,
+        "result": INCORRECT,
+        "plan": PLAN,
+        "history": HISTORY,
+        "code_round": 3,
+    },
+    "coder_optimize": {
+        "code": CANDIDATE,
+        "result": CORRECT,
+        "plan": PLAN,
+        "history": HISTORY,
+        "code_round": 3,
+    },
+    "judge_system": {"plan_schema": json.dumps(JudgePlan.model_json_schema()["properties"])},
+    "judge_repair": {
+        "code": CANDIDATE,
+        "result": COMPILE_ERROR,
+        "history": HISTORY,
+        "code_round": 1,
+    },
+    "judge_optimize": {"code": CANDIDATE, "result": CORRECT, "history": HISTORY, "code_round": 2},
+    "format_reminder_code": {"reason": "no ```python code block"},
+    "format_reminder_json": {"reason": "invalid JSON (Expecting ',' delimiter at line 1 column 9)"},
+}
+
+
+def _shared(backend: str = "triton", gpu: GpuSpec | None = H200) -> dict:
+    return PromptContext(problem=SOFTMAX, backend=backend, device="cuda", gpu=gpu).variables()
+
+
+def test_cases_cover_every_template():
+    assert sorted(CASES) == prompts.template_names()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_every_template_renders(name, backend):
+    text = prompts.render(name, **_shared(backend), **CASES[name])
+    assert text.strip()
+    assert "Undefined" not in text and "{{" not in text and "{%" not in text
+
+
+def test_missing_variable_fails():
+    ctx = {**_shared(), **CASES["coder_repair"]}
+    del ctx["result"]
+    with pytest.raises(jinja2.UndefinedError):
+        prompts.render("coder_repair", **ctx)
+    with pytest.raises(jinja2.UndefinedError):
+        prompts.render("_gpu.j2", gpu={"name": "H200"}, device="cuda")
+
+
+def test_gpu_block_carries_the_callers_numbers():
+    text = prompts.render("coder_initial", **_shared(), **CASES["coder_initial"])
+    assert "NVIDIA H200: 132 SMs, 60.0 MB L2" in text
+    assert "4.25 TB/s" in text and "51.0 TFLOP/s" in text and "679.0 TFLOP/s" in text
+    unknown = prompts.render("coder_initial", **_shared(gpu=None), **CASES["coder_initial"])
+    assert "Not known for this run" in unknown
+
+
+def test_backend_guidance_and_rules():
+    triton = prompts.render("coder_system", **_shared("triton"))
+    cuda = prompts.render("coder_system", **_shared("cuda"))
+    assert "@triton.jit" in triton and "cupy.RawModule" not in triton
+    assert "cupy.RawModule" in cuda and "load_inline" in cuda
+    for text in (triton, cuda):
+        assert "Never mention `Model`" in text and "`try`/`except`" in text and "stream" in text
+        assert "atol=0.0001" in text
+    assert "torch.utils.cpp_extension" in cuda and "torch.utils.cpp_extension" not in triton
+
+
+def test_evidence_reaches_the_judge():
+    repair = prompts.render(
+        "judge_repair", **_shared(), **{**CASES["judge_repair"], "result": INCORRECT}
+    )
+    assert "input set `odd`, seed #0" in repair and "first bad index [0, 511]" in repair
+    assert "max abs error inf" in repair and "NaN in output" in repair
+    assert "Input sets with at least one passing comparison: tiny" in repair
+    compile_ = prompts.render("judge_repair", **_shared(), **CASES["judge_repair"])
+    assert "incompatible dimensions" in compile_ and "compile_error" in compile_
+    optimize = prompts.render("judge_optimize", **_shared(), **CASES["judge_optimize"])
+    assert (
+        "| wide | 0.0410 (cv 0.02) | 0.0520 | 0.0380 | 1.27x | 0.93x | 0.0080 | 20% |" in optimize
+    )
+    assert "dram__throughput.avg.pct_of_peak_sustained_elapsed: 88.1" in optimize
+    assert "40 registers/thread" in optimize and "round 1 (repair: Use tl.sum" in optimize
+
+
+def test_coder_and_judge_messages():
+    context = PromptContext(problem=SOFTMAX, backend="triton", device="cpu")
+    first = Coder(context).initial()
+    assert [m.role for m in first] == ["system", "user"]
+    assert "class Model(nn.Module)" in first[1].content
+    assert "Example: gelu, triton" in first[1].content  # an example for another operator
+    assert "tiny`: batch_size=7, dim=127" in first[1].content and "large`" not in first[1].content
+    plan_prompt = Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)
+    assert '"diagnosis"' in plan_prompt[0].content
+
+
+def test_extract_code():
+    answer = "Here:\n```python\nx = 1\n```\nand the file:\n```python\nimport torch\nclass ModelNew:\n    pass\n```\n"
+    assert extract_code(answer) == "import torch\nclass ModelNew:\n    pass\n"
+    with pytest.raises(NoCodeBlock, match="no ```python code block"):
+        extract_code("I would use a Triton kernel.")
+    with pytest.raises(NoCodeBlock, match="defines"):
+        extract_code("```python\nprint(1)\n```")
+
+
+def test_parse_plan():
+    good = {"diagnosis": "d", "bottleneck": "memory", "plan": "p", "expected_gain": "2x"}
+    assert parse_plan(json.dumps(good)).plan == "p"
+    assert parse_plan(f"Sure.\n```json\n{json.dumps(good)}\n```").bottleneck == "memory"
+    assert parse_plan('{"diagnosis": "d", "plan": "p"}').expected_gain == ""
+    with pytest.raises(InvalidPlan, match="invalid JSON"):
+        parse_plan('{"diagnosis": "d", plan: }')
+    with pytest.raises(InvalidPlan, match="no JSON object"):
+        parse_plan("the kernel is memory bound")
+    with pytest.raises(InvalidPlan, match="schema"):
+        parse_plan('{"diagnosis": "d"}')
+    with pytest.raises(InvalidPlan, match="must not be empty"):
+        parse_plan('{"diagnosis": " ", "plan": ""}')
+
+
+def test_examples_are_declared():
+    found = {(e.problem, e.backend) for e in prompts.examples()}
+    assert {("softmax", "triton"), ("gelu", "triton"), ("softmax", "cuda")} <= found
+    assert prompts.example_for("triton", "gelu").problem == "softmax"
+
+
+@pytest.mark.parametrize("example", prompts.examples("triton"), ids=lambda e: Path(e.path).name)
+def test_triton_examples_pass_the_evaluator(example):
+    from forge.evaluator import EvalConfig, evaluate
+    from forge.evaluator.problem import InputSet
+
+    problem = resolve_problem(example.problem)
+    if example.problem == "softmax":  # a row wider than SINGLE_PASS_MAX takes the online path
+        wide = InputSet(
+            name="wide_cpu", constants={**problem.constants, "batch_size": 3, "dim": 8197}, cpu=True
+        )
+        problem = problem.model_copy(update={"input_sets": [*problem.input_sets, wide]})
+    result = evaluate(problem, example.source, EvalConfig(device="cpu"))
+    assert result.status is Status.correct, (result.reasons, result.stderr[-2000:])
+    assert {c.input_set for c in result.checks} == {s.name for s in problem.sets_for("cpu")}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("example", prompts.examples("cuda"), ids=lambda e: Path(e.path).name)
+def test_cuda_examples_compile(example):
+    from forge.evaluator import EvalConfig, evaluate
+
+    result = evaluate(resolve_problem(example.problem), example.source, EvalConfig(device="cpu"))
+    assert result.status is Status.compiled, (result.reasons, result.compile_log[-2000:])
