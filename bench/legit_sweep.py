@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from forge.evaluator import EvalConfig, evaluate, resolve_problem
+from forge.sandbox.local import LocalSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGIT = sorted((ROOT / "tests/fixtures/legit").glob("*.py"))
@@ -30,11 +31,13 @@ def main() -> None:
     parser.add_argument("--only", default="")
     args = parser.parse_args()
     rows = []
+    sandbox = LocalSandbox(cache_dir=EvalConfig().cache_dir, prestart=True)
     for path in LEGIT:
         if args.only and args.only not in path.stem:
             continue
         problem = resolve_problem(op_of(path))
-        r = evaluate(problem, path.read_text(), EvalConfig(device="cuda", profile=args.profile))
+        profile = args.profile or path.stem == "triton_softmax"
+        r = evaluate(problem, path.read_text(), EvalConfig(device="cuda", profile=profile), sandbox=sandbox)
         big = r.timings[-1] if r.timings else None
         row = {
             "candidate": path.stem,
@@ -50,6 +53,8 @@ def main() -> None:
             "geomean_vs_eager": r.speedup_vs_eager,
             "suspicious": r.suspicious_reasons,
             "seconds": r.phase_seconds.total,
+            "profile": r.profile.model_dump() if r.profile else None,
+            "sandbox": r.sandbox.model_dump() if r.sandbox else None,
         }
         rows.append(row)
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
@@ -59,6 +64,9 @@ def main() -> None:
             f"{row['seconds']:.1f}s {'; '.join(row['reasons'])[:160]}",
             flush=True,
         )
+        if r.profile and profile:
+            print(f"  profile {r.profile.tool} {r.profile.note[:200]} " + "; ".join(f"{k.name[:30]} regs={k.registers_per_thread} metrics={len(k.metrics)}" for k in r.profile.kernels[:3]), flush=True)
+    sandbox.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

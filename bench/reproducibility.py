@@ -21,12 +21,13 @@ def main() -> None:
     parser.add_argument("--op", default="softmax")
     parser.add_argument("--candidate", default=str(ROOT / "tests/fixtures/legit/triton_softmax.py"))
     parser.add_argument("--json", default="")
+    parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args()
     problem = resolve_problem(args.op)
     source = Path(args.candidate).read_text()
     runs = []
     for i in range(args.runs):
-        r = evaluate(problem, source, EvalConfig(device="cuda", profile=False))
+        r = evaluate(problem, source, EvalConfig(device="cuda", profile=False, trials=args.trials))
         per_set = {t.input_set: {"speedup_vs_eager": t.speedup_vs_eager, "speedup_vs_compile": t.speedup_vs_compile, "median_ms": t.candidate.median_ms, "cv": t.candidate.cv} for t in r.timings}
         runs.append({"status": r.status.value, "speedup_vs_eager": r.speedup_vs_eager, "speedup_vs_compile": r.speedup_vs_compile, "sets": per_set})
         print(f"run {i}: {r.status.value} geomean vs eager {r.speedup_vs_eager} vs compile {r.speedup_vs_compile}", flush=True)
