@@ -364,17 +364,20 @@ class Harness:
 
     def _any_failed(self) -> bool:
         if self.out["degenerate"]:
-            self.out["reasons"].extend(f"problem cannot verify: {d}" for d in self.out["degenerate"])
+            for d in self.out["degenerate"]:
+                if f"problem cannot verify: {d}" not in self.out["reasons"]:
+                    self.out["reasons"].append(f"problem cannot verify: {d}")
             return True
         failed = [c for c in self.out["checks"] if not c["passed"]]
         if failed:
             c = failed[0]
             where = f" at index {c['first_bad_index']}" if c["first_bad_index"] else ""
-            self.out["reasons"].insert(
-                0,
+            reason = (
                 f"mismatch on input set '{c['input_set']}' seed {c['seed_index']} ({c['phase']}): "
-                f"{c['mismatches']}/{c['numel']} elements, max abs error {c['max_abs_error']:.3g}{where}",
+                f"{c['mismatches']}/{c['numel']} elements, max abs error {c['max_abs_error']:.3g}{where}"
             )
+            if reason not in self.out["reasons"]:
+                self.out["reasons"].insert(0, reason)
         return bool(failed)
 
     # ---- timing (GPU) -----------------------------------------------------------------------
