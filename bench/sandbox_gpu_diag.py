@@ -17,8 +17,10 @@ READS = (
     "from forge.sandbox.policy import restrict_filesystem, default_readable; import tempfile;"
     "d = tempfile.mkdtemp(); restrict_filesystem([d, '/dev'], default_readable());"
     "import os; os.environ['TRITON_CACHE_DIR'] = d;"
-    "exec(open(os.path.join(os.path.dirname(__import__('forge').__file__), 'tests/fixtures/legit/triton_softmax.py')).read());"
-    "x = torch.randn(4, 100, device='cuda'); print('ok', float(softmax_forward(x).sum()))"
+    "import importlib.util, shutil; f = os.path.join(d, 'cand.py');"
+    "shutil.copy(os.path.join(os.path.dirname(__import__('forge').__file__), 'tests/fixtures/legit/triton_softmax.py'), f);"
+    "s = importlib.util.spec_from_file_location('cand', f); m = importlib.util.module_from_spec(s); s.loader.exec_module(m);"
+    "x = torch.randn(4, 100, device='cuda'); print('ok', float(m.softmax_forward(x).sum()))"
 )
 
 

@@ -125,6 +125,7 @@ class Harness:
                 "cuda_version": torch.version.cuda or "",
             }
             self.flush_buffer = torch.empty(2 * props.L2_cache_size, dtype=torch.int8, device="cuda")
+            timing.reset_persisting_l2()  # loads cudart now, before the identity snapshot
         else:
             self.out["environment"] = {"gpu_name": "", "arch": "cpu", "cuda_version": ""}
         self.out["environment"]["torch_version"] = torch.__version__

@@ -2,7 +2,7 @@
 compares with, nor the harness's own code, nor the modules it imports.
 
 The identities of every attribute of the watched modules, classes and the harness object, of
-the `sys.modules` entries of torch, triton and forge, and the contents of `sys.path` are taken
+the `sys.modules` entries of torch, triton and forge, and the entries of `sys.path` are taken
 before candidate code is imported and compared each time candidate code ran.
 """
 
@@ -53,6 +53,11 @@ def _identities(obj: object) -> dict[str, int]:
     return {name: id(value) for name, value in list(namespace.items())}
 
 
+# sys.path may grow (load_inline appends its build directory); the harness imports every module
+# it uses before candidate code runs, so shadowing through a new sys.path entry cannot reach it,
+# and replacing an imported module shows in the sys.modules identities.
+
+
 def _modules() -> dict[str, int]:
     return {name: id(m) for name, m in list(sys.modules.items()) if name.split(".")[0] in WATCHED_MODULE_PREFIXES}
 
@@ -78,6 +83,7 @@ class IdentitySnapshot:
                     changes.append(f"{label}.{name}")
         now_modules = _modules()
         changes += [f"sys.modules[{name!r}]" for name, ident in self.modules.items() if now_modules.get(name) != ident]
-        if self.path and sys.path != self.path:
+        removed = [p for p in self.path if p not in sys.path]
+        if removed:
             changes.append("sys.path")
         return changes

@@ -53,7 +53,8 @@ SDPA_SHAPE = "unsupported shape: q, k, v are not 4-D [B, H, S, D] of one shape a
 
 
 class Call(NamedTuple):
-    """One ATen call mapped onto the problem: bucket constants (in the adapter's order),
+    """The layout of what `prepare` returns for a call the entry can serve (a plain tuple in
+    that order, cheaper to build on the hot path): bucket constants (in the adapter's order),
     constructor arguments, parameters to bind (in the adapter's order), forward inputs, and
     the shape to give the output back (None: as returned)."""
 
@@ -62,6 +63,13 @@ class Call(NamedTuple):
     params: tuple
     inputs: tuple
     out_shape: torch.Size | None
+
+
+def _as_2d(x: torch.Tensor, rows: int, cols: int) -> tuple:
+    """(inputs, out_shape): a 2-D input as it is, any other viewed as [rows, cols]."""
+    if x.dim() == 2:
+        return (x,), None
+    return (x.view(rows, cols),), x.shape
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,8 @@ class Adapter:
     """The problem's shape constants, in the order `prepare` returns them."""
     params: tuple[str, ...]
     """State-dict names of the Model's parameters bound to the call's tensors, in order."""
-    prepare: Callable[..., Call | str]
-    """(ATen arguments) -> Call, or the reason this call goes to PyTorch."""
+    prepare: Callable[..., tuple | str]
+    """(ATen arguments) -> a tuple laid out as `Call`, or the reason this call goes to PyTorch."""
 
     @property
     def registered_name(self) -> str:
@@ -91,32 +99,42 @@ def _rows(x: torch.Tensor, cols: int) -> int:
 def _softmax_like(x, dim, half_to_float):
     if half_to_float:
         return HALF_TO_FLOAT
-    nd = x.dim()
+    shape = x.shape
+    nd = len(shape)
+    if nd == 2 and (dim == -1 or dim == 1) and x.is_contiguous():  # the common case, fast
+        rows, cols = shape
+        if rows and cols:
+            return ((rows, cols), (), (), (x,), None)
+        return EMPTY
     if nd == 0:
         return ZERO_DIM
     if dim != -1 and dim != nd - 1:
         return NOT_LAST_DIM
     if not x.is_contiguous():
         return NON_CONTIGUOUS
-    cols = x.shape[-1]
     if x.numel() == 0:
         return EMPTY
-    rows = _rows(x, cols)
-    return Call((rows, cols), (), (), (x.view(rows, cols),), x.shape)
+    cols = shape[-1]
+    rows = x.numel() // cols
+    return ((rows, cols), (), (), (x.view(rows, cols),), shape)
 
 
 def _gelu(x, approximate="none"):
     if approximate != "none":
         return TANH
-    if x.dim() == 0:
+    shape = x.shape
+    nd = len(shape)
+    if nd == 0:
         return ZERO_DIM
     if not x.is_contiguous():
         return NON_CONTIGUOUS
     if x.numel() == 0:
         return EMPTY
-    cols = x.shape[-1]
-    rows = _rows(x, cols)
-    return Call((rows, cols), (), (), (x.view(rows, cols),), x.shape)
+    cols = shape[-1]
+    if nd == 2:
+        return ((shape[0], cols), (), (), (x,), None)
+    rows = x.numel() // cols
+    return ((rows, cols), (), (), (x.view(rows, cols),), shape)
 
 
 def _same(t, x) -> bool:
@@ -145,7 +163,7 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-05, cudnn_en
     if x.numel() == 0:
         return EMPTY
     rows = _rows(x, hidden)
-    return Call((rows, hidden), (hidden,), (weight, bias), (x.view(rows, hidden),), x.shape)
+    return ((rows, hidden), (hidden,), (weight, bias), *_as_2d(x, rows, hidden))
 
 
 def _rms_norm(x, normalized_shape, weight=None, eps=None):
@@ -165,7 +183,7 @@ def _rms_norm(x, normalized_shape, weight=None, eps=None):
     if x.numel() == 0:
         return EMPTY
     rows = _rows(x, hidden)
-    return Call((rows, hidden), (hidden,), (weight,), (x.view(rows, hidden),), x.shape)
+    return ((rows, hidden), (hidden,), (weight,), *_as_2d(x, rows, hidden))
 
 
 def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-05, cudnn_enabled=True):
@@ -182,7 +200,7 @@ def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-05, cudnn_enabled=
     if x.numel() == 0:
         return EMPTY
     n, c, h, w = x.shape
-    return Call((n, c, num_groups, h, w), (num_groups, c), (weight, bias), (x,), None)
+    return ((n, c, num_groups, h, w), (num_groups, c), (weight, bias), (x,), None)
 
 
 def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
@@ -197,7 +215,7 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, 
     if query.numel() == 0:
         return EMPTY
     b, h, s, d = query.shape
-    return Call((b, h, s, d), (), (), (query, key, value), None)
+    return ((b, h, s, d), (), (), (query, key, value), None)
 
 
 ADAPTERS: dict[str, Adapter] = {

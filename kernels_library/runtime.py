@@ -49,9 +49,6 @@ from forge.kernels_library.storage import (
 log = logging.getLogger("forge.kernels_library")
 
 DISABLE_ENV = "FORGE_KERNELS_DISABLE"
-LIBRARY = "library"
-"""Counter key of calls served by a library kernel (every other key is a fallback reason)."""
-
 # Fallback reasons decided by the runtime itself (the adapters add the argument/shape ones).
 REENTRANT = "re-entrant call from inside a library kernel"
 SUBCLASS = "tensor subclass input (FakeTensor, torch.compile tracing, ...)"
@@ -138,7 +135,16 @@ def _incompatible(record: EntryRecord, machine: Machine) -> str | None:
 
 _LOCK = threading.RLock()
 _CLASSES: dict[tuple, type] = {}
-_local = threading.local()
+class _Local(threading.local):
+    """Per thread: the re-entrancy flag and the ModelNew instances (their parameter slots are
+    rebound per call, so threads must not share them)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.modules: dict = {}
+
+
+_local = _Local()
 
 
 def module_class(record: EntryRecord) -> type:
@@ -201,6 +207,10 @@ class _Choice:
     record: EntryRecord
     speedup: float
     broken: bool = False
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = self.record.meta.id
 
 
 @dataclass
@@ -225,16 +235,15 @@ class _State:
 _STATE: _State | None = None
 
 
-def _instance(choice: _Choice, call: _adapters.Call, adapter: _adapters.Adapter, x: torch.Tensor):
-    """A per-thread ModelNew for (entry, constructor args, device, dtype), with the slots its
-    parameters are bound through; None when the entry cannot bind the Model's parameters."""
-    cache = _local.__dict__.setdefault("modules", {})
-    key = (choice.record.meta.id, call.init_args, x.device, x.dtype)
+def _instance(choice: _Choice, init_args: tuple, adapter: _adapters.Adapter, x: torch.Tensor, cache: dict):
+    """A ModelNew of this thread for (entry, constructor args, device, dtype), with the slots
+    its parameters are bound through; None when the entry cannot bind the Model's parameters."""
+    key = (choice.key, init_args, x.get_device(), x.dtype)
     slot = cache.get(key)
     if slot is not None:
         return slot
     cls = module_class(choice.record)
-    module = cls(*call.init_args).to(x.device)
+    module = cls(*init_args).to(x.device)
     if x.dtype != torch.float32:
         module = module.to(x.dtype)
     module.eval()
@@ -247,12 +256,21 @@ def _instance(choice: _Choice, call: _adapters.Call, adapter: _adapters.Adapter,
             owner = None
         if owner is None or leaf not in owner._parameters:
             choice.broken = True
-            log.warning("library entry %s (%s): ModelNew has no parameter '%s': not used for ATen calls", choice.record.meta.id, adapter.op, name)
+            log.warning("library entry %s (%s): ModelNew has no parameter '%s': not used for ATen calls", choice.key, adapter.op, name)
             return None
         binds.append((owner._parameters, leaf))
     slot = (module.forward, tuple(binds))
     cache[key] = slot
     return slot
+
+
+def _bucketer(pow2: tuple[bool, ...]):
+    """constants -> bucket, specialised for the common one- and two-constant problems."""
+    if pow2 == (True, False):
+        return lambda c: (1 if c[0] <= 1 else 1 << (c[0] - 1).bit_length(), c[1])
+    if pow2 == (True, True):
+        return lambda c: (1 if c[0] <= 1 else 1 << (c[0] - 1).bit_length(), 1 if c[1] <= 1 else 1 << (c[1] - 1).bit_length())
+    return lambda c: tuple(pow2_bucket(v) if p else v for v, p in zip(c, pow2, strict=True))
 
 
 def _detail_text(adapter: _adapters.Adapter, detail: tuple) -> str:
@@ -261,20 +279,24 @@ def _detail_text(adapter: _adapters.Adapter, detail: tuple) -> str:
     return text if bucket is None else f"{text}, bucket {bucket_text(dict(zip(adapter.constants, bucket, strict=True)))}"
 
 
-def _make_impl(op: str, state: _OpState, original, archs: dict[int, str], composite_level: bool):
+def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool):
     adapter = state.adapter
     prepare = adapter.prepare
-    index = state.index
+    # (device index, dtype) -> bucket table: the arch lookup done once, here
+    by_device = {(device, dtype): table for (arch, dtype), table in state.index.items() for device, a in archs.items() if a == arch}
     pow2 = state.pow2
     counts = _counts(op)
     by_entry = _ENTRY_COUNTS.setdefault(op, {})
     tensor_types = (torch.Tensor, torch.nn.Parameter)
+    bucketer = _bucketer(pow2)
+    current_device = torch.cuda.current_device
+    several_gpus = sum(1 for d in archs if d >= 0) > 1  # one GPU: it is the current device
     grad_enabled = torch.is_grad_enabled
     dispatch_modes = torch._C._len_torch_dispatch_stack
     local = _local
     debug_on = log.isEnabledFor
 
-    def fallback(keyset, args, kwargs, reason, detail=None):
+    def fallback(args, kwargs, reason, detail=None):
         counts[reason] = counts.get(reason, 0) + 1
         if (op, reason) not in _SEEN:
             _first_time(op, reason)
@@ -283,54 +305,55 @@ def _make_impl(op: str, state: _OpState, original, archs: dict[int, str], compos
             log.debug("%s: %s (%s)", op, reason, _detail_text(adapter, detail))
         return original.call_boxed(keyset, *args, **kwargs)
 
-    def impl(keyset, *args, **kwargs):
+    def impl(*args, **kwargs):
         x = args[0]
-        if getattr(local, "depth", 0):
-            return fallback(keyset, args, kwargs, REENTRANT)
+        if local.depth:
+            return fallback(args, kwargs, REENTRANT)
         if type(x) not in tensor_types:
-            return fallback(keyset, args, kwargs, SUBCLASS)
+            return fallback(args, kwargs, SUBCLASS)
         if composite_level:
             if dispatch_modes():
-                return fallback(keyset, args, kwargs, DISPATCH_MODE)
+                return fallback(args, kwargs, DISPATCH_MODE)
             if grad_enabled():
                 for a in (*args, *kwargs.values()):
                     if isinstance(a, torch.Tensor) and a.requires_grad:
-                        return fallback(keyset, args, kwargs, AUTOGRAD)
+                        return fallback(args, kwargs, AUTOGRAD)
         call = prepare(*args, **kwargs)
         if call.__class__ is str:
-            return fallback(keyset, args, kwargs, call)
-        arch = archs.get(x.get_device())
-        table = index.get((arch, x.dtype))
+            return fallback(args, kwargs, call)
+        constants, init_args, params, inputs, out_shape = call
+        device = x.get_device()
+        dtype = x.dtype
+        table = by_device.get((device, dtype))
         if table is None:
-            reason = OTHER_MACHINE if x.dtype in state.foreign_dtypes else NO_DTYPE
-            return fallback(keyset, args, kwargs, reason, (arch, x.dtype, None))
-        bucket = tuple(pow2_bucket(v) if p else v for v, p in zip(call.constants, pow2, strict=True))
+            reason = OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE
+            return fallback(args, kwargs, reason, (archs.get(device), dtype, None))
+        bucket = bucketer(constants)
         choice = table.get(bucket)
         if choice is None:
-            return fallback(keyset, args, kwargs, NO_BUCKET, (arch, x.dtype, bucket))
+            return fallback(args, kwargs, NO_BUCKET, (archs.get(device), dtype, bucket))
         if choice.broken:
-            return fallback(keyset, args, kwargs, UNBINDABLE)
-        slot = _instance(choice, call, adapter, x)
+            return fallback(args, kwargs, UNBINDABLE)
+        slot = local.modules.get((choice.key, init_args, device, dtype)) or _instance(choice, init_args, adapter, x, local.modules)
         if slot is None:
-            return fallback(keyset, args, kwargs, UNBINDABLE)
+            return fallback(args, kwargs, UNBINDABLE)
         forward, binds = slot
-        for (params, name), tensor in zip(binds, call.params, strict=True):
-            params[name] = tensor
+        if binds:
+            for (slots, name), tensor in zip(binds, params, strict=True):
+                slots[name] = tensor
         local.depth = 1
         try:
-            if x.is_cuda and x.get_device() != torch.cuda.current_device():
-                with torch.cuda.device(x.device):
-                    out = forward(*call.inputs)
+            if several_gpus and device >= 0 and device != current_device():
+                with torch.cuda.device(device):
+                    out = forward(*inputs)
             else:
-                out = forward(*call.inputs)
+                out = forward(*inputs)
         finally:
             local.depth = 0
-            for params, name in binds:
-                params[name] = None
-        counts[LIBRARY] = counts.get(LIBRARY, 0) + 1
-        entry = choice.record.meta.id
-        by_entry[entry] = by_entry.get(entry, 0) + 1
-        return out if call.out_shape is None else out.reshape(call.out_shape)
+            for slots, name in binds:
+                slots[name] = None
+        by_entry[choice.key] = by_entry.get(choice.key, 0) + 1
+        return out if out_shape is None else out.reshape(out_shape)
 
     return impl
 
@@ -429,12 +452,16 @@ def _register(state: _State) -> None:
             keys = [(f"Autograd{backend_key}", True), (backend_key, False)] if adapter.composite else [(backend_key, False)]
             for key, composite_level in keys:
                 original = torch.library.get_kernel(adapter.aten, key)
-                impl = _make_impl(op, op_state, original, state.archs, composite_level)
+                # PyTorch's kernels at these keys (native backend kernels, CompositeImplicit
+                # decompositions) do not read the keyset they are called with: a constant one
+                # spares the per-call conversion of `with_keyset=True`
+                keyset = torch._C.DispatchKeySet(key)
+                impl = _make_impl(op, op_state, original, keyset, state.archs, composite_level)
                 with warnings.catch_warnings():
                     # torch warns once per process that an ATen kernel is being overridden,
                     # which is what enable() is for
                     warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
-                    library.impl(adapter.registered_name, impl, key, with_keyset=True)
+                    library.impl(adapter.registered_name, impl, key)
                 op_state.keys.append(key)
         state.report.registered[op] = op_state.entries
         log.debug("%s: %s registered at %s with %d entries", op, adapter.aten, op_state.keys, op_state.entries)
@@ -515,7 +542,7 @@ def stats() -> dict:
     ops = {}
     for op in sorted(set(_COUNTS) | (set(state.ops) if state else set())):
         counts = dict(_COUNTS.get(op, {}))
-        library = counts.pop(LIBRARY, 0)
+        library = sum(_ENTRY_COUNTS.get(op, {}).values())
         op_state = state.ops.get(op) if state else None
         ops[op] = {
             "registered": op_state is not None and bool(op_state.keys),

@@ -34,6 +34,11 @@ def get_init_inputs():
 
 forge_name = "group_norm"
 forge_dtype = "float32"
+# 1e-3, not fp32's default 1e-4: measured on an H200 (2026-11-21), a correct Triton kernel differed
+# from ATen by up to 1.3e-2 on 167 of 134M outputs of the large set with 50x outliers: statistics over
+# 65536-element groups summed in another order; a wrong kernel misses by far more.
+forge_atol = 1e-3
+forge_rtol = 1e-3
 # num_channels must stay a multiple of num_groups in every set
 forge_input_sets = [
     {"name": "tiny", "cpu": True, "batch_size": 2, "num_channels": 6, "num_groups": 3, "height": 5, "width": 7},
