@@ -33,7 +33,7 @@ def main() -> None:
     rows = []
     sandbox = LocalSandbox(cache_dir=EvalConfig().cache_dir, prestart=True)
     for path in LEGIT:
-        if args.only and args.only not in path.stem:
+        if args.only and path.stem not in args.only.split(","):
             continue
         problem = resolve_problem(op_of(path))
         profile = args.profile or path.stem == "triton_softmax"
