@@ -87,8 +87,8 @@ def time_input_set(harness, input_set: dict) -> dict:
             for _ in range(job["warmup"]):
                 impls["compiled"](*warm)
             torch.cuda.synchronize()
-            harness.identity.take()
             harness.threads_before = threading.active_count()
+            harness.identity.take()
         for _ in range(job["warmup"] + harness.rng.randrange(job["warmup"] + 1)):
             for key, fn in impls.items():
                 if key == "candidate":
