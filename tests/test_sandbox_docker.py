@@ -77,7 +77,8 @@ def test_probe_runs_as_nobody_in_private_dir_without_secrets(sandbox, monkeypatc
     assert "OPENAI_API_KEY" not in facts["env"] and "MY_SERVICE_TOKEN" not in facts["env"]
     assert facts["secret_values_seen"] == []
     assert {"TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "HOME", "TMPDIR"} <= set(facts["env"])
-    assert facts["sandbox"] == {"filesystem": True, "network": True}, "Landlock applied inside"
+    # The container mounts only what the worker needs read-only, so no Landlock read allowlist.
+    assert facts["sandbox"] == {"filesystem": True, "reads": False, "network": True}, "Landlock applied inside"
     assert (outcome.exit_code, outcome.signal, outcome.timed_out) == (0, None, False)
     info = outcome.info
     assert info.backend == "docker" and info.process_limit == "container"
