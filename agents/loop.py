@@ -32,10 +32,10 @@ from forge.db.models import LLMCall, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError, evaluate
-from forge.sandbox.local import LocalSandbox
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
+from forge.sandbox.local import LocalSandbox
 
 UNUSABLE = "unusable answer: "
 PASSING = (Status.correct, Status.compiled)

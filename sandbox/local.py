@@ -23,8 +23,8 @@ from forge.sandbox.base import (
 )
 from forge.sandbox.policy import (
     NOBODY,
-    PidsCgroup,
     PID_NAMESPACE,
+    PidsCgroup,
     SandboxConfig,
     cache_environment,
     network_namespace_available,

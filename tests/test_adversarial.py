@@ -25,16 +25,15 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loopback import Listener
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import Problem, load_problem, resolve_problem
@@ -233,35 +232,6 @@ def assert_no_leftover_processes(marker: str, result: EvalResult | None = None, 
     assert not left, f"{len(left)} processes of the job survived the evaluation: {left[:10]}"
 
 
-class _Listener:
-    """A TCP listener on the host loopback that records whether anyone connected."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
 def _set_constant(source: str, name: str, value: object) -> str:
     new, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
     assert count == 1, f"fixture has no module-level constant {name}"
@@ -313,7 +283,7 @@ def test_cheat_is_not_correct(
             secrets_set[var] = f"sk-forge-test-{secrets.token_hex(12)}"
             monkeypatch.setenv(var, secrets_set[var])
     if spec.name == "containment_network":
-        listener = _Listener()
+        listener = Listener()
         source = _set_constant(source, "CONFIG_PORT", listener.port)
     if spec.name == "containment_write_outside":
         escape = Path(f"/work/forge-escape-{secrets.token_hex(8)}.txt")

@@ -8,6 +8,7 @@ import ast
 
 import pytest
 import torch
+
 from forge.evaluator.problem import CPU_ELEMENT_BUDGET, Problem, catalogue_names, resolve_problem
 
 DTYPES = {

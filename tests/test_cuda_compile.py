@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from forge.evaluator import cuda_compile
 from forge.evaluator.cuda_compile import (
     CudaToolchainError,

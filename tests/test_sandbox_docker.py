@@ -21,6 +21,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from forge.sandbox.base import ChannelError, SandboxJob, decode_message, encode_message
 from forge.sandbox.docker import (
     FORGE_DIR,

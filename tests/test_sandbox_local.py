@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import Listener
 
 from forge.evaluator.result import LOG_LIMIT
 from forge.sandbox.base import (
@@ -149,35 +148,10 @@ def test_worker_runs_in_a_fresh_private_directory(sandbox: LocalSandbox):
 # ---- network -------------------------------------------------------------------------------------
 
 
-class _Listener:
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 def test_network_is_blocked(sandbox: LocalSandbox):
-    listener = _Listener()
+    listener = Listener()
     try:
         outcome = probe(sandbox, host="127.0.0.1", port=listener.port)
     finally:

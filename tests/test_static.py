@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from forge.evaluator.problem import CATALOGUE_DIR
 from forge.evaluator.static import (
     THREAD_MESSAGE,
