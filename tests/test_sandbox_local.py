@@ -355,8 +355,7 @@ def _kill_leftovers(marker: str) -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="GAP: without a pids cgroup and without a PID namespace (a non-root host, or root with privileges "
-    "dropped, as on the GPU machine: `cgroup = None if drop`, `isolate_pids = not drop and ...`) only "
+    reason="GAP: without a pids cgroup and without a PID namespace (a host run by a non-root user) only "
     "kill_session() cleans up, and a descendant that called setsid() is in another session and survives",
 )
 def test_escaped_children_are_killed_without_a_cgroup(tmp_path: Path, marker: str, monkeypatch):
