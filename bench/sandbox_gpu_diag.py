@@ -10,7 +10,7 @@ import sys
 from forge.sandbox.policy import SandboxConfig, preexec
 
 PROBE = "import torch; torch.cuda.init(); print('ok', torch.cuda.get_device_name())"
-LANDLOCK = "from forge.sandbox.policy import restrict_writes; restrict_writes(['/tmp', '/dev']);" + PROBE
+LANDLOCK = "from forge.sandbox.policy import restrict_filesystem; restrict_filesystem(['/tmp', '/dev']);" + PROBE
 # CUDA up first (as the worker does), then reads restricted, then a Triton kernel compiles and runs.
 READS = (
     "import torch, triton, triton.language as tl; torch.cuda.init(); torch.empty(1, device='cuda');"

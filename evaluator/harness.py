@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import re
 import secrets
 import sys
 import threading
@@ -217,21 +216,21 @@ class Harness:
         return inputs
 
     def call_candidate(self, cand, inputs: list, what: str):
-        try:
-            with torch.no_grad():
-                out = cand(*inputs)
-            _sync(self.device)
-        except Exception as exc:  # noqa: BLE001 - a kernel error is an observation for the Judge
-            raise CandidateFailure(_failure_status(exc), f"{what}: {_short(exc)}", traceback.format_exc()) from exc
+        with torch.no_grad():
+            out = self.guarded(cand, what, sync=True)(*inputs)
         self._after_candidate_code(what)
         return out
 
-    def guarded(self, cand, what: str):
-        """`cand` as a plain callable whose errors become the candidate's verdict (no extra sync)."""
+    def guarded(self, cand, what: str, sync: bool = False):
+        """`cand` as a plain callable whose errors (those a device sync surfaces too, with
+        `sync`) become the candidate's verdict."""
 
         def call(*args):
             try:
-                return cand(*args)
+                out = cand(*args)
+                if sync:
+                    _sync(self.device)
+                return out
             except Exception as exc:  # noqa: BLE001 - a kernel error is an observation for the Judge
                 raise CandidateFailure(_failure_status(exc), f"{what}: {_short(exc)}", traceback.format_exc()) from exc
 
@@ -328,7 +327,7 @@ class Harness:
                 durations[e.name] = durations.get(e.name, 0.0) + e.device_time
             self.out["kernel_durations_us"], self.out["profiled_set"] = durations, set_name
             self.out["kernels_seen"] = sorted(set(self.out["kernels_seen"]) | set(seen))
-            ran = [k for k in seen if kernel_base_name(k) in names]
+            ran = [k for k in seen if profiling.kernel_base_name(k) in names]
         else:
             watch = KernelCodeWatch(self.candidate, names)
             with watch, monitor:
@@ -400,18 +399,6 @@ def _forget_seed() -> None:
     """Reseed the global RNG from fresh entropy: `torch.initial_seed()` must not reveal the seed
     that produced the inputs or parameters (row 7)."""
     torch.manual_seed(secrets.randbits(62))
-
-
-_ARGS = re.compile(r"\((?:[^()]|\([^()]*\))*\)$")
-
-
-def kernel_base_name(traced: str) -> str:
-    """`(anonymous namespace)::softmax_rows_f32(float const*, float*, long, bool)` -> `softmax_rows_f32`;
-    `void ns::k<128>(float*)` -> `k`; a Triton or extern "C" name is returned as is."""
-    name = _ARGS.sub("", traced.strip())
-    name = name.split("::")[-1]
-    name = re.sub(r"<.*>$", "", name)
-    return name.split()[-1] if name.split() else name
 
 
 def _byte_view(address: int, size: int) -> torch.Tensor:

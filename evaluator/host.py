@@ -14,6 +14,7 @@ import time
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
 from forge.evaluator.problem import Problem
+from forge.evaluator.profiling import kernel_base_name
 from forge.evaluator.result import (
     Check,
     Environment,
@@ -211,7 +212,7 @@ def _torch_profile(message: dict) -> Profile | None:
         return None
     kernels = []
     for name, us in durations.items():
-        meta = next((v for k, v in triton.items() if k in name), {})
+        meta = triton.get(kernel_base_name(name), {})
         kernels.append(
             KernelProfile(
                 name=name,
@@ -233,18 +234,17 @@ def _profile(sandbox, payload: dict, config: EvalConfig, result: EvalResult) -> 
             fallback.note = "Nsight Compute (ncu) not found: torch.profiler durations only"
         return fallback
     largest = payload["input_sets"][-1]["name"]
-    t0 = time.perf_counter()
     ncu = profile_with_ncu(sandbox, {**payload, "profile_set": largest}, config.profile_timeout_s)
-    result.phase_seconds.profiling = time.perf_counter() - t0
+    result.phase_seconds.profiling = ncu["seconds"]
     if not ncu["kernels"]:
         if fallback:
             fallback.note = ncu["note"]
         return fallback
-    triton = {k.name: k for k in (fallback.kernels if fallback else [])}
+    triton = {kernel_base_name(k.name): k for k in (fallback.kernels if fallback else [])}
     kernels = []
     for k in ncu["kernels"]:
         m = k["metrics"]
-        meta = next((v for n, v in triton.items() if n in k["name"] or k["name"] in n), None)
+        meta = triton.get(kernel_base_name(k["name"]))
         kernels.append(
             KernelProfile(
                 name=k["name"],

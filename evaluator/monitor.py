@@ -35,7 +35,7 @@ class AtenMonitor(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def kernel_code_objects(module, kernel_names: list[str]) -> dict:
+def kernel_definitions(module, kernel_names: list[str]) -> dict:
     """Where the candidate's jit kernels are defined (through autotune/heuristics wrappers):
     (file, function name) -> (kernel, first line, last line). The interpreter runs a rewritten
     copy of each kernel's code, so identity cannot be compared; file, name and the kernel's own
@@ -59,7 +59,7 @@ class KernelCodeWatch:
     frame running one of the candidate's jit kernels, defined where that kernel is defined."""
 
     def __init__(self, module, kernel_names: list[str]):
-        self.codes = kernel_code_objects(module, kernel_names)
+        self.codes = kernel_definitions(module, kernel_names)
         self.ran: list[str] = []
         self._previous = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,6 +47,18 @@ NCU_METRICS = [
     "smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio",
 ]
 NVTX_RANGE = "forge_profile"
+
+
+_ARGS = re.compile(r"\((?:[^()]|\([^()]*\))*\)$")
+
+
+def kernel_base_name(traced: str) -> str:
+    """`(anonymous namespace)::softmax_rows_f32(float const*, float*, long, bool)` -> `softmax_rows_f32`;
+    `void ns::k<128>(float*)` -> `k`; a Triton or extern "C" name is returned as is."""
+    name = _ARGS.sub("", traced.strip())
+    name = name.split("::")[-1]
+    name = re.sub(r"<.*>$", "", name)
+    return name.split()[-1] if name.split() else name
 
 
 def ncu_path() -> str | None:

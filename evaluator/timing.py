@@ -92,7 +92,7 @@ def time_input_set(harness, input_set: dict) -> dict:
         for _ in range(job["warmup"] + harness.rng.randrange(job["warmup"] + 1)):
             for key, fn in impls.items():
                 if key == "candidate":
-                    harness.call_candidate(fn, warm, f"warm-up on '{name}'")
+                    harness.call_candidate(cand, warm, f"warm-up on '{name}'")
                 else:
                     fn(*warm)
         torch.cuda.synchronize()

@@ -262,11 +262,6 @@ def restrict_filesystem(writable: list[str], readable: list[str] | None = None) 
     return {"filesystem": True, "reads": readable is not None, "network": net_rights != 0}
 
 
-def restrict_writes(writable: list[str]) -> dict[str, bool]:
-    """Writes only beneath `writable` (reads unrestricted)."""
-    return restrict_filesystem(writable)
-
-
 def cache_environment(cache_dir: Path, workdir: Path) -> dict[str, str]:
     """Point every compiler cache at `cache_dir` and every scratch location at `workdir`."""
     return {
