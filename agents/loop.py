@@ -63,7 +63,9 @@ class LoopConfig(BaseModel):
     """Stop a trajectory after this many rounds in a row without a new best (None: never)."""
 
     min_gain: float = Field(0.02, ge=0)
-    """A faster correct candidate is a new best only if its speedup is this fraction higher."""
+    """A faster correct candidate counts as progress (for `patience`) and becomes what its
+    trajectory builds on only if its speedup is this fraction higher. The run's best is the
+    fastest trusted candidate, by any margin."""
 
     history: int = Field(8, ge=0)
     """Most recent attempts shown to the agents as the search's history."""
@@ -448,7 +450,7 @@ class OptimizeLoop:
             )
         )
         with self.totals_lock:
-            if improved and is_improvement(evaluated, self.best, self.config.min_gain):
+            if is_improvement(evaluated, self.best, 0.0):
                 self.best = evaluated
         self.emit(
             "evaluated",

@@ -11,12 +11,13 @@ from forge.sandbox.policy import SandboxConfig, preexec
 
 PROBE = "import torch; torch.cuda.init(); print('ok', torch.cuda.get_device_name())"
 LANDLOCK = "from forge.sandbox.policy import restrict_filesystem; restrict_filesystem(['/tmp', '/dev']);" + PROBE
-# CUDA up first (as the worker does), then reads restricted, then a Triton kernel compiles and runs.
+# CUDA up first (as the worker does), then reads restricted (scratch and caches in the job's own
+# directory, as the worker sets them), then a Triton kernel compiles and runs.
 READS = (
     "import torch, triton, triton.language as tl; torch.cuda.init(); torch.empty(1, device='cuda');"
     "from forge.sandbox.policy import restrict_filesystem, default_readable; import tempfile;"
-    "d = tempfile.mkdtemp(); restrict_filesystem([d, '/dev'], default_readable());"
-    "import os; os.environ['TRITON_CACHE_DIR'] = d;"
+    "import os; d = tempfile.mkdtemp(); tempfile.tempdir = d; os.environ.update(TMPDIR=d, TRITON_CACHE_DIR=d);"
+    "restrict_filesystem([d, '/dev'], default_readable());"
     "import importlib.util, shutil; f = os.path.join(d, 'cand.py');"
     "shutil.copy(os.path.join(os.path.dirname(__import__('forge').__file__), 'tests/fixtures/legit/triton_softmax.py'), f);"
     "s = importlib.util.spec_from_file_location('cand', f); m = importlib.util.module_from_spec(s); s.loader.exec_module(m);"
@@ -31,7 +32,9 @@ def attempt(label: str, code: str, **kwargs) -> bool:
         print(f"{label:12s} FAILS {exc}")
         return False
     ok = p.returncode == 0
-    print(f"{label:12s} {'ok' if ok else 'FAILS'} {(p.stdout + p.stderr).strip().splitlines()[-1][:200] if (p.stdout + p.stderr).strip() else ''}")
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    shown = lines[-1:] if ok else lines[-6:]  # a failure keeps its traceback's tail
+    print(f"{label:12s} {'ok' if ok else 'FAILS'} " + " | ".join(line.strip()[:200] for line in shown))
     return ok
 
 

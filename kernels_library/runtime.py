@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, Field
@@ -279,21 +279,39 @@ def _detail_text(adapter: _adapters.Adapter, detail: tuple) -> str:
     return text if bucket is None else f"{text}, bucket {bucket_text(dict(zip(adapter.constants, bucket, strict=True)))}"
 
 
+class _Miss(NamedTuple):
+    """A routing decision to call PyTorch's kernel: the reason, and the (arch, dtype, bucket)
+    it was made for."""
+
+    reason: str
+    detail: tuple | None = None
+
+
+class _Routes(threading.local):
+    """Per thread and registration: (device, dtype, constants, constructor args) -> the
+    decision, so that a repeated shape costs one dict lookup."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.table: dict = {}
+
+
 def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool):
     adapter = state.adapter
     prepare = adapter.prepare
     # (device index, dtype) -> bucket table: the arch lookup done once, here
     by_device = {(device, dtype): table for (arch, dtype), table in state.index.items() for device, a in archs.items() if a == arch}
-    pow2 = state.pow2
     counts = _counts(op)
     by_entry = _ENTRY_COUNTS.setdefault(op, {})
     tensor_types = (torch.Tensor, torch.nn.Parameter)
-    bucketer = _bucketer(pow2)
+    bucketer = _bucketer(state.pow2)
     current_device = torch.cuda.current_device
     several_gpus = sum(1 for d in archs if d >= 0) > 1  # one GPU: it is the current device
     grad_enabled = torch.is_grad_enabled
     dispatch_modes = torch._C._len_torch_dispatch_stack
     local = _local
+    routes = _Routes()
     debug_on = log.isEnabledFor
 
     def fallback(args, kwargs, reason, detail=None):
@@ -304,6 +322,20 @@ def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str]
             _DETAILS_SEEN.add((op, reason, detail))
             log.debug("%s: %s (%s)", op, reason, _detail_text(adapter, detail))
         return original.call_boxed(keyset, *args, **kwargs)
+
+    def route(device: int, dtype: torch.dtype, constants: tuple, init_args: tuple, x: torch.Tensor):
+        """(forward, parameter slots, entry id) of the entry serving these calls, or a _Miss."""
+        table = by_device.get((device, dtype))
+        if table is None:
+            return _Miss(OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE, (archs.get(device), dtype, None))
+        bucket = bucketer(constants)
+        choice = table.get(bucket)
+        if choice is None:
+            return _Miss(NO_BUCKET, (archs.get(device), dtype, bucket))
+        slot = None if choice.broken else _instance(choice, init_args, adapter, x, local.modules)
+        if slot is None:
+            return _Miss(UNBINDABLE)
+        return (*slot, choice.key)
 
     def impl(*args, **kwargs):
         x = args[0]
@@ -323,21 +355,17 @@ def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str]
             return fallback(args, kwargs, call)
         constants, init_args, params, inputs, out_shape = call
         device = x.get_device()
-        dtype = x.dtype
-        table = by_device.get((device, dtype))
-        if table is None:
-            reason = OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE
-            return fallback(args, kwargs, reason, (archs.get(device), dtype, None))
-        bucket = bucketer(constants)
-        choice = table.get(bucket)
-        if choice is None:
-            return fallback(args, kwargs, NO_BUCKET, (archs.get(device), dtype, bucket))
-        if choice.broken:
-            return fallback(args, kwargs, UNBINDABLE)
-        slot = local.modules.get((choice.key, init_args, device, dtype)) or _instance(choice, init_args, adapter, x, local.modules)
-        if slot is None:
-            return fallback(args, kwargs, UNBINDABLE)
-        forward, binds = slot
+        table = routes.table
+        key = (device, x.dtype, constants, init_args)
+        decision = table.get(key)
+        if decision is None:
+            decision = route(device, x.dtype, constants, init_args, x)
+            if len(table) >= _Routes.LIMIT:
+                table.clear()
+            table[key] = decision
+        if decision.__class__ is _Miss:
+            return fallback(args, kwargs, decision.reason, decision.detail)
+        forward, binds, entry = decision
         if binds:
             for (slots, name), tensor in zip(binds, params, strict=True):
                 slots[name] = tensor
@@ -352,7 +380,7 @@ def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str]
             local.depth = 0
             for slots, name in binds:
                 slots[name] = None
-        by_entry[choice.key] = by_entry.get(choice.key, 0) + 1
+        by_entry[entry] = by_entry.get(entry, 0) + 1
         return out if out_shape is None else out.reshape(out_shape)
 
     return impl

@@ -170,9 +170,7 @@ class LocalSandbox:
             "channel": {"kind": "fd", "fd": worker.channel_fd},
             "writable": [str(worker.workdir), str(worker.cache), "/dev", *job.writable_dirs],
             "restrict_writes": self.config.restrict_writes,
-            # GPU jobs: not yet shown to work with the read allowlist on a GPU host (the H200
-            # diagnosis failed, 2026-11-21); there the worker runs as uid 65534 where it can.
-            "restrict_reads": self.config.restrict_reads and not job.gpu,
+            "restrict_reads": self.config.restrict_reads,
             "job": job.payload,
         }
         start = time.perf_counter()

@@ -24,7 +24,7 @@ from test_adversarial import (
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import resolve_problem
-from forge.evaluator.result import EvalResult, Status
+from forge.evaluator.result import EvalResult, SetTiming, Status
 
 pytestmark = pytest.mark.gpu
 
@@ -90,57 +90,60 @@ def _cases() -> list:
     return cases
 
 
+@pytest.fixture(scope="module")
+def legit(tmp_path_factory) -> EvalResult:
+    """The legit Triton softmax (the kernel the timing cheats wrap), evaluated once."""
+    return run_gpu(LEGIT / "triton_softmax.py", tmp_path_factory.mktemp("legit-cache"))
+
+
+@pytest.fixture(scope="module")
+def legit_timing(legit: EvalResult) -> SetTiming:
+    timing = _timing(legit)
+    assert legit.status is Status.correct and timing is not None, legit.reasons
+    return timing
+
+
 @requires_cuda
 @pytest.mark.parametrize(("spec", "expectation"), _cases())
-def test_gpu_cheat_is_not_correct(spec: CheatSpec, expectation: Expectation, forge_cache_dir: Path):
+def test_gpu_cheat_gains_nothing(spec: CheatSpec, expectation: Expectation, forge_cache_dir: Path, legit_timing: SetTiming):
+    """Each GPU cheat is caught or, where its docstring says `expect: correct`, its trick never
+    fires: it then does the work on every timed call and is timed at no less than the plain
+    kernel it wraps."""
     result = run_gpu(spec.path, forge_cache_dir)
-    if expectation.reason == ".":
-        # a gap fixture: what matters is that it is not `correct`
-        assert result.status is not Status.correct, f"CHEAT PASSED: {spec.name}: suspicious={result.suspicious} {result.suspicious_reasons[:3]}"
+    if expectation.status is not Status.correct:
+        check_verdict(result, expectation, spec.name)
         return
-    check_verdict(result, expectation, spec.name)
+    assert result.status is Status.correct, result.reasons
+    timing = _timing(result)
+    assert timing is not None
+    assert timing.candidate.median_ms >= 0.9 * legit_timing.candidate.median_ms, (
+        f"{spec.name} timed at {timing.candidate.median_ms:.4f} ms, the plain kernel at {legit_timing.candidate.median_ms:.4f} ms"
+    )
+    assert not result.suspicious, result.suspicious_reasons
 
 
-# ---- what still catches the gap fixtures today: the per-set roofline / speedup flags ----------
-
-
-_UNFLAGGED = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="GAP (seen on an H200): a cache hit still costs ~0.07-0.11 ms (fingerprint reads, Python), above the "
-    "roofline floor and under 10x, so the free timed calls are neither rejected nor flagged",
-)
+# ---- defence in depth: free timed calls are flagged even when no recheck lands ------------------
 
 
 @requires_cuda
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("gpu_row09_pointer_cache", marks=_UNFLAGGED),
-        pytest.param("gpu_row13_batched_launch", marks=_UNFLAGGED),
-        "gpu_row20_recheck_schedule",
-    ],
-)
-def test_gpu_free_timed_calls_are_at_least_flagged(name: str, forge_cache_dir: Path):
-    """Timed calls that do no work must never produce an unflagged speedup (row 21's defence:
-    per-set roofline floor and the > 10x flag)."""
-    result = run_gpu(name, forge_cache_dir)
+def test_gpu_free_timed_calls_are_at_least_flagged(forge_cache_dir: Path):
+    """Row 20 with its checked calls guessed right would time calls that do no work: such a
+    speedup must never be unflagged (the per-set roofline floor and the > 10x flag)."""
+    result = run_gpu("gpu_row20_recheck_schedule", forge_cache_dir)
     if result.status is not Status.correct:
         return
     timing = _timing(result)
     assert timing is not None and timing.floor_ms is not None, f"no roofline for {result.environment.gpu_name!r}: add it to forge.evaluator.gpus"
     assert result.suspicious, (
-        f"{name}: correct and NOT flagged: median {timing.candidate.median_ms:.4f} ms, floor {timing.floor_ms:.4f} ms, "
-        f"speedup {timing.speedup_vs_eager}"
+        f"correct and NOT flagged: median {timing.candidate.median_ms:.4f} ms, floor {timing.floor_ms:.4f} ms, speedup {timing.speedup_vs_eager}"
     )
-    assert any(f"'{TIMED_SET}'" in r for r in result.suspicious_reasons), result.suspicious_reasons
 
 
 # ---- row 10: side stream, runtime only ----------------------------------------------------------
 
 
 @requires_cuda
-def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path):
+def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path, legit_timing: SetTiming):
     """With the static check off (it rejects stream creation), the harness's device-wide
     synchronize before the end event must time the side-stream kernel: the result is correct
     (the kernel is) and its time is honest: not below the roofline floor, no 10x speedup, and the
@@ -153,12 +156,9 @@ def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path):
     assert result.status is Status.correct, result.reasons
     timing = _timing(result)
     assert timing is not None and timing.eager is not None
-    legit = run_gpu(LEGIT / "triton_softmax.py", forge_cache_dir)
-    reference = _timing(legit)
-    assert legit.status is Status.correct and reference is not None
-    assert timing.candidate.median_ms > 0.5 * reference.candidate.median_ms, (
+    assert timing.candidate.median_ms > 0.5 * legit_timing.candidate.median_ms, (
         f"side-stream kernel timed at {timing.candidate.median_ms:.4f} ms, the same kernel on the default stream at "
-        f"{reference.candidate.median_ms:.4f} ms"
+        f"{legit_timing.candidate.median_ms:.4f} ms"
     )
     if timing.roofline_fraction is not None:
         assert timing.roofline_fraction <= 1.05, (timing.candidate.median_ms, timing.floor_ms)
@@ -169,10 +169,10 @@ def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path):
 
 
 @requires_cuda
-def test_gpu_persisting_l2_is_reset_before_timing(forge_cache_dir: Path):
+def test_gpu_persisting_l2_is_reset_before_timing(legit: EvalResult):
     """Pinning data in persisting L2 needs ctypes/cudart (rejected statically, see
     gpu_row19_persisting_l2.py); the harness must still reset it before timing, and say so."""
-    result = run_gpu(LEGIT / "triton_softmax.py", forge_cache_dir)
+    result = legit
     assert result.status is Status.correct, result.reasons
     assert result.timings, "the legit candidate was not timed"
     assert not any("persisting L2" in r for r in result.suspicious_reasons), result.suspicious_reasons
@@ -185,20 +185,7 @@ def test_gpu_persisting_l2_is_reset_before_timing(forge_cache_dir: Path):
 
 
 @requires_cuda
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="GAP: sys.modules is not watched; replacing forge.evaluator.timing before the harness imports it fabricates every timing",
-)
 def test_gpu_swapped_timing_module_is_rejected(forge_cache_dir: Path):
     result = run_gpu("row22_poisons_environment", forge_cache_dir, static_checks=False)
     assert result.status is Status.rejected, f"got {result.status.value}: speedup {result.speedup_vs_eager} suspicious={result.suspicious}"
     assert re.search("tampered", result.reasons[0])
-
-
-@requires_cuda
-def test_gpu_fabricated_timings_are_at_least_flagged(forge_cache_dir: Path):
-    result = run_gpu("row22_poisons_environment", forge_cache_dir, static_checks=False)
-    if result.status is not Status.correct:
-        return
-    assert result.suspicious, f"fabricated timings passed unflagged: speedup {result.speedup_vs_eager}"
