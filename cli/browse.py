@@ -135,6 +135,8 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     )
     if run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
+    steps = store.history(run_id)
+    first_set = next((s.result.timings[0].input_set for s in steps if s.result and s.result.timings), None)
     table = Table(
         "cand",
         "traj",
@@ -144,10 +146,10 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
         "status",
         "vs eager",
         "vs compile",
-        "median ms",
+        f"median ms ({first_set})" if first_set else "median ms",
         title="candidates",
     )
-    for step in store.history(run_id):
+    for step in steps:
         c, e = step.candidate, step.evaluation
         best = " *" if c.id == run.best_candidate_id else ""
         table.add_row(
