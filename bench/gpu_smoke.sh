@@ -9,7 +9,7 @@ nvidia-smi -L; python3 --version; command -v ncu; ncu --version | tail -1; id; l
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.version.cuda)"
 ls -l /dev/nvidia* | head; ls -ld /usr/local/cuda /usr/local/nvidia 2>&1
 python3 bench/sandbox_gpu_diag.py | tee "$OUT/sandbox_diag.txt"
-eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+tail -1 "$OUT/sandbox_diag.txt" | grep -q = && eval "$(tail -1 "$OUT/sandbox_diag.txt")"
 for cand in ${CANDS:-triton_softmax cuda_nvrtc_softmax cuda_inline_softmax}; do
   timeout 300 python3 -m forge.cli.main eval softmax tests/fixtures/legit/$cand.py --json > "$OUT/$cand.json" 2> "$OUT/$cand.err"
   echo "== $cand rc=$?"; tail -5 "$OUT/$cand.err"
