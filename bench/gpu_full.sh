@@ -6,7 +6,7 @@ source bench/gpu_setup.sh || exit 1
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -c "import torch, triton; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/log"; nvidia-smi --query-gpu=driver_version --format=csv,noheader | tee -a "$OUT/log"; ncu --version | tail -1 | tee -a "$OUT/log"
-python3 bench/sandbox_gpu_diag.py > "$OUT/sandbox_diag.txt"; cat "$OUT/sandbox_diag.txt"; tail -1 "$OUT/sandbox_diag.txt" | grep -q = && eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+apply_sandbox_diagnosis "$OUT/sandbox_diag.txt"
 for step in ${STEPS:-latency sweep gputests}; do
   case $step in
     latency) timeout ${LATENCY_T:-400} python3 bench/eval_latency.py --json "$OUT/eval_latency.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;

@@ -8,8 +8,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi -L; python3 --version; command -v ncu; ncu --version | tail -1; id; ls -ld "$PWD" / /root 2>&1 | head -3
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.version.cuda)"
 ls -l /dev/nvidia* | head; ls -ld /usr/local/cuda /usr/local/nvidia 2>&1
-python3 bench/sandbox_gpu_diag.py | tee "$OUT/sandbox_diag.txt"
-tail -1 "$OUT/sandbox_diag.txt" | grep -q = && eval "$(tail -1 "$OUT/sandbox_diag.txt")"
+apply_sandbox_diagnosis "$OUT/sandbox_diag.txt"
 for cand in ${CANDS:-triton_softmax cuda_nvrtc_softmax cuda_inline_softmax}; do
   timeout 300 python3 -m forge.cli.main eval softmax tests/fixtures/legit/$cand.py --json > "$OUT/$cand.json" 2> "$OUT/$cand.err"
   echo "== $cand rc=$?"; tail -5 "$OUT/$cand.err"
