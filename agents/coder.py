@@ -11,19 +11,8 @@ from forge.agents.errors import FormatError, NoCodeBlock
 from forge.agents.interfaces import JudgePlan, Message
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult
+from forge.evaluator.static.rules import library_rule, prompt_imports
 
-ALLOWED_IMPORTS = {
-    "triton": ["torch", "torch.nn", "triton", "triton.language", "math", "typing", "functools"],
-    "cuda": [
-        "torch",
-        "torch.nn",
-        "torch.utils.cpp_extension",
-        "cupy",
-        "math",
-        "typing",
-        "functools",
-    ],
-}
 FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
@@ -90,7 +79,9 @@ class PromptContext(BaseModel):
             "backend": self.backend,
             "device": self.device,
             "gpu": self.gpu,
-            "allowed_imports": ALLOWED_IMPORTS[self.backend],
+            # the rules the prompt states, from the tables the static checks enforce
+            "allowed_imports": prompt_imports(self.backend),
+            "library": library_rule(),
         }
 
 

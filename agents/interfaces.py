@@ -56,6 +56,8 @@ class JudgePlan(BaseModel):
     """What the Judge returns after reading the evidence (validated JSON)."""
 
     diagnosis: str = Field(description="what is wrong or what limits speed, citing the evidence")
-    bottleneck: str = Field("", description="memory | compute | latency | occupancy | correctness | ...")
+    bottleneck: str = Field(
+        "", description="memory | compute | latency | occupancy | correctness | ..."
+    )
     plan: str = Field(description="one concrete change for the Coder to make next")
     expected_gain: str = Field("", description="what should move and by how much")

@@ -218,7 +218,9 @@ class OptimizeLoop:
         self.sandbox = None
         if evaluator is None and config.evaluation.sandbox == "local":
             self.sandbox = LocalSandbox(cache_dir=config.evaluation.cache_dir, prestart=True)
-        self.evaluator = evaluator or partial(evaluate, config=config.evaluation, sandbox=self.sandbox)
+        self.evaluator = evaluator or partial(
+            evaluate, config=config.evaluation, sandbox=self.sandbox
+        )
         self.on_event = on_event or (lambda event: None)
         self.device_lock = threading.Lock()
         self.totals_lock = threading.Lock()

@@ -41,7 +41,9 @@ def main() -> None:
         b = torch.randn(n, n, device="cuda", dtype=dtype)
         ms = _median_ms(lambda a=a, b=b: a @ b, reps=10)
         out[key] = 2 * n**3 / (ms / 1e3)
-    print(f"{out['gpu']}: copy {out['copy_bytes_s'] / 1e12:.2f} TB/s, fp32 {out['fp32_flops_s'] / 1e12:.1f} TFLOP/s, bf16 {out['bf16_flops_s'] / 1e12:.0f} TFLOP/s")
+    print(
+        f"{out['gpu']}: copy {out['copy_bytes_s'] / 1e12:.2f} TB/s, fp32 {out['fp32_flops_s'] / 1e12:.1f} TFLOP/s, bf16 {out['bf16_flops_s'] / 1e12:.0f} TFLOP/s"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--op", default="softmax")
     parser.add_argument("--flavours", default=",".join(CANDIDATES))
     parser.add_argument("--baselines", default="eager,compile")
-    parser.add_argument("--idle", type=float, default=15.0, help="seconds the pre-started worker gets to prepare")
+    parser.add_argument(
+        "--idle", type=float, default=15.0, help="seconds the pre-started worker gets to prepare"
+    )
     args = parser.parse_args()
     problem = resolve_problem(args.op)
     rows = []
@@ -44,19 +46,39 @@ def main() -> None:
         source = CANDIDATES[flavour].read_text()
         with tempfile.TemporaryDirectory(prefix="forge-bench-cache-") as cache:
             os.chmod(cache, 0o755)
-            config = EvalConfig(device="cuda", cache_dir=Path(cache), baselines=args.baselines.split(","))
+            config = EvalConfig(
+                device="cuda", cache_dir=Path(cache), baselines=args.baselines.split(",")
+            )
             prestarted = LocalSandbox(cache_dir=Path(cache), prestart=True)
             for state in ("cold", "warm", "warm-prestarted"):
                 if state == "warm-prestarted":
-                    evaluate(problem, source, config, sandbox=prestarted)  # leaves a worker started ahead
+                    evaluate(
+                        problem, source, config, sandbox=prestarted
+                    )  # leaves a worker started ahead
                     time.sleep(args.idle)
-                result = evaluate(problem, source, config, sandbox=prestarted if state == "warm-prestarted" else None)
-                row = {"flavour": flavour, "cache": state, "status": result.status.value, **result.phase_seconds.model_dump()}
-                row["verdict"] = sum(row[p] for p in ("static", "startup", "compile", "correctness")) + (0.0 if state == "warm-prestarted" else row["prepare"])
+                result = evaluate(
+                    problem,
+                    source,
+                    config,
+                    sandbox=prestarted if state == "warm-prestarted" else None,
+                )
+                row = {
+                    "flavour": flavour,
+                    "cache": state,
+                    "status": result.status.value,
+                    **result.phase_seconds.model_dump(),
+                }
+                row["verdict"] = sum(
+                    row[p] for p in ("static", "startup", "compile", "correctness")
+                ) + (0.0 if state == "warm-prestarted" else row["prepare"])
                 row["speedup_vs_eager"] = result.speedup_vs_eager
                 row["reasons"] = result.reasons[:2]
                 rows.append(row)
-                print(f"{flavour:12s} {state:16s} {result.status.value:8s} verdict={row['verdict']:.2f} " + " ".join(f"{p}={row[p]:.2f}" for p in PHASES), flush=True)
+                print(
+                    f"{flavour:12s} {state:16s} {result.status.value:8s} verdict={row['verdict']:.2f} "
+                    + " ".join(f"{p}={row[p]:.2f}" for p in PHASES),
+                    flush=True,
+                )
             prestarted.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from forge.evaluator import EvalConfig, evaluate, resolve_problem
@@ -18,6 +19,10 @@ LEGIT = sorted((ROOT / "tests/fixtures/legit").glob("*.py"))
 
 
 def op_of(path: Path) -> str:
+    """As tests/test_legit.py: a docstring starting `Problem: <name>.`, else the file name."""
+    declared = re.match(r'"""Problem: ([\w-]+)\.', path.read_text())
+    if declared:
+        return declared.group(1)
     for prefix in ("triton_", "cuda_inline_", "cuda_nvrtc_"):
         if path.stem.startswith(prefix):
             return path.stem[len(prefix) :]
@@ -37,7 +42,9 @@ def main() -> None:
             continue
         problem = resolve_problem(op_of(path))
         profile = args.profile or path.stem == "triton_softmax"
-        r = evaluate(problem, path.read_text(), EvalConfig(device="cuda", profile=profile), sandbox=sandbox)
+        r = evaluate(
+            problem, path.read_text(), EvalConfig(device="cuda", profile=profile), sandbox=sandbox
+        )
         big = r.timings[-1] if r.timings else None
         row = {
             "candidate": path.stem,
@@ -65,7 +72,14 @@ def main() -> None:
             flush=True,
         )
         if r.profile and profile:
-            print(f"  profile {r.profile.tool} {r.profile.note[:200]} " + "; ".join(f"{k.name[:30]} regs={k.registers_per_thread} metrics={len(k.metrics)}" for k in r.profile.kernels[:3]), flush=True)
+            print(
+                f"  profile {r.profile.tool} {r.profile.note[:200]} "
+                + "; ".join(
+                    f"{k.name[:30]} regs={k.registers_per_thread} metrics={len(k.metrics)}"
+                    for k in r.profile.kernels[:3]
+                ),
+                flush=True,
+            )
     sandbox.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -82,7 +82,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )
         att = torch.softmax((q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5, dim=-1)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(b, s, d))
         return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
@@ -90,13 +92,24 @@ class Block(nn.Module):
 
 def evaluate_on(op: str, fixture: str, sets: dict[str, dict], baselines: list[str]):
     problem = resolve_problem(op)
-    problem = problem.model_copy(update={"input_sets": [InputSet(name=n, constants={**problem.constants, **c}) for n, c in sets.items()]})
+    problem = problem.model_copy(
+        update={
+            "input_sets": [
+                InputSet(name=n, constants={**problem.constants, **c}) for n, c in sets.items()
+            ]
+        }
+    )
     source = (LEGIT / fixture).read_text()
     t0 = time.perf_counter()
-    result = evaluate(problem, source, EvalConfig(device="cuda", profile=False, baselines=baselines))
-    print(f"  evaluated {fixture} on {sets}: {result.status.value} in {time.perf_counter() - t0:.0f} s"
-          + (f", {result.speedup_vs_eager:.3f}x vs eager" if result.speedup_vs_eager else "")
-          + (f" ({'; '.join(result.reasons[:2])})" if result.reasons else ""), flush=True)
+    result = evaluate(
+        problem, source, EvalConfig(device="cuda", profile=False, baselines=baselines)
+    )
+    print(
+        f"  evaluated {fixture} on {sets}: {result.status.value} in {time.perf_counter() - t0:.0f} s"
+        + (f", {result.speedup_vs_eager:.3f}x vs eager" if result.speedup_vs_eager else "")
+        + (f" ({'; '.join(result.reasons[:2])})" if result.reasons else ""),
+        flush=True,
+    )
     return problem, source, result
 
 
@@ -113,7 +126,13 @@ def measure_on(op: str, fixture: str, sets: dict[str, dict], baselines: list[str
     of kernel and eager, median). Weaker than the evaluator (no integrity checks, no
     torch.compile baseline): for when the evaluator cannot run here."""
     problem = resolve_problem(op)
-    problem = problem.model_copy(update={"input_sets": [InputSet(name=n, constants={**problem.constants, **c}) for n, c in sets.items()]})
+    problem = problem.model_copy(
+        update={
+            "input_sets": [
+                InputSet(name=n, constants={**problem.constants, **c}) for n, c in sets.items()
+            ]
+        }
+    )
     ref_mod = _module(f"bench_problem_{op}", Path(problem.path))
     cand_mod = _module(f"bench_candidate_{op}", LEGIT / fixture)
     checks, timings = [], []
@@ -132,33 +151,72 @@ def measure_on(op: str, fixture: str, sets: dict[str, dict], baselines: list[str
                 expected, got = ref(*inputs), cand(*inputs)
                 err = (got - expected).abs()
                 ok = bool(torch.allclose(got, expected, atol=problem.atol, rtol=problem.rtol))
-                checks.append(Check(input_set=input_set.name, seed_index=seed, phase="before_reference", passed=ok,
-                                    max_abs_error=err.max().item(), max_rel_error=(err / expected.abs().clamp_min(1e-6)).max().item(),
-                                    mismatches=0 if ok else 1, numel=expected.numel()))
+                checks.append(
+                    Check(
+                        input_set=input_set.name,
+                        seed_index=seed,
+                        phase="before_reference",
+                        passed=ok,
+                        max_abs_error=err.max().item(),
+                        max_rel_error=(err / expected.abs().clamp_min(1e-6)).max().item(),
+                        mismatches=0 if ok else 1,
+                        numel=expected.numel(),
+                    )
+                )
             samples = {"candidate": [], "eager": []}
             for _ in range(30):
                 for name, model in (("candidate", cand), ("eager", ref)):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start, end = (
+                        torch.cuda.Event(enable_timing=True),
+                        torch.cuda.Event(enable_timing=True),
+                    )
                     torch.cuda.synchronize()
                     t0 = time.perf_counter()
                     start.record()
                     model(*inputs)
                     end.record()
                     end.synchronize()
-                    samples[name].append((start.elapsed_time(end), (time.perf_counter() - t0) * 1e3))
-        stats = {k: TimingStats.from_samples([e for e, _ in v], [h for _, h in v]) for k, v in samples.items()}
-        timings.append(SetTiming(input_set=input_set.name, candidate=stats["candidate"], eager=stats["eager"],
-                                 speedup_vs_eager=stats["eager"].median_ms / stats["candidate"].median_ms))
+                    samples[name].append(
+                        (start.elapsed_time(end), (time.perf_counter() - t0) * 1e3)
+                    )
+        stats = {
+            k: TimingStats.from_samples([e for e, _ in v], [h for _, h in v])
+            for k, v in samples.items()
+        }
+        timings.append(
+            SetTiming(
+                input_set=input_set.name,
+                candidate=stats["candidate"],
+                eager=stats["eager"],
+                speedup_vs_eager=stats["eager"].median_ms / stats["candidate"].median_ms,
+            )
+        )
     import triton
 
     props = torch.cuda.get_device_properties(0)
-    env = Environment(device="cuda", gpu_name=props.name, arch=f"sm_{props.major}{props.minor}", torch_version=torch.__version__,
-                      triton_version=triton.__version__, cuda_version=torch.version.cuda or "")
+    env = Environment(
+        device="cuda",
+        gpu_name=props.name,
+        arch=f"sm_{props.major}{props.minor}",
+        torch_version=torch.__version__,
+        triton_version=triton.__version__,
+        cuda_version=torch.version.cuda or "",
+    )
     passed = all(c.passed for c in checks)
-    result = EvalResult(status=Status.correct if passed else Status.incorrect, problem=op, backend="triton", environment=env,
-                        checks=checks, timings=timings, timing_meaningful=True,
-                        speedup_vs_eager=geomean([t.speedup_vs_eager for t in timings]))
-    print(f"  measured {fixture} on {sets}: {result.status.value}, {result.speedup_vs_eager:.3f}x vs eager (bench-measured, not the evaluator)", flush=True)
+    result = EvalResult(
+        status=Status.correct if passed else Status.incorrect,
+        problem=op,
+        backend="triton",
+        environment=env,
+        checks=checks,
+        timings=timings,
+        timing_meaningful=True,
+        speedup_vs_eager=geomean([t.speedup_vs_eager for t in timings]),
+    )
+    print(
+        f"  measured {fixture} on {sets}: {result.status.value}, {result.speedup_vs_eager:.3f}x vs eager (bench-measured, not the evaluator)",
+        flush=True,
+    )
     return problem, (LEGIT / fixture).read_text(), result
 
 
@@ -227,7 +285,11 @@ def overhead(lib: Path, calls: int, repeats: int) -> dict:
     kl.disable()
     assert counts["library_calls"] == repeats * calls + 200, counts
     rows = {
-        name: {"host_us": statistics.median(h for h, _ in v), "event_us": statistics.median(e for _, e in v), "host_us_min": min(h for h, _ in v)}
+        name: {
+            "host_us": statistics.median(h for h, _ in v),
+            "event_us": statistics.median(e for _, e in v),
+            "host_us_min": min(h for h, _ in v),
+        }
         for name, v in samples.items()
     }
     result = {
@@ -237,9 +299,12 @@ def overhead(lib: Path, calls: int, repeats: int) -> dict:
         "rows_us": rows,
         # host-clock noise only ever adds time: the overheads compare the fastest samples
         # (the medians are in rows_us too)
-        "dispatch_overhead_us": rows["enabled softmax (library)"]["host_us_min"] - rows["module.forward(x)"]["host_us_min"],
-        "dispatch_overhead_vs_module_call_us": rows["enabled softmax (library)"]["host_us_min"] - rows["module(x)"]["host_us_min"],
-        "fallback_overhead_us": rows["enabled softmax (dim 100, fallback)"]["host_us_min"] - rows["eager softmax (dim 100)"]["host_us_min"],
+        "dispatch_overhead_us": rows["enabled softmax (library)"]["host_us_min"]
+        - rows["module.forward(x)"]["host_us_min"],
+        "dispatch_overhead_vs_module_call_us": rows["enabled softmax (library)"]["host_us_min"]
+        - rows["module(x)"]["host_us_min"],
+        "fallback_overhead_us": rows["enabled softmax (dim 100, fallback)"]["host_us_min"]
+        - rows["eager softmax (dim 100)"]["host_us_min"],
         "target_us": 3.0,
         "library_calls": counts["library_calls"],
         "fallbacks": counts["fallbacks"],
@@ -259,7 +324,9 @@ def python_kernel_floor(x: torch.Tensor, calls: int, repeats: int) -> dict:
     variants = {
         "eager log_softmax": None,
         "python kernel returning a tensor": lambda keyset, *a, **k: y,
-        "python kernel -> call_boxed(original)": lambda keyset, *a, **k: original.call_boxed(keyset, *a, **k),
+        "python kernel -> call_boxed(original)": lambda keyset, *a, **k: original.call_boxed(
+            keyset, *a, **k
+        ),
     }
     samples: dict[str, list] = {name: [] for name in variants}
     for i in range(repeats + 1):
@@ -274,7 +341,11 @@ def python_kernel_floor(x: torch.Tensor, calls: int, repeats: int) -> dict:
             if i:
                 samples[name].append(sample)
     return {
-        name: {"host_us": statistics.median(h for h, _ in v), "event_us": statistics.median(e for _, e in v), "host_us_min": min(h for h, _ in v)}
+        name: {
+            "host_us": statistics.median(h for h, _ in v),
+            "event_us": statistics.median(e for _, e in v),
+            "host_us_min": min(h for h, _ in v),
+        }
         for name, v in samples.items()
     }
 
@@ -313,7 +384,9 @@ def model_bench(libraries: dict[str, Path], iters: int, repeats: int) -> list[di
             kl.reset_stats()
             with mode():
                 outputs[name] = model(x).clone()
-            calls[name] = {op: (s["library_calls"], s["fallbacks"]) for op, s in kl.stats()["ops"].items()}
+            calls[name] = {
+                op: (s["library_calls"], s["fallbacks"]) for op, s in kl.stats()["ops"].items()
+            }
             calls[name]["registered"] = report.registered
             kl.disable()
         for _ in range(repeats):  # interleave the configurations
@@ -324,41 +397,77 @@ def model_bench(libraries: dict[str, Path], iters: int, repeats: int) -> list[di
                 samples[name].extend(time_model(model, x, iters, 1, mode))
                 kl.disable()
         eager_ms = statistics.median(samples["eager"])
-        rows.append({"mode": mode_name, "config": "eager", "median_ms": eager_ms, "speedup": 1.0, "max_abs_diff": 0.0, "max_rel_diff": 0.0, "calls": {}})
+        rows.append(
+            {
+                "mode": mode_name,
+                "config": "eager",
+                "median_ms": eager_ms,
+                "speedup": 1.0,
+                "max_abs_diff": 0.0,
+                "max_rel_diff": 0.0,
+                "calls": {},
+            }
+        )
         for name in libraries:
             diff = (outputs[name] - reference).abs()
             median = statistics.median(samples[name])
-            rows.append({
-                "mode": mode_name,
-                "config": name,
-                "median_ms": median,
-                "speedup": eager_ms / median,
-                "max_abs_diff": diff.max().item(),
-                "max_rel_diff": (diff / reference.abs().clamp_min(1e-6)).max().item(),
-                "calls": calls[name],
-            })
+            rows.append(
+                {
+                    "mode": mode_name,
+                    "config": name,
+                    "median_ms": median,
+                    "speedup": eager_ms / median,
+                    "max_abs_diff": diff.max().item(),
+                    "max_rel_diff": (diff / reference.abs().clamp_min(1e-6)).max().item(),
+                    "calls": calls[name],
+                }
+            )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="", help="write the results here")
-    parser.add_argument("--threshold", type=float, default=1.05, help="promotion threshold of the 'promoted' library")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=1.05,
+        help="promotion threshold of the 'promoted' library",
+    )
     parser.add_argument("--calls", type=int, default=5000, help="calls per overhead sample")
-    parser.add_argument("--repeats", type=int, default=11, help="samples per variant (medians reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=11, help="samples per variant (medians reported)"
+    )
     parser.add_argument("--iters", type=int, default=20, help="forwards per model sample")
     parser.add_argument("--skip-model", action="store_true")
-    parser.add_argument("--entries", choices=("evaluator", "measured"), default="evaluator",
-                        help="verify and time the fixtures with forge.evaluator (default), or with this script's own lighter check")
+    parser.add_argument(
+        "--entries",
+        choices=("evaluator", "measured"),
+        default="evaluator",
+        help="verify and time the fixtures with forge.evaluator (default), or with this script's own lighter check",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("error: bench/library_bench.py needs a CUDA GPU")
     import triton
 
     props = torch.cuda.get_device_properties(0)
-    env = {"gpu": props.name, "arch": f"sm_{props.major}{props.minor}", "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
-    print(f"{env['gpu']} ({env['arch']}), torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}", flush=True)
-    out: dict = {"environment": env, "date": time.strftime("%Y-%m-%d"), "library_built_by": "evaluating and promoting tests/fixtures/legit/triton_{softmax,layer_norm,gelu}.py on this GPU"}
+    env = {
+        "gpu": props.name,
+        "arch": f"sm_{props.major}{props.minor}",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+    }
+    print(
+        f"{env['gpu']} ({env['arch']}), torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}",
+        flush=True,
+    )
+    out: dict = {
+        "environment": env,
+        "date": time.strftime("%Y-%m-%d"),
+        "library_built_by": "evaluating and promoting tests/fixtures/legit/triton_{softmax,layer_norm,gelu}.py on this GPU",
+    }
     root = Path(tempfile.mkdtemp(prefix="forge-library-bench-"))
     libs = {"overhead": root / "overhead", "promoted": root / "promoted", "all": root / "all"}
     for lib in libs.values():
@@ -372,12 +481,22 @@ def main() -> None:
     entries = {}
     if not args.skip_model:
         for op in ("softmax", "layer_norm", "gelu"):
-            problem, source, result = build(op, f"triton_{op}.py", {"block": SHAPES[op]}, ["eager", "compile"])
+            problem, source, result = build(
+                op, f"triton_{op}.py", {"block": SHAPES[op]}, ["eager", "compile"]
+            )
             entries[op] = {
                 "status": result.status.value,
-                "per_set": [{"set": t.input_set, "kernel_ms": t.candidate.median_ms, "eager_ms": t.eager.median_ms if t.eager else None,
-                             "compile_ms": t.compiled.median_ms if t.compiled else None, "vs_eager": t.speedup_vs_eager, "vs_compile": t.speedup_vs_compile}
-                            for t in result.timings],
+                "per_set": [
+                    {
+                        "set": t.input_set,
+                        "kernel_ms": t.candidate.median_ms,
+                        "eager_ms": t.eager.median_ms if t.eager else None,
+                        "compile_ms": t.compiled.median_ms if t.compiled else None,
+                        "vs_eager": t.speedup_vs_eager,
+                        "vs_compile": t.speedup_vs_compile,
+                    }
+                    for t in result.timings
+                ],
                 "promoted": promote_into(libs["promoted"], problem, source, result, args.threshold),
                 "all": promote_into(libs["all"], problem, source, result, 0.0),
             }
@@ -388,30 +507,58 @@ def main() -> None:
     else:
         o = overhead(libs["overhead"], args.calls, args.repeats)
         out["overhead"] = o
-        print(f"\n(a) dispatch overhead, softmax {o['shape']} fp32, host clock, {o['samples']} samples x {o['calls_per_sample']} calls")
+        print(
+            f"\n(a) dispatch overhead, softmax {o['shape']} fp32, host clock, {o['samples']} samples x {o['calls_per_sample']} calls"
+        )
         print(f"  {'variant':40s} {'min us/call':>12s} {'median us':>10s} {'event median':>13s}")
         for name, r in (*o["rows_us"].items(), *o["floor"].items()):
-            print(f"  {name:40s} {r['host_us_min']:12.2f} {r['host_us']:10.2f} {r['event_us']:13.2f}")
-        print(f"  (min) overhead vs module.forward: {o['dispatch_overhead_us']:.2f} us (target <= 3: {'met' if o['meets_target'] else 'NOT met'}); "
-              f"vs module(x): {o['dispatch_overhead_vs_module_call_us']:.2f} us; fallback path costs {o['fallback_overhead_us']:.2f} us over PyTorch alone")
+            print(
+                f"  {name:40s} {r['host_us_min']:12.2f} {r['host_us']:10.2f} {r['event_us']:13.2f}"
+            )
+        print(
+            f"  (min) overhead vs module.forward: {o['dispatch_overhead_us']:.2f} us (target <= 3: {'met' if o['meets_target'] else 'NOT met'}); "
+            f"vs module(x): {o['dispatch_overhead_vs_module_call_us']:.2f} us; fallback path costs {o['fallback_overhead_us']:.2f} us over PyTorch alone"
+        )
 
     if not args.skip_model:
         print("\nentries for the block's shapes:")
         for op, e in entries.items():
             p = e["per_set"][0] if e["per_set"] else {}
-            verdict = "promoted" if e["promoted"]["promoted"] else "not promoted: " + "; ".join(e["promoted"]["reasons"])
-            print(f"  {op:11s} {e['status']:9s} kernel {p.get('kernel_ms', float('nan')):.4f} ms, eager {p.get('eager_ms') or float('nan'):.4f}, "
-                  f"compile {p.get('compile_ms') or float('nan'):.4f} -> at {args.threshold:g}x: {verdict}")
-        usable = {name: libs[name] for name in ("promoted", "all") if any(e[name]["promoted"] for e in entries.values())}
+            verdict = (
+                "promoted"
+                if e["promoted"]["promoted"]
+                else "not promoted: " + "; ".join(e["promoted"]["reasons"])
+            )
+            print(
+                f"  {op:11s} {e['status']:9s} kernel {p.get('kernel_ms', float('nan')):.4f} ms, eager {p.get('eager_ms') or float('nan'):.4f}, "
+                f"compile {p.get('compile_ms') or float('nan'):.4f} -> at {args.threshold:g}x: {verdict}"
+            )
+        usable = {
+            name: libs[name]
+            for name in ("promoted", "all")
+            if any(e[name]["promoted"] for e in entries.values())
+        }
         rows = model_bench(usable, args.iters, args.repeats)
         out["model"] = {"shape": {"batch": B, "seq": S, "d_model": D, "heads": H}, "rows": rows}
-        print(f"\n(b) transformer block B={B} S={S} D={D} H={H} fp32, CUDA events, median ms per forward")
-        print(f"  {'mode':15s} {'library':10s} {'ms':>9s} {'speedup':>8s} {'max abs diff':>13s}  library calls per forward")
+        print(
+            f"\n(b) transformer block B={B} S={S} D={D} H={H} fp32, CUDA events, median ms per forward"
+        )
+        print(
+            f"  {'mode':15s} {'library':10s} {'ms':>9s} {'speedup':>8s} {'max abs diff':>13s}  library calls per forward"
+        )
         for r in rows:
             served = ", ".join(f"{op} {c[0]}" for op, c in r["calls"].items() if op != "registered")
-            print(f"  {r['mode']:15s} {r['config']:10s} {r['median_ms']:9.3f} {r['speedup']:7.3f}x {r['max_abs_diff']:13.2e}  {served}")
+            print(
+                f"  {r['mode']:15s} {r['config']:10s} {r['median_ms']:9.3f} {r['speedup']:7.3f}x {r['max_abs_diff']:13.2e}  {served}"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
+        Path(args.json).write_text(
+            json.dumps(
+                out,
+                indent=2,
+                default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v),
+            )
+        )
         print(f"\nwrote {args.json}")
 
 

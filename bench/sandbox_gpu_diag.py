@@ -10,7 +10,10 @@ import sys
 from forge.sandbox.policy import SandboxConfig, preexec
 
 PROBE = "import torch; torch.cuda.init(); print('ok', torch.cuda.get_device_name())"
-LANDLOCK = "from forge.sandbox.policy import restrict_filesystem; restrict_filesystem(['/tmp', '/dev']);" + PROBE
+LANDLOCK = (
+    "from forge.sandbox.policy import restrict_filesystem; restrict_filesystem(['/tmp', '/dev']);"
+    + PROBE
+)
 # CUDA up first (as the worker does), then reads restricted (scratch and caches in the job's own
 # directory, as the worker sets them), then a Triton kernel compiles and runs.
 READS = (
@@ -27,14 +30,18 @@ READS = (
 
 def attempt(label: str, code: str, **kwargs) -> bool:
     try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+        p = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs
+        )
     except PermissionError as exc:
         print(f"{label:12s} FAILS {exc}")
         return False
     ok = p.returncode == 0
     lines = (p.stdout + p.stderr).strip().splitlines()
     shown = lines[-1:] if ok else lines[-6:]  # a failure keeps its traceback's tail
-    print(f"{label:12s} {'ok' if ok else 'FAILS'} " + " | ".join(line.strip()[:200] for line in shown))
+    print(
+        f"{label:12s} {'ok' if ok else 'FAILS'} " + " | ".join(line.strip()[:200] for line in shown)
+    )
     return ok
 
 
@@ -45,8 +52,16 @@ results = {
     "netns": attempt("netns", PROBE, preexec_fn=preexec(config, True, False, None)),
     "nobody": attempt("nobody", PROBE, preexec_fn=preexec(config, False, True, None)),
     "landlock": attempt("landlock", LANDLOCK),
-    "init+landlock": attempt("init+landlock", "import torch; torch.cuda.init(); torch.empty(1, device='cuda');" + LANDLOCK),
+    "init+landlock": attempt(
+        "init+landlock",
+        "import torch; torch.cuda.init(); torch.empty(1, device='cuda');" + LANDLOCK,
+    ),
     "init+reads": attempt("init+reads", READS),
 }
-off = {"netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0", "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0", "init+landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0", "init+reads": "FORGE_SANDBOX_RESTRICT_READS=0"}
+off = {
+    "netns": "FORGE_SANDBOX_ISOLATE_NETWORK=0",
+    "nobody": "FORGE_SANDBOX_DROP_PRIVILEGES=0",
+    "init+landlock": "FORGE_SANDBOX_RESTRICT_WRITES=0",
+    "init+reads": "FORGE_SANDBOX_RESTRICT_READS=0",
+}
 print("export " + " ".join(v for k, v in off.items() if not results[k]))

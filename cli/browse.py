@@ -136,7 +136,9 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     if run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
     steps = store.history(run_id)
-    first_set = next((s.result.timings[0].input_set for s in steps if s.result and s.result.timings), None)
+    first_set = next(
+        (s.result.timings[0].input_set for s in steps if s.result and s.result.timings), None
+    )
     table = Table(
         "cand",
         "traj",

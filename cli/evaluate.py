@@ -32,11 +32,17 @@ def ops() -> None:
 
 
 def eval_command(
-    problem: Annotated[str, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")],
+    problem: Annotated[
+        str, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")
+    ],
     candidate: Annotated[Path, typer.Argument(help="candidate .py file defining ModelNew")],
     backend: Annotated[str | None, typer.Option(help="triton | cuda (default: detected)")] = None,
-    device: Annotated[str, typer.Option(help="cuda verifies+times+profiles; cpu verifies Triton / compiles CUDA")] = "cuda",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override an integer constant: NAME=INT")] = None,
+    device: Annotated[
+        str, typer.Option(help="cuda verifies+times+profiles; cpu verifies Triton / compiles CUDA")
+    ] = "cuda",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override an integer constant: NAME=INT")
+    ] = None,
     sandbox: Annotated[str, typer.Option(help="local | docker")] = "local",
     trials: Annotated[int, typer.Option(help="timed calls per input set (>= 50)")] = 50,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="skip Nsight Compute")] = False,
@@ -51,7 +57,9 @@ def eval_command(
     if not candidate.is_file():
         fail(f"candidate file '{candidate}' does not exist")
     try:
-        config = EvalConfig(device=device, backend=backend, sandbox=sandbox, trials=trials, profile=not no_profile)
+        config = EvalConfig(
+            device=device, backend=backend, sandbox=sandbox, trials=trials, profile=not no_profile
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"--{first['loc'][0]}: {first['msg']}")

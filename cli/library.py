@@ -26,7 +26,10 @@ library_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DbOption = Annotated[str | None, typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)")]
+DbOption = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
+]
 CANDIDATE = re.compile(r"^(?:(?:candidate|cand|c):?)?(\d+)$", re.IGNORECASE)
 
 
@@ -61,7 +64,9 @@ def _resolve_entry(store, ref: str):  # noqa: ANN001, ANN202
             fail(str(exc))
     row = find_entry(store, ref.lower())
     if row is None:
-        fail(f"no library entry '{ref}': give the number from `forge library list` or a unique prefix (>= 6 hex digits) of an entry id")
+        fail(
+            f"no library entry '{ref}': give the number from `forge library list` or a unique prefix (>= 6 hex digits) of an entry id"
+        )
     return row
 
 
@@ -79,10 +84,30 @@ def list_command(
         print(json.dumps([_row_summary(r, content_id(r)) for r in rows], indent=2))
         return
     if not rows:
-        console.print("the library is empty" + (f" for '{op}'" if op else "") + ": `forge library promote CANDIDATE` adds one")
+        console.print(
+            "the library is empty"
+            + (f" for '{op}'" if op else "")
+            + ": `forge library promote CANDIDATE` adds one"
+        )
         return
     wins = _winners(rows)
-    table = Table("#", "id", "op", "dtype", "arch", "torch", "triton", "cuda", "backend", "served buckets", "fastest in", "vs eager", "vs compile", "cand", box=box.SIMPLE_HEAD)
+    table = Table(
+        "#",
+        "id",
+        "op",
+        "dtype",
+        "arch",
+        "torch",
+        "triton",
+        "cuda",
+        "backend",
+        "served buckets",
+        "fastest in",
+        "vs eager",
+        "vs compile",
+        "cand",
+        box=box.SIMPLE_HEAD,
+    )
     for r in rows:
         served = len(json.loads(r.shape_key))
         table.add_row(
@@ -115,7 +140,15 @@ def _winners(rows) -> dict[int, int]:  # noqa: ANN001
         for s in record_from_row(r).meta.sets:
             if not s.served:
                 continue
-            key = (r.op, r.dtype, r.arch, r.torch_version, r.triton_version, r.cuda_version, tuple(sorted(s.bucket.items())))
+            key = (
+                r.op,
+                r.dtype,
+                r.arch,
+                r.torch_version,
+                r.triton_version,
+                r.cuda_version,
+                tuple(sorted(s.bucket.items())),
+            )
             speed = s.speedup_vs_eager or 0.0
             if key not in best or speed > best[key][0]:
                 best[key] = (speed, r.id)
@@ -145,8 +178,12 @@ def _row_summary(r, cid: str) -> dict:  # noqa: ANN001
 
 
 def show(
-    entry: Annotated[str, typer.Argument(help="entry number (from `forge library list`) or id prefix")],
-    json_: Annotated[bool, typer.Option("--json", help="print the entry's metadata as JSON")] = False,
+    entry: Annotated[
+        str, typer.Argument(help="entry number (from `forge library list`) or id prefix")
+    ],
+    json_: Annotated[
+        bool, typer.Option("--json", help="print the entry's metadata as JSON")
+    ] = False,
     source: Annotated[bool, typer.Option("--source", help="also print the kernel source")] = False,
     db: DbOption = None,
 ) -> None:
@@ -158,14 +195,38 @@ def show(
     record = record_from_row(row)
     m = record.meta
     if json_:
-        print(json.dumps({"number": row.id, "active": row.active, **m.model_dump(mode="json")}, indent=2))
+        print(
+            json.dumps(
+                {"number": row.id, "active": row.active, **m.model_dump(mode="json")}, indent=2
+            )
+        )
         return
     v = m.verification
-    console.print(f"[bold]entry {row.id}[/] {m.id}  {m.op} ({m.backend}, {m.dtype})" + ("" if row.active else "  [yellow]deactivated[/]"))
-    console.print(f"  key: {m.arch}, torch {m.torch_version}, triton {m.triton_version or '-'}, CUDA {m.cuda_version or '-'}; ATen {m.aten or '-'}")
-    console.print(f"  verified: {v.status} on {v.gpu_name or v.device}, {len(v.input_sets)} input sets x >= {v.seeds_per_set} seeds, {v.checks} checks, max abs error {v.max_abs_error:.2e}, threshold {v.threshold:g}x, {v.promoted_at}")
-    console.print(f"  from candidate {v.candidate_id if v.candidate_id is not None else '-'} of run {v.run_id if v.run_id is not None else '-'}")
-    table = Table("input set", "shape", "bucket", "kernel ms", "eager ms", "compile ms", "vs eager", "vs compile", "served", box=box.SIMPLE_HEAD)
+    console.print(
+        f"[bold]entry {row.id}[/] {m.id}  {m.op} ({m.backend}, {m.dtype})"
+        + ("" if row.active else "  [yellow]deactivated[/]")
+    )
+    console.print(
+        f"  key: {m.arch}, torch {m.torch_version}, triton {m.triton_version or '-'}, CUDA {m.cuda_version or '-'}; ATen {m.aten or '-'}"
+    )
+    console.print(
+        f"  verified: {v.status} on {v.gpu_name or v.device}, {len(v.input_sets)} input sets x >= {v.seeds_per_set} seeds, {v.checks} checks, max abs error {v.max_abs_error:.2e}, threshold {v.threshold:g}x, {v.promoted_at}"
+    )
+    console.print(
+        f"  from candidate {v.candidate_id if v.candidate_id is not None else '-'} of run {v.run_id if v.run_id is not None else '-'}"
+    )
+    table = Table(
+        "input set",
+        "shape",
+        "bucket",
+        "kernel ms",
+        "eager ms",
+        "compile ms",
+        "vs eager",
+        "vs compile",
+        "served",
+        box=box.SIMPLE_HEAD,
+    )
     for s in m.sets:
         table.add_row(
             s.input_set,
@@ -179,14 +240,19 @@ def show(
             "yes" if s.served else "no",
         )
     console.print(table)
-    console.print(f"geomean: {_x(m.speedup_vs_eager)} vs eager, {_x(m.speedup_vs_compile)} vs torch.compile")
+    console.print(
+        f"geomean: {_x(m.speedup_vs_eager)} vs eager, {_x(m.speedup_vs_compile)} vs torch.compile"
+    )
     if source:
         print(record.kernel_source)
 
 
 def promote(
     candidate: Annotated[str, typer.Argument(help="candidate id (12, c12 or cand:12)")],
-    threshold: Annotated[float, typer.Option(min=0.0, help="minimum speedup vs eager (geometric mean over input sets)")] = 1.05,
+    threshold: Annotated[
+        float,
+        typer.Option(min=0.0, help="minimum speedup vs eager (geometric mean over input sets)"),
+    ] = 1.05,
     db: DbOption = None,
 ) -> None:
     """Promote an evaluated candidate into the library (if it meets the rules)."""
@@ -207,11 +273,16 @@ def promote(
         fail(str(refused), code=1)
     except LibraryError as exc:
         fail(str(exc))
-    console.print(f"promoted candidate {match[1]} as library entry {row.id} ({row.op}, {row.dtype}, {row.arch}, {_x(row.speedup_vs_eager)} vs eager); published to {local_library_dir()}")
+    console.print(
+        f"promoted candidate {match[1]} as library entry {row.id} ({row.op}, {row.dtype}, {row.arch}, {_x(row.speedup_vs_eager)} vs eager); published to {local_library_dir()}"
+    )
 
 
 def export(
-    directory: Annotated[Path | None, typer.Argument(help="where to write (default: the local library $FORGE_HOME/library)")] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Argument(help="where to write (default: the local library $FORGE_HOME/library)"),
+    ] = None,
     op: Annotated[str | None, typer.Option(help="only this operator")] = None,
     db: DbOption = None,
 ) -> None:
@@ -231,7 +302,9 @@ def export(
 
 
 def import_command(
-    directory: Annotated[Path, typer.Argument(help="a library directory (from `forge library export`)")],
+    directory: Annotated[
+        Path, typer.Argument(help="a library directory (from `forge library export`)")
+    ],
     db: DbOption = None,
 ) -> None:
     """Import a library directory into the database (hash-checked, all or nothing)."""
@@ -244,15 +317,29 @@ def import_command(
     except LibraryError as exc:
         fail(str(exc))
     new = sum(created for _, created in stored)
-    console.print(f"imported {len(stored)} entr{'y' if len(stored) == 1 else 'ies'} ({new} new, {len(stored) - new} already present); "
-                  "entries verified on another GPU or torch/triton version are used only after `forge library verify`")
+    console.print(
+        f"imported {len(stored)} entr{'y' if len(stored) == 1 else 'ies'} ({new} new, {len(stored) - new} already present); "
+        "entries verified on another GPU or torch/triton version are used only after `forge library verify`"
+    )
 
 
 def verify(
-    entries: Annotated[list[str] | None, typer.Argument(help="entry numbers or id prefixes (default: every entry not verified on this machine)")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="re-verify every active entry, also those verified here")] = False,
-    device: Annotated[str, typer.Option(help="cuda (cpu: interpreter, correctness only, so nothing is promoted)")] = "cuda",
-    threshold: Annotated[float | None, typer.Option(min=0.0, help="speedup vs eager required (default: each entry's own)")] = None,
+    entries: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="entry numbers or id prefixes (default: every entry not verified on this machine)"
+        ),
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="re-verify every active entry, also those verified here")
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="cuda (cpu: interpreter, correctness only, so nothing is promoted)")
+    ] = "cuda",
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="speedup vs eager required (default: each entry's own)"),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Re-verify entries from other GPUs or versions here (passing ones are added for this machine)."""
@@ -269,7 +356,9 @@ def verify(
     except (LibraryError, EvaluatorError) as exc:
         fail(str(exc))
     if not outcomes:
-        console.print("nothing to verify: every active entry is verified on this machine (use --all to re-verify them)")
+        console.print(
+            "nothing to verify: every active entry is verified on this machine (use --all to re-verify them)"
+        )
         return
     table = Table("entry", "op", "verified on", "outcome", "detail", box=box.SIMPLE_HEAD)
     for o in outcomes:
@@ -282,8 +371,13 @@ def verify(
 
 def bench(
     op: Annotated[str | None, typer.Option(help="only this operator")] = None,
-    path: Annotated[Path | None, typer.Option(help="time the entries of this library directory instead of the database's")] = None,
-    trials: Annotated[int, typer.Option(min=50, help="timed calls per input set and implementation")] = 50,
+    path: Annotated[
+        Path | None,
+        typer.Option(help="time the entries of this library directory instead of the database's"),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option(min=50, help="timed calls per input set and implementation")
+    ] = 50,
     json_: Annotated[bool, typer.Option("--json", help="print JSON rows")] = False,
     db: DbOption = None,
 ) -> None:
@@ -309,7 +403,11 @@ def bench(
     records = [r for r in records if (op is None or r.meta.op == op)]
     usable = [r for r in records if _incompatible(r, machine) is None]
     if not usable:
-        fail(f"no library entries verified on this machine ({machine.describe()})" + (f" out of {len(records)}: run `forge library verify`" if records else ""), code=1)
+        fail(
+            f"no library entries verified on this machine ({machine.describe()})"
+            + (f" out of {len(records)}: run `forge library verify`" if records else ""),
+            code=1,
+        )
     rows = []
     try:
         for record in usable:
@@ -319,18 +417,40 @@ def bench(
     if json_:
         print(json.dumps([asdict(r) for r in rows], indent=2))
         return
-    table = Table("op", "entry", "dtype", "input set", "shape", "kernel ms", "eager ms", "compile ms", "vs eager", "vs compile", "at promotion", "status", box=box.SIMPLE_HEAD)
+    table = Table(
+        "op",
+        "entry",
+        "dtype",
+        "input set",
+        "shape",
+        "kernel ms",
+        "eager ms",
+        "compile ms",
+        "vs eager",
+        "vs compile",
+        "at promotion",
+        "status",
+        box=box.SIMPLE_HEAD,
+    )
     for r in rows:
         table.add_row(
-            r.op, r.entry_id, r.dtype, r.input_set, ",".join(str(v) for v in r.shape.values()),
+            r.op,
+            r.entry_id,
+            r.dtype,
+            r.input_set,
+            ",".join(str(v) for v in r.shape.values()),
             f"{r.kernel_ms:.4f}" if r.kernel_ms is not None else "-",
             f"{r.eager_ms:.4f}" if r.eager_ms is not None else "-",
             f"{r.compile_ms:.4f}" if r.compile_ms is not None else "-",
-            _x(r.speedup_vs_eager), _x(r.speedup_vs_compile), _x(r.recorded_speedup_vs_eager),
+            _x(r.speedup_vs_eager),
+            _x(r.speedup_vs_compile),
+            _x(r.recorded_speedup_vs_eager),
             r.status + (f" ({r.note})" if r.note else ""),
         )
     console.print(table)
-    console.print(f"on {rows[0].gpu_name if rows else machine.arch}; medians of interleaved calls (forge.evaluator)")
+    console.print(
+        f"on {rows[0].gpu_name if rows else machine.arch}; medians of interleaved calls (forge.evaluator)"
+    )
 
 
 library_app.command("list")(list_command)

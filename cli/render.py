@@ -7,7 +7,12 @@ from rich.table import Table
 
 from forge.evaluator.result import EvalResult, Status
 
-COLOURS = {Status.correct: "green", Status.compiled: "cyan", Status.incorrect: "red", Status.rejected: "magenta"}
+COLOURS = {
+    Status.correct: "green",
+    Status.compiled: "cyan",
+    Status.incorrect: "red",
+    Status.rejected: "magenta",
+}
 
 
 def _x(v: float | None) -> str:
@@ -18,14 +23,18 @@ def render_result(console: Console, r: EvalResult) -> None:
     colour = COLOURS.get(r.status, "yellow")
     env = r.environment
     where = env.gpu_name or env.device
-    console.print(f"[bold {colour}]{r.status.value}[/]  {r.problem} ({r.backend}) on {where}", highlight=False)
+    console.print(
+        f"[bold {colour}]{r.status.value}[/]  {r.problem} ({r.backend}) on {where}", highlight=False
+    )
     for reason in r.reasons:
         console.print(f"  - {reason}", highlight=False)
     if r.checks:
         by_set: dict[str, list] = {}
         for c in r.checks:
             by_set.setdefault(c.input_set, []).append(c)
-        table = Table("input set", "checks", "passed", "max abs err", "max rel err", title="correctness")
+        table = Table(
+            "input set", "checks", "passed", "max abs err", "max rel err", title="correctness"
+        )
         for name, checks in by_set.items():
             passed = sum(c.passed for c in checks)
             table.add_row(
@@ -37,7 +46,17 @@ def render_result(console: Console, r: EvalResult) -> None:
             )
         console.print(table)
     if r.timings:
-        table = Table("input set", "candidate ms (p20-p80)", "eager ms", "compile ms", "vs eager", "vs compile", "roofline", "CV", title="timing (median of interleaved calls)")
+        table = Table(
+            "input set",
+            "candidate ms (p20-p80)",
+            "eager ms",
+            "compile ms",
+            "vs eager",
+            "vs compile",
+            "roofline",
+            "CV",
+            title="timing (median of interleaved calls)",
+        )
         for t in r.timings:
             table.add_row(
                 t.input_set,
@@ -50,13 +69,26 @@ def render_result(console: Console, r: EvalResult) -> None:
                 f"{t.candidate.cv:.1%}",
             )
         console.print(table)
-        console.print(f"speedup (geomean): {_x(r.speedup_vs_eager)} vs eager, {_x(r.speedup_vs_compile)} vs torch.compile")
+        console.print(
+            f"speedup (geomean): {_x(r.speedup_vs_eager)} vs eager, {_x(r.speedup_vs_compile)} vs torch.compile"
+        )
     elif r.status is Status.correct:
         console.print("timings: not meaningful on this device (correctness only)")
     if r.suspicious:
-        console.print("[bold yellow]suspicious:[/] " + "; ".join(r.suspicious_reasons), highlight=False)
+        console.print(
+            "[bold yellow]suspicious:[/] " + "; ".join(r.suspicious_reasons), highlight=False
+        )
     if r.profile and r.profile.kernels:
-        table = Table("kernel", "us", "regs", "spills", "smem B", "DRAM %", "SM %", title=f"profile ({r.profile.tool}, set '{r.profile.input_set}')")
+        table = Table(
+            "kernel",
+            "us",
+            "regs",
+            "spills",
+            "smem B",
+            "DRAM %",
+            "SM %",
+            title=f"profile ({r.profile.tool}, set '{r.profile.input_set}')",
+        )
         for k in r.profile.kernels[:8]:
             table.add_row(
                 k.name[:60],
@@ -64,8 +96,12 @@ def render_result(console: Console, r: EvalResult) -> None:
                 str(k.registers_per_thread or "-"),
                 str(k.spills if k.spills is not None else "-"),
                 str(k.shared_mem_bytes if k.shared_mem_bytes is not None else "-"),
-                f"{k.metrics['dram__throughput.avg.pct_of_peak_sustained_elapsed']:.0f}" if "dram__throughput.avg.pct_of_peak_sustained_elapsed" in k.metrics else "-",
-                f"{k.metrics['sm__throughput.avg.pct_of_peak_sustained_elapsed']:.0f}" if "sm__throughput.avg.pct_of_peak_sustained_elapsed" in k.metrics else "-",
+                f"{k.metrics['dram__throughput.avg.pct_of_peak_sustained_elapsed']:.0f}"
+                if "dram__throughput.avg.pct_of_peak_sustained_elapsed" in k.metrics
+                else "-",
+                f"{k.metrics['sm__throughput.avg.pct_of_peak_sustained_elapsed']:.0f}"
+                if "sm__throughput.avg.pct_of_peak_sustained_elapsed" in k.metrics
+                else "-",
             )
         console.print(table)
         if r.profile.note:

@@ -72,7 +72,10 @@ def _row(record: EntryRecord, candidate_id: int | None) -> LibraryEntry:
         backend=m.backend,
         source=record.kernel_source,
         source_hash=sha256_text(record.kernel_source),
-        metadata_json=json.dumps({"entry": m.model_dump(mode="json"), "problem_source": record.problem_source}, sort_keys=True),
+        metadata_json=json.dumps(
+            {"entry": m.model_dump(mode="json"), "problem_source": record.problem_source},
+            sort_keys=True,
+        ),
         speedup_vs_eager=m.speedup_vs_eager,
         speedup_vs_compile=m.speedup_vs_compile,
         candidate_id=candidate_id,
@@ -85,7 +88,9 @@ def _session(store: RunStore) -> Session:
     return Session(store.engine, expire_on_commit=False)
 
 
-def find_entry(store: RunStore, entry_content_id: str, source_hash: str | None = None) -> LibraryEntry | None:
+def find_entry(
+    store: RunStore, entry_content_id: str, source_hash: str | None = None
+) -> LibraryEntry | None:
     """The row holding the entry with this content id (the 16-hex id of its folder; a unique
     prefix of at least 6 digits will do)."""
     query = select(LibraryEntry)
@@ -98,18 +103,28 @@ def find_entry(store: RunStore, entry_content_id: str, source_hash: str | None =
     return rows[0] if len(rows) == 1 else None
 
 
-def add_entry(store: RunStore, record: EntryRecord, candidate_id: int | None = None) -> tuple[LibraryEntry, bool]:
+def add_entry(
+    store: RunStore, record: EntryRecord, candidate_id: int | None = None
+) -> tuple[LibraryEntry, bool]:
     """Store an entry (refusing text that looks like a secret); an entry with the same content
     id is updated (newer timings, active again) instead. Returns (row, created)."""
     for text, what in ((record.kernel_source, "kernel"), (record.problem_source, "problem")):
         if redact(text) != text:
-            raise LibraryError(f"library entry {record.meta.id}: its {what} source contains what looks like a secret (an API key or token): refusing to store it")
+            raise LibraryError(
+                f"library entry {record.meta.id}: its {what} source contains what looks like a secret (an API key or token): refusing to store it"
+            )
     row = _row(record, candidate_id)
     existing = find_entry(store, record.meta.id, sha256_text(record.kernel_source))
     with _session(store) as s:
         if existing is not None:
             current = s.get(LibraryEntry, existing.id)
-            for name in ("metadata_json", "speedup_vs_eager", "speedup_vs_compile", "verified_at", "shape_key"):
+            for name in (
+                "metadata_json",
+                "speedup_vs_eager",
+                "speedup_vs_compile",
+                "verified_at",
+                "shape_key",
+            ):
                 setattr(current, name, getattr(row, name))
             current.active = True
             if current.candidate_id is None:
@@ -124,7 +139,9 @@ def add_entry(store: RunStore, record: EntryRecord, candidate_id: int | None = N
         return row, True
 
 
-def list_entries(store: RunStore, op: str | None = None, *, include_inactive: bool = False) -> list[LibraryEntry]:
+def list_entries(
+    store: RunStore, op: str | None = None, *, include_inactive: bool = False
+) -> list[LibraryEntry]:
     query = select(LibraryEntry).order_by(col(LibraryEntry.op), col(LibraryEntry.id))
     if op is not None:
         query = query.where(LibraryEntry.op == op)
@@ -138,7 +155,9 @@ def get_entry(store: RunStore, entry_id: int) -> LibraryEntry:
     with _session(store) as s:
         row = s.get(LibraryEntry, entry_id)
     if row is None:
-        raise RecordNotFound(f"no library entry {entry_id} in the database (`forge library list` shows them)")
+        raise RecordNotFound(
+            f"no library entry {entry_id} in the database (`forge library list` shows them)"
+        )
     return row
 
 
@@ -157,7 +176,13 @@ def set_active(store: RunStore, entry_id: int, active: bool) -> LibraryEntry:
 # ------------------------------------------------------------------------------- promotion
 
 
-def promote(store: RunStore, candidate_id: int, threshold: float = DEFAULT_THRESHOLD, *, publish_to: Path | None = None) -> LibraryEntry:
+def promote(
+    store: RunStore,
+    candidate_id: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    publish_to: Path | None = None,
+) -> LibraryEntry:
     """Promote a candidate from its latest evaluation; raises PromotionRefused listing every
     rule it fails (RecordNotFound for an unknown id). Publishes the entry to `publish_to`
     (default `$FORGE_HOME/library`)."""
@@ -167,13 +192,26 @@ def promote(store: RunStore, candidate_id: int, threshold: float = DEFAULT_THRES
         raise PromotionRefused(["it was never evaluated"], f"candidate {candidate_id}")
     problem_row = store.problem(candidate.run_id)
     problem = load_problem(problem_row.source, problem_row.name)
-    record = build_entry(problem, candidate.source, result, threshold, candidate_id=candidate_id, run_id=candidate.run_id)
+    record = build_entry(
+        problem,
+        candidate.source,
+        result,
+        threshold,
+        candidate_id=candidate_id,
+        run_id=candidate.run_id,
+    )
     row, _ = add_entry(store, record, candidate_id)
     write_entry(record_from_row(row), publish_to or local_library_dir())
     return row
 
 
-def promote_best(store: RunStore, run_id: int, threshold: float = DEFAULT_THRESHOLD, *, publish_to: Path | None = None) -> PromotionOutcome:
+def promote_best(
+    store: RunStore,
+    run_id: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    publish_to: Path | None = None,
+) -> PromotionOutcome:
     """Promote the run's best candidate (correct, not suspicious, fastest vs eager) if it meets
     the rules. Never raises for a candidate that does not qualify: returns (None, reason)."""
     store.get_run(run_id)
@@ -185,7 +223,10 @@ def promote_best(store: RunStore, run_id: int, threshold: float = DEFAULT_THRESH
     except PromotionRefused as refused:
         return PromotionOutcome(None, str(refused))
     speed = f"{row.speedup_vs_eager:.2f}x vs eager" if row.speedup_vs_eager else "unmeasured"
-    return PromotionOutcome(row, f"candidate {best.id} promoted as library entry {row.id} ({row.op}, {row.dtype}, {row.arch}, {speed})")
+    return PromotionOutcome(
+        row,
+        f"candidate {best.id} promoted as library entry {row.id} ({row.op}, {row.dtype}, {row.arch}, {speed})",
+    )
 
 
 # ------------------------------------------------------------------------------- directories
@@ -206,11 +247,15 @@ def export_library(store: RunStore, directory: Path, op: str | None = None) -> l
     folders there are left alone."""
     rows = list_entries(store, op)
     if not rows:
-        raise LibraryError("nothing to export: no active library entries" + (f" for '{op}'" if op else ""))
+        raise LibraryError(
+            "nothing to export: no active library entries" + (f" for '{op}'" if op else "")
+        )
     return [write_entry(record_from_row(r), directory) for r in rows]
 
 
-def import_library(store: RunStore, directory: Path, *, publish_to: Path | None = None) -> list[tuple[LibraryEntry, bool]]:
+def import_library(
+    store: RunStore, directory: Path, *, publish_to: Path | None = None
+) -> list[tuple[LibraryEntry, bool]]:
     """Store every entry of `directory` (all or nothing: any entry whose files do not match
     its hashes refuses the whole import with LibraryIntegrityError naming them). Entries keep
     the machine they were verified on; `verify_entries` re-verifies them here."""
@@ -254,7 +299,9 @@ def verify_entries(
         raise LibraryError(f"no {device} device here to verify on")
     machine = found[min(found)]
     rows = [get_entry(store, i) for i in ids] if ids else list_entries(store)
-    here = {(r.op, r.source_hash) for r in rows if _incompatible(record_from_row(r), machine) is None}
+    here = {
+        (r.op, r.source_hash) for r in rows if _incompatible(record_from_row(r), machine) is None
+    }
     outcomes = []
     for row in rows:
         record = record_from_row(row)
@@ -265,10 +312,16 @@ def verify_entries(
         if check.entry is None:
             if compatible:
                 set_active(store, row.id, False)
-            outcomes.append(VerifyOutcome(row, None, "refused" + (" (deactivated)" if compatible else ""), check.reason))
+            outcomes.append(
+                VerifyOutcome(
+                    row, None, "refused" + (" (deactivated)" if compatible else ""), check.reason
+                )
+            )
             continue
         new_row, _ = add_entry(store, check.entry, row.candidate_id)
         here.add((row.op, row.source_hash))
-        outcomes.append(VerifyOutcome(row, new_row, "verified", f"entry {new_row.id} for {machine.describe()}"))
+        outcomes.append(
+            VerifyOutcome(row, new_row, "verified", f"entry {new_row.id} for {machine.describe()}")
+        )
     publish(store, publish_to)
     return outcomes

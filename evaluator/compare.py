@@ -61,7 +61,11 @@ def compare(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> d
     first: list[int] = []
     if mismatches:
         flat = int(torch.nonzero(bad.reshape(-1))[0])
-        first = [int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(c.shape))] if c.dim() else []
+        first = (
+            [int(i) for i in torch.unravel_index(torch.tensor(flat), tuple(c.shape))]
+            if c.dim()
+            else []
+        )
     max_abs = float(diff.max()) if c.numel() else 0.0
     rel = diff / scale.clamp_min(atol if atol > 0 else 1e-30)
     max_rel = float(rel.max()) if c.numel() else 0.0

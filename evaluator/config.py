@@ -24,32 +24,39 @@ class EvalConfig(BaseModel):
     seeds: int = Field(3, ge=3)
     """Seeds per input set; each is combined with a secret per-evaluation seed."""
 
-    trials: int = Field(50, ge=50)
-    """Timed calls per implementation and input set (interleaved with the baselines)."""
+    trials: int = Field(50, ge=20)
+    """Timed calls per implementation at each timed input set (in batches, interleaved)."""
+
+    batch: int = Field(10, ge=4, le=32)
+    """Calls per timed batch: each batch is queued behind a sleep kernel and checked against the
+    trusted process's clock; each call gets new input data."""
+
+    verify_per_batch: int = Field(2, ge=1)
+    """Timed calls per batch whose outputs are re-verified, chosen secretly after the batch ran."""
 
     warmup: int = Field(5, ge=1)
-    """Untimed calls before timing, on randomized inputs, so compilation stays out of the numbers."""
+    """Untimed calls before timing (plus a random number more), so compilation stays out."""
 
-    recheck_every: int = Field(10, ge=1)
-    """Re-verify the output of about one timed call in N (which ones is a secret random choice)."""
+    baselines: list[Literal["eager", "compile"]] = Field(
+        default_factory=lambda: ["eager", "compile"]
+    )
+    """Baselines timed under the same protocol, in the trusted process, interleaved by batch."""
 
-    rotate_buffers: int = Field(3, ge=2)
-    """Distinct input buffers the timed loop rotates through (defeats pointer-keyed caches)."""
-
-    baselines: list[Literal["eager", "compile"]] = Field(default_factory=lambda: ["eager", "compile"])
-    """Live baselines timed in the same process, interleaved with the candidate."""
+    reuse_compile_baseline: bool = True
+    """Reuse torch.compile's timings of the same problem, shapes, GPU and versions from the cache
+    (compiling the baseline dominates a warm verdict's time); eager is always timed live."""
 
     profile: bool = True
     """Profile the candidate's kernels (Nsight Compute when usable, else torch.profiler)."""
 
     timing_sets: list[str] = Field(default_factory=list)
-    """Input sets to time (empty: all). Correctness always covers every set."""
+    """Input sets to time besides the target sets (the problem's `forge_target_sets`, else the
+    largest). Speedups that drive the loop and the library are taken at the target sets only;
+    correctness always covers every set."""
 
-    timeout_s: float = 300.0
-    """Wall-clock limit of the whole sandboxed job; the process group is killed after it."""
-
-    profile_timeout_s: float = 120.0
-    """Hard limit of the Nsight Compute run."""
+    timeout_s: float | None = None
+    """Caps every deadline the evaluation derives (import, first call with its compile, each
+    later call); None keeps the derived ones (see `limits_for`)."""
 
     sandbox: Literal["local", "docker"] = "local"
     """Where the worker runs: a fresh local process, or a Docker container."""

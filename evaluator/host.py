@@ -1,7 +1,8 @@
 """Host side of an evaluation: static checks, the sandboxed job, and the `EvalResult`.
 
-The host never imports candidate code. Statistics, speedups and flags are computed here from
-the worker's raw samples, out of the candidate's reach (row 14).
+The host never imports candidate code. The sandboxed job is the trusted process
+(`forge.evaluator.trusted`), which starts the candidate's runner; statistics, speedups and
+flags are computed here from the trusted process's raw samples.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
 from forge.evaluator.problem import Problem
 from forge.evaluator.profiling import kernel_base_name
+from forge.evaluator.protocol import EvalJob, InputSetSpec, Limits, TrustedReport
 from forge.evaluator.result import (
     Check,
     Environment,
@@ -47,7 +49,10 @@ def model_init_params(problem_source: str) -> list[str] | None:
 
 def _derive_seeds(secret: int, count: int, salt: int) -> list[int]:
     """Test seeds from the secret per-evaluation seed through SHA-256: one seed reveals no other."""
-    return [int.from_bytes(hashlib.sha256(f"{secret}:{salt}:{i}".encode()).digest()[:8], "little") >> 2 for i in range(count)]
+    return [
+        int.from_bytes(hashlib.sha256(f"{secret}:{salt}:{i}".encode()).digest()[:8], "little") >> 2
+        for i in range(count)
+    ]
 
 
 def _sandbox(config: EvalConfig):
@@ -64,10 +69,51 @@ def _require_gpu() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise EvaluatorError("--device cuda needs a CUDA GPU and none is visible here: use --device cpu")
+        raise EvaluatorError(
+            "--device cuda needs a CUDA GPU and none is visible here: use --device cpu"
+        )
 
 
-def evaluate(problem: Problem, source: str, config: EvalConfig | None = None, sandbox=None) -> EvalResult:
+def limits_for(config: EvalConfig, source: str, backend: str) -> Limits:
+    """Deadlines per runner request. On the GPU a catalogue-sized call takes milliseconds, so a
+    hung kernel is killed after the first call's compile allowance (20 s: Triton JIT or NVRTC,
+    autotuning included); `load_inline` builds take ~45 s there, hence its longer import. The
+    Triton interpreter on the CPU is orders of magnitude slower and gets more."""
+    inline = backend == "cuda" and "load_inline" in source
+    if config.device == "cuda":
+        limits = Limits(load_s=150.0 if inline else 30.0, first_call_s=20.0, call_s=10.0)
+    else:
+        limits = Limits(load_s=60.0, first_call_s=60.0, call_s=30.0, compile_only_s=150.0)
+    if config.timeout_s is not None:
+        cap = config.timeout_s
+        limits = Limits(
+            load_s=min(limits.load_s, cap),
+            first_call_s=min(limits.first_call_s, cap),
+            call_s=min(limits.call_s, cap),
+            compile_only_s=min(limits.compile_only_s, cap),
+        )
+    return limits
+
+
+def job_deadline(job: EvalJob) -> float:
+    """A backstop over the whole sandboxed job; the per-request deadlines end a hung job first."""
+    limits = job.limits
+    sets = len(job.input_sets)
+    calls = sets * (2 * len(job.seeds) + 3) + 4 * (job.trials // job.batch + 1)
+    profile = limits.load_s + limits.first_call_s + 4 * limits.call_s if job.profile else 0.0
+    return (
+        90.0
+        + limits.load_s
+        + sets * limits.first_call_s
+        + calls * limits.call_s
+        + profile
+        + limits.compile_only_s * job.compile_only
+    )
+
+
+def evaluate(
+    problem: Problem, source: str, config: EvalConfig | None = None, sandbox=None
+) -> EvalResult:
     config = config or EvalConfig()
     started = time.perf_counter()
     report = check_source(source, config.backend, model_init_params(problem.source))
@@ -76,142 +122,225 @@ def evaluate(problem: Problem, source: str, config: EvalConfig | None = None, sa
     env = Environment(device=config.device)
     static_s = time.perf_counter() - started
     if getattr(report, "syntax_error", False):
-        return EvalResult(status=Status.compile_error, reasons=report.violations, environment=env, phase_seconds=PhaseSeconds(static=static_s, total=static_s), **base)
+        return EvalResult(
+            status=Status.compile_error,
+            reasons=report.violations,
+            environment=env,
+            phase_seconds=PhaseSeconds(static=static_s, total=static_s),
+            **base,
+        )
     if config.static_checks and not report.ok:
-        return EvalResult(status=Status.rejected, reasons=report.violations, environment=env, phase_seconds=PhaseSeconds(static=static_s, total=static_s), **base)
-    if config.device == "cpu" and backend == "cuda":
-        return _compile_only(source, base, env, static_s, started)
+        return EvalResult(
+            status=Status.rejected,
+            reasons=report.violations,
+            environment=env,
+            phase_seconds=PhaseSeconds(static=static_s, total=static_s),
+            **base,
+        )
     if config.device == "cuda":
         _require_gpu()
     sandbox = sandbox or _sandbox(config)
     secret = secrets.randbits(62)
-    payload = {
-        "kind": "evaluate",
-        "device": config.device,
-        "backend": backend,
-        "problem_source": problem.source,
-        "candidate_source": source,
-        "dtype": problem.dtype,
-        "atol": problem.atol,
-        "rtol": problem.rtol,
-        "distributions": problem.distributions,
-        "input_sets": [s.model_dump() for s in problem.sets_for(config.device)],
-        "seeds": _derive_seeds(secret, config.seeds, 1),
-        "timing_seeds": _derive_seeds(secret, config.rotate_buffers + config.trials + 2, 2),
-        "kernel_names": report.kernel_names,
-        "trials": config.trials,
-        "warmup": config.warmup,
-        "recheck_every": config.recheck_every,
-        "rotate_buffers": config.rotate_buffers,
-        "baselines": list(config.baselines),
-        "timing_sets": list(config.timing_sets),
-        "profile": config.profile,
-    }
+    job = EvalJob(
+        device=config.device,
+        backend=backend,
+        problem_source=problem.source,
+        candidate_source=source,
+        dtype=problem.dtype,
+        atol=problem.atol,
+        rtol=problem.rtol,
+        distributions=problem.distributions,
+        input_sets=[
+            InputSetSpec(name=s.name, constants=s.constants)
+            for s in problem.sets_for(config.device)
+        ],
+        target_sets=problem.target_sets,
+        seeds=_derive_seeds(secret, config.seeds, 1),
+        timing_seed=_derive_seeds(secret, 1, 2)[0],
+        kernel_names=report.kernel_names,
+        trials=config.trials,
+        warmup=config.warmup,
+        batch=config.batch,
+        verify_per_batch=config.verify_per_batch,
+        baselines=list(config.baselines),
+        timing_sets=list(config.timing_sets),
+        profile=config.profile and config.device == "cuda",
+        compile_only=config.device == "cpu" and backend == "cuda",
+        limits=limits_for(config, source, backend),
+        reuse_baselines=config.reuse_compile_baseline,
+    )
     from forge.sandbox.base import SandboxJob
 
-    outcome = sandbox.run(SandboxJob(payload=payload, timeout_s=config.timeout_s, gpu=config.device == "cuda"))
-    result = _from_outcome(outcome, base, env, config, problem)
+    deadline = job_deadline(job)
+    outcome = sandbox.run(
+        SandboxJob(
+            payload=job.model_dump(mode="json"), timeout_s=deadline, gpu=config.device == "cuda"
+        )
+    )
+    result = _from_outcome(outcome, base, env, deadline, problem)
     result.phase_seconds.static = static_s
-    if result.status is Status.correct and config.device == "cuda" and config.profile:
-        result.profile = _profile(sandbox, payload, config, result)
     result.phase_seconds.total = time.perf_counter() - started
     return result
 
 
-def _compile_only(source: str, base: dict, env: Environment, static_s: float, started: float) -> EvalResult:
-    from forge.evaluator.cuda_compile import compile_cuda
-
-    report = compile_cuda(source)
-    log = "\n".join(s.log for s in report.sources)
-    total = time.perf_counter() - started
-    phases = PhaseSeconds(static=static_s, compile=report.seconds, total=total)
-    if not report.ok:
-        reason = report.error or "nvcc failed to compile the CUDA source"
-        return EvalResult(status=Status.compile_error, reasons=[reason], compile_log=log, environment=env, phase_seconds=phases, **base)
-    return EvalResult(
-        status=Status.compiled,
-        reasons=["compiled with nvcc; CUDA kernels cannot run without a GPU (no correctness verdict on --device cpu)"],
-        compile_log=log,
-        environment=env,
-        phase_seconds=phases,
-        **base,
-    )
-
-
-def _from_outcome(outcome, base: dict, env: Environment, config: EvalConfig, problem: Problem) -> EvalResult:
+def _from_outcome(
+    outcome, base: dict, env: Environment, deadline: float, problem: Problem
+) -> EvalResult:
     message = outcome.message or {}
     common = {"stderr": outcome.stderr, "sandbox": outcome.info, **base}
     if outcome.timed_out:
-        return EvalResult(status=Status.timeout, reasons=[f"killed after the {config.timeout_s:.0f} s wall-clock limit"], environment=env, **common)
+        return EvalResult(
+            status=Status.timeout,
+            reasons=[f"killed after the {deadline:.0f} s wall-clock limit of the whole evaluation"],
+            environment=env,
+            **common,
+        )
     if outcome.channel_error:
-        return EvalResult(status=Status.rejected, reasons=[outcome.channel_error], environment=env, **common)
+        return EvalResult(
+            status=Status.rejected, reasons=[outcome.channel_error], environment=env, **common
+        )
     if not outcome.message:
         how = f"signal {outcome.signal}" if outcome.signal else f"exit code {outcome.exit_code}"
-        return EvalResult(status=Status.runtime_error, reasons=[f"the worker died without a result ({how}): {outcome.stderr.strip()[-300:]}"], environment=env, **common)
+        return EvalResult(
+            status=Status.runtime_error,
+            reasons=[f"the worker died without a result ({how}): {outcome.stderr.strip()[-300:]}"],
+            environment=env,
+            **common,
+        )
     if "worker_error" in message:
-        return EvalResult(status=Status.runtime_error, reasons=[f"evaluator error: {message['worker_error']}"], stderr=message.get("traceback", ""), environment=env, **{k: v for k, v in common.items() if k != "stderr"})
-    env = Environment(device=config.device, **{k: v for k, v in message["environment"].items() if k in Environment.model_fields})
-    status = Status(message["status"])
-    detail = message.get("stderr_detail", "")
+        return EvalResult(
+            status=Status.runtime_error,
+            reasons=[f"evaluator error: {message['worker_error']}"],
+            stderr=message.get("traceback", ""),
+            environment=env,
+            **{k: v for k, v in common.items() if k != "stderr"},
+        )
+    trusted = TrustedReport.model_validate(message)
+    env = Environment(
+        device=env.device,
+        **{
+            k: v
+            for k, v in trusted.environment.items()
+            if k in Environment.model_fields and k != "device"
+        },
+    )
+    status = Status(trusted.status)
+    info = outcome.info.model_copy(update=_containment_fields(trusted.containment))
     result = EvalResult(
         status=status,
-        reasons=message["reasons"],
+        reasons=trusted.reasons,
         environment=env,
-        checks=[Check(**c) for c in message["checks"]],
-        kernels_seen=message["kernels_seen"],
-        timing_meaningful=config.device == "cuda" and bool(message["timings"]),
-        compile_log=detail if status is Status.compile_error else "",
-        phase_seconds=PhaseSeconds(**{k: v for k, v in message["phase_seconds"].items() if k in PhaseSeconds.model_fields}),
-        **{**common, "stderr": (detail + "\n" + outcome.stderr).strip() if detail else outcome.stderr},
+        checks=[Check(**c) for c in trusted.checks],
+        kernels_seen=trusted.kernels_seen,
+        timing_meaningful=env.device == "cuda" and bool(trusted.timings),
+        compile_log=trusted.compile_log,
+        phase_seconds=PhaseSeconds(
+            **{k: v for k, v in trusted.phase_seconds.items() if k in PhaseSeconds.model_fields}
+        ),
+        notes=trusted.notes,
+        target_sets=trusted.target_sets,
+        **{
+            **common,
+            "sandbox": info,
+            "stderr": (trusted.runner_stderr + "\n" + outcome.stderr).strip(),
+        },
     )
-    _add_timings(result, message, config, problem)
-    result.profile = _torch_profile(message)
+    _add_timings(result, trusted, problem)
+    result.profile = _profile(trusted)
+    if result.status is Status.correct:
+        _external_proof(result, trusted)
     return result
 
 
-def _add_timings(result: EvalResult, message: dict, config: EvalConfig, problem: Problem) -> None:
+def _containment_fields(applied: dict) -> dict:
+    from forge.evaluator.result import SandboxInfo
+
+    return {k: v for k, v in applied.items() if k in SandboxInfo.model_fields}
+
+
+def _add_timings(result: EvalResult, trusted: TrustedReport, problem: Problem) -> None:
     ceilings = ceilings_for(result.environment.gpu_name)
-    for raw in message["timings"]:
-        stats = {k: TimingStats.from_samples(v["event_ms"], v["host_ms"]) for k, v in raw["samples"].items()}
+    for raw in trusted.timings:
+        stats = {
+            k: TimingStats.from_samples(v["device_ms"], v["host_ms"])
+            for k, v in raw.samples.items()
+            if v["device_ms"]
+        }
         cand = stats["candidate"]
-        timing = SetTiming(input_set=raw["input_set"], candidate=cand, eager=stats.get("eager"), compiled=stats.get("compiled"), rechecks=raw["rechecks"])
+        timing = SetTiming(
+            input_set=raw.input_set,
+            target=raw.target,
+            candidate=cand,
+            eager=stats.get("eager"),
+            compiled=stats.get("compiled"),
+            compiled_from_cache=raw.compiled_from_cache,
+            rechecks=raw.rechecks,
+        )
         if timing.eager:
             timing.speedup_vs_eager = timing.eager.median_ms / cand.median_ms
         if timing.compiled:
             timing.speedup_vs_compile = timing.compiled.median_ms / cand.median_ms
-        work = message.get("work", {}).get(raw["input_set"])
+        work = trusted.work.get(raw.input_set)
         if ceilings and work:
             timing.floor_ms = floor_ms(ceilings, work["flops"], work["bytes"], problem.dtype)
             timing.roofline_fraction = timing.floor_ms / cand.median_ms
         result.timings.append(timing)
-        _flag(result, timing, config)
-    result.speedup_vs_eager = geomean([t.speedup_vs_eager for t in result.timings if t.speedup_vs_eager])
-    result.speedup_vs_compile = geomean([t.speedup_vs_compile for t in result.timings if t.speedup_vs_compile])
-    if result.timings and not all(r.get("persisting_l2_reset") for r in message["timings"]):
+        _flag(result, timing)
+    targets = [t for t in result.timings if t.target]
+    result.speedup_vs_eager = geomean([t.speedup_vs_eager for t in targets if t.speedup_vs_eager])
+    result.speedup_vs_compile = geomean(
+        [t.speedup_vs_compile for t in targets if t.speedup_vs_compile]
+    )
+    if result.timings and not all(r.persisting_l2_reset for r in trusted.timings):
         result.suspicious_reasons.append("persisting L2 could not be reset before timing")
 
 
-def _flag(result: EvalResult, t: SetTiming, config: EvalConfig) -> None:
+def _flag(result: EvalResult, t: SetTiming, suspicious_speedup: float = 10.0) -> None:
     reasons = []
-    if t.speedup_vs_eager and t.speedup_vs_eager > config.suspicious_speedup:
-        reasons.append(f"'{t.input_set}': {t.speedup_vs_eager:.1f}x faster than eager (> {config.suspicious_speedup:g}x)")
+    if t.speedup_vs_eager and t.speedup_vs_eager > suspicious_speedup:
+        reasons.append(
+            f"'{t.input_set}': {t.speedup_vs_eager:.1f}x faster than eager (> {suspicious_speedup:g}x)"
+        )
     if t.roofline_fraction and t.roofline_fraction > 1.0:
-        reasons.append(f"'{t.input_set}': faster than the roofline floor ({t.candidate.median_ms:.4f} ms < {t.floor_ms:.4f} ms)")
-    host, event = t.candidate.host_median_ms, t.candidate.median_ms
-    if host > 1.5 * event + 0.05:
-        reasons.append(f"'{t.input_set}': host clock {host:.3f} ms disagrees with events {event:.3f} ms")
+        reasons.append(
+            f"'{t.input_set}': faster than the roofline floor ({t.candidate.median_ms:.4f} ms < {t.floor_ms:.4f} ms)"
+        )
     if reasons:
         result.suspicious = True
         result.suspicious_reasons.extend(reasons)
 
 
-def _torch_profile(message: dict) -> Profile | None:
-    durations = message.get("kernel_durations_us", {})
-    triton = {k["name"]: k for k in message.get("triton_kernels", [])}
-    if not durations and not triton:
+def _profile(trusted: TrustedReport) -> Profile | None:
+    triton = {k["name"]: k for k in trusted.triton_kernels}
+    if trusted.ncu_kernels:
+        kernels = []
+        for k in trusted.ncu_kernels:
+            m = k["metrics"]
+            meta = triton.get(kernel_base_name(k["name"]), {})
+            kernels.append(
+                KernelProfile(
+                    name=k["name"],
+                    duration_us=m["gpu__time_duration.sum"] / 1e3
+                    if "gpu__time_duration.sum" in m
+                    else None,
+                    registers_per_thread=int(m["launch__registers_per_thread"])
+                    if "launch__registers_per_thread" in m
+                    else None,
+                    spills=meta.get("spills"),
+                    shared_mem_bytes=int(
+                        m.get("launch__shared_mem_per_block_static", 0)
+                        + m.get("launch__shared_mem_per_block_dynamic", 0)
+                    ),
+                    metrics=m,
+                )
+            )
+        return Profile(
+            tool="ncu", input_set=trusted.profiled_set, kernels=kernels, note=trusted.ncu_note
+        )
+    if not trusted.kernel_durations_us and not triton:
         return None
     kernels = []
-    for name, us in durations.items():
+    for name, us in trusted.kernel_durations_us.items():
         meta = triton.get(kernel_base_name(name), {})
         kernels.append(
             KernelProfile(
@@ -222,37 +351,43 @@ def _torch_profile(message: dict) -> Profile | None:
                 shared_mem_bytes=meta.get("shared_mem_bytes"),
             )
         )
-    return Profile(tool="torch_profiler", input_set=message.get("profiled_set", ""), kernels=kernels)
+    return Profile(
+        tool="torch_profiler",
+        input_set=trusted.profiled_set,
+        kernels=kernels,
+        note=trusted.ncu_note,
+    )
 
 
-def _profile(sandbox, payload: dict, config: EvalConfig, result: EvalResult) -> Profile | None:
-    from forge.evaluator.profiling import ncu_path, profile_with_ncu
-
-    fallback = result.profile
-    if not ncu_path():
-        if fallback:
-            fallback.note = "Nsight Compute (ncu) not found: torch.profiler durations only"
-        return fallback
-    largest = payload["input_sets"][-1]["name"]
-    ncu = profile_with_ncu(sandbox, {**payload, "profile_set": largest}, config.profile_timeout_s)
-    result.phase_seconds.profiling = ncu["seconds"]
-    if not ncu["kernels"]:
-        if fallback:
-            fallback.note = ncu["note"]
-        return fallback
-    triton = {kernel_base_name(k.name): k for k in (fallback.kernels if fallback else [])}
-    kernels = []
-    for k in ncu["kernels"]:
-        m = k["metrics"]
-        meta = triton.get(kernel_base_name(k["name"]))
-        kernels.append(
-            KernelProfile(
-                name=k["name"],
-                duration_us=m.get("gpu__time_duration.sum", 0.0) / 1e3 if "gpu__time_duration.sum" in m else None,
-                registers_per_thread=int(m["launch__registers_per_thread"]) if "launch__registers_per_thread" in m else None,
-                spills=meta.spills if meta else None,
-                shared_mem_bytes=int(m.get("launch__shared_mem_per_block_static", 0) + m.get("launch__shared_mem_per_block_dynamic", 0)),
-                metrics=m,
+def _external_proof(result: EvalResult, trusted: TrustedReport) -> None:
+    """What Nsight Compute saw from outside the runner: the candidate's own kernels must have
+    written at least the output's bytes (host compute copied in, or a library call doing the
+    whole op, writes nothing through them), and their duration must agree with the timings."""
+    if not trusted.ncu_kernels:
+        return
+    per_set = trusted.output_bytes.get(trusted.profiled_set, 0)
+    sectors = [k["metrics"].get(WRITE_SECTORS) for k in trusted.ncu_kernels]
+    if per_set and all(s is not None for s in sectors):
+        written = 32 * sum(sectors)
+        if written < 0.9 * per_set:
+            result.status = Status.rejected
+            result.reasons.insert(
+                0,
+                f"the output was not written by the candidate's kernels: they wrote {written:.0f} bytes on "
+                f"'{trusted.profiled_set}', the output has {per_set} (Nsight Compute, outside the runner)",
             )
-        )
-    return Profile(tool="ncu", input_set=largest, kernels=kernels, note=ncu["note"])
+            return
+    durations = [k["metrics"].get("gpu__time_duration.sum") for k in trusted.ncu_kernels]
+    timed = next((t for t in result.timings if t.input_set == trusted.profiled_set), None)
+    if timed and all(d is not None for d in durations):
+        ncu_ms = sum(durations) / 1e6
+        if timed.candidate.median_ms < 0.5 * ncu_ms:
+            result.status = Status.rejected
+            result.reasons.insert(
+                0,
+                f"timings disagree with Nsight Compute on '{trusted.profiled_set}': {timed.candidate.median_ms:.4f} ms "
+                f"reported, its kernels ran {ncu_ms:.4f} ms",
+            )
+
+
+WRITE_SECTORS = "lts__t_sectors_srcunit_tex_op_write.sum"

@@ -1,9 +1,11 @@
-"""Row 14 and 22: candidate code must not replace the functions the harness measures and
-compares with, nor the harness's own code, nor the modules it imports.
+"""Rows 14 and 22, in the runner: candidate code must not replace the functions the runner
+calls, nor the runner's own code (its module and class), nor the modules it imports.
 
-The identities of every attribute of the watched modules, classes and the harness object, of
-the `sys.modules` entries of torch, triton and forge, and the entries of `sys.path` are taken
-before candidate code is imported and compared each time candidate code ran.
+Defence in depth only: the verdict is decided in the trusted process, which compares the
+runner's outputs and checks its timings against its own clock. This catches the crude patch
+early with a clear reason. The identities of every attribute of the watched modules, classes
+and the runner's class, of the `sys.modules` entries of torch, triton and forge, and the entries
+of `sys.path` are taken before candidate code is imported and compared each time it ran.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import time
 
 import torch
 
-from forge.evaluator import compare, monitor, profiling, timing
+from forge.evaluator import compare, monitor, profiling, protocol, shared, timing
 
 WATCHED_MODULE_PREFIXES = ("forge", "torch", "triton", "time", "builtins", "threading", "sys", "os")
 
 
-def _watched(harness: object) -> dict[str, object]:
-    from forge.evaluator import harness as harness_module
+def _watched(runner: object) -> dict[str, object]:
+    from forge.evaluator import runner as runner_module
 
     return {
         "torch": torch,
@@ -42,9 +44,10 @@ def _watched(harness: object) -> dict[str, object]:
         "forge.evaluator.profiling": profiling,
         "forge.evaluator.integrity": sys.modules[__name__],
         "forge.evaluator.integrity.IdentitySnapshot": IdentitySnapshot,
-        "forge.evaluator.harness": harness_module,
-        "forge.evaluator.harness.Harness": harness_module.Harness,
-        "harness": harness,
+        "forge.evaluator.protocol": protocol,
+        "forge.evaluator.shared": shared,
+        "forge.evaluator.runner": runner_module,
+        "forge.evaluator.runner.Runner": runner_module.Runner,
     }
 
 
@@ -53,36 +56,44 @@ def _identities(obj: object) -> dict[str, int]:
     return {name: id(value) for name, value in list(namespace.items())}
 
 
-# sys.path may grow (load_inline appends its build directory); the harness imports every module
+# sys.path may grow (load_inline appends its build directory); the runner imports every module
 # it uses before candidate code runs, so shadowing through a new sys.path entry cannot reach it,
 # and replacing an imported module shows in the sys.modules identities.
 
 
 def _modules() -> dict[str, int]:
-    return {name: id(m) for name, m in list(sys.modules.items()) if name.split(".")[0] in WATCHED_MODULE_PREFIXES}
+    return {
+        name: id(m)
+        for name, m in list(sys.modules.items())
+        if name.split(".")[0] in WATCHED_MODULE_PREFIXES
+    }
 
 
 class IdentitySnapshot:
-    def __init__(self, harness: object = None) -> None:
-        self.harness = harness
+    def __init__(self, runner: object = None) -> None:
+        self.runner = runner
         self.before: dict[str, dict[str, int]] = {}
         self.modules: dict[str, int] = {}
         self.path: list[str] = []
 
     def take(self) -> None:
-        self.before = {label: _identities(obj) for label, obj in _watched(self.harness).items()}
+        self.before = {label: _identities(obj) for label, obj in _watched(self.runner).items()}
         self.modules = _modules()
         self.path = list(sys.path)
 
     def changed(self) -> list[str]:
         changes = []
-        for label, obj in _watched(self.harness).items():
+        for label, obj in _watched(self.runner).items():
             now = _identities(obj)
             for name, ident in self.before.get(label, {}).items():
                 if now.get(name) != ident:
                     changes.append(f"{label}.{name}")
         now_modules = _modules()
-        changes += [f"sys.modules[{name!r}]" for name, ident in self.modules.items() if now_modules.get(name) != ident]
+        changes += [
+            f"sys.modules[{name!r}]"
+            for name, ident in self.modules.items()
+            if now_modules.get(name) != ident
+        ]
         removed = [p for p in self.path if p not in sys.path]
         if removed:
             changes.append("sys.path")

@@ -16,6 +16,7 @@ Optional extensions, all module-level literals or functions:
     forge_distributions = ["normal", "heavy_tailed", "outliers"]   # per-seed input styles
     def forge_flops(batch_size, dim): ...        # for the roofline, given the constants
     def forge_bytes(batch_size, dim): ...
+    forge_target_sets = ["large"]                # sets the speedups are taken at (default: largest)
     forge_aten = "aten::_softmax"                # runtime library mapping (optional)
     forge_shape_buckets = {"batch_size": "pow2", "dim": "exact"}
 
@@ -63,6 +64,7 @@ class Problem(BaseModel):
     distributions: list[str] = Field(default_factory=lambda: list(DEFAULT_DISTRIBUTIONS))
     constants: dict[str, int] = Field(default_factory=dict)
     derived_sets: bool = Field(False, description="input sets were derived by perturbation")
+    target_sets: list[str] = Field(default_factory=list, description="empty: the largest set")
     aten: str = ""
     shape_buckets: dict[str, str] = Field(default_factory=dict)
     description: str = ""
@@ -91,7 +93,9 @@ def _scan(source: str, label: str) -> _Scan:
     try:
         tree = ast.parse(source, filename=label)
     except SyntaxError as exc:
-        raise ProblemError(f"{label}:{exc.lineno}: syntax error in problem file: {exc.msg}") from exc
+        raise ProblemError(
+            f"{label}:{exc.lineno}: syntax error in problem file: {exc.msg}"
+        ) from exc
     scan = _Scan(docstring=ast.get_docstring(tree) or "")
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
@@ -130,7 +134,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, int]:
         try:
             out[key.strip()] = int(value)
         except ValueError as exc:
-            raise ProblemError(f"--set {key.strip()} needs an integer value, got '{value}'") from exc
+            raise ProblemError(
+                f"--set {key.strip()} needs an integer value, got '{value}'"
+            ) from exc
     return out
 
 
@@ -171,7 +177,9 @@ def _product(constants: dict[str, int], keys: dict[str, int]) -> int:
     return total
 
 
-def load_problem(source: str, name: str, path: str = "", overrides: dict[str, int] | None = None) -> Problem:
+def load_problem(
+    source: str, name: str, path: str = "", overrides: dict[str, int] | None = None
+) -> Problem:
     label = path or name
     scan = _scan(source, label)
     missing = [n for n in ("get_inputs", "get_init_inputs") if n not in scan.functions]
@@ -181,26 +189,40 @@ def load_problem(source: str, name: str, path: str = "", overrides: dict[str, in
             "and get_init_inputs()"
         )
     if missing:
-        raise ProblemError(f"{label} defines no {' or '.join(missing)}(): add it (KernelBench format)")
+        raise ProblemError(
+            f"{label} defines no {' or '.join(missing)}(): add it (KernelBench format)"
+        )
     lit = scan.literals
     constants = _int_constants(lit)
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(constants))
     if unknown:
         known = ", ".join(sorted(constants)) or "none"
-        raise ProblemError(f"--set {unknown[0]}: no integer constant of that name in {label} (it has: {known})")
+        raise ProblemError(
+            f"--set {unknown[0]}: no integer constant of that name in {label} (it has: {known})"
+        )
     dtype = str(lit.get("forge_dtype", "float32"))
     if dtype not in DEFAULT_TOLERANCE:
-        raise ProblemError(f"{label}: forge_dtype '{dtype}' is not one of {sorted(DEFAULT_TOLERANCE)}")
+        raise ProblemError(
+            f"{label}: forge_dtype '{dtype}' is not one of {sorted(DEFAULT_TOLERANCE)}"
+        )
     declared = lit.get("forge_input_sets")
     if declared is not None:
         input_sets = _declared_sets(declared, constants, overrides, label)
     else:
         input_sets = _derive_sets({**constants, **overrides})
+    targets = [str(t) for t in lit.get("forge_target_sets", [])]
+    unknown_targets = sorted(set(targets) - {s.name for s in input_sets})
+    if unknown_targets:
+        raise ProblemError(
+            f"{label}: forge_target_sets names {unknown_targets[0]!r}, which is not an input set"
+        )
     distributions = list(lit.get("forge_distributions", DEFAULT_DISTRIBUTIONS))
     bad = sorted(set(distributions) - KNOWN_DISTRIBUTIONS)
     if bad:
-        raise ProblemError(f"{label}: unknown forge_distributions {bad}; use {sorted(KNOWN_DISTRIBUTIONS)}")
+        raise ProblemError(
+            f"{label}: unknown forge_distributions {bad}; use {sorted(KNOWN_DISTRIBUTIONS)}"
+        )
     tol = DEFAULT_TOLERANCE[dtype]
     return Problem(
         name=str(lit.get("forge_name", name)),
@@ -213,13 +235,16 @@ def load_problem(source: str, name: str, path: str = "", overrides: dict[str, in
         distributions=distributions,
         constants={**constants, **overrides},
         derived_sets=declared is None,
+        target_sets=targets,
         aten=str(lit.get("forge_aten", "")),
         shape_buckets=dict(lit.get("forge_shape_buckets", {})),
         description=scan.docstring.strip().splitlines()[0] if scan.docstring.strip() else "",
     )
 
 
-def _declared_sets(declared: object, constants: dict[str, int], overrides: dict[str, int], label: str) -> list[InputSet]:
+def _declared_sets(
+    declared: object, constants: dict[str, int], overrides: dict[str, int], label: str
+) -> list[InputSet]:
     if not isinstance(declared, list) or not declared:
         raise ProblemError(f"{label}: forge_input_sets must be a non-empty list of dicts")
     sets = []
@@ -233,7 +258,11 @@ def _declared_sets(declared: object, constants: dict[str, int], overrides: dict[
                 f"{label}: forge_input_sets[{i}] sets '{unknown[0]}', which is not a module-level integer constant"
             )
         sets.append(
-            InputSet(name=str(entry["name"]), constants={**constants, **values, **overrides}, cpu=bool(entry.get("cpu", False)))
+            InputSet(
+                name=str(entry["name"]),
+                constants={**constants, **values, **overrides},
+                cpu=bool(entry.get("cpu", False)),
+            )
         )
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
@@ -250,9 +279,13 @@ def resolve_problem(ref: str, overrides: dict[str, int] | None = None) -> Proble
     path = Path(ref)
     if path.suffix == ".py" or path.exists():
         if not path.is_file():
-            raise ProblemError(f"problem file '{ref}' does not exist: give a path or a name from `forge ops`")
+            raise ProblemError(
+                f"problem file '{ref}' does not exist: give a path or a name from `forge ops`"
+            )
         return load_problem(path.read_text(), path.stem, str(path.resolve()), overrides)
     entry = CATALOGUE_DIR / f"{ref}.py"
     if not entry.is_file():
-        raise ProblemError(f"unknown operator '{ref}': `forge ops` lists the catalogue, or give a problem .py file")
+        raise ProblemError(
+            f"unknown operator '{ref}': `forge ops` lists the catalogue, or give a problem .py file"
+        )
     return load_problem(entry.read_text(), ref, str(entry), overrides)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import re
 import shutil
-import tempfile
-import time
 from pathlib import Path
+
+from forge.evaluator.cuda_source import traced_base_name
 
 # A focused set: what limits occupancy, how busy DRAM and the SMs are, cache hit rates, the main
 # warp-stall reasons, and the bytes and FLOPs actually executed (for the roofline).
@@ -33,6 +31,9 @@ NCU_METRICS = [
     "lts__t_sector_hit_rate.pct",
     "dram__bytes_read.sum",
     "dram__bytes_write.sum",
+    # 32-byte sectors the kernel's stores wrote into L2: every byte of an output written by a
+    # kernel passes through L2 (DRAM writes lag behind it), so this proves who wrote the output.
+    "lts__t_sectors_srcunit_tex_op_write.sum",
     "smsp__sass_thread_inst_executed_op_fadd_pred_on.sum",
     "smsp__sass_thread_inst_executed_op_fmul_pred_on.sum",
     "smsp__sass_thread_inst_executed_op_ffma_pred_on.sum",
@@ -49,16 +50,11 @@ NCU_METRICS = [
 NVTX_RANGE = "forge_profile"
 
 
-_ARGS = re.compile(r"\((?:[^()]|\([^()]*\))*\)$")
-
-
 def kernel_base_name(traced: str) -> str:
     """`(anonymous namespace)::softmax_rows_f32(float const*, float*, long, bool)` -> `softmax_rows_f32`;
-    `void ns::k<128>(float*)` -> `k`; a Triton or extern "C" name is returned as is."""
-    name = _ARGS.sub("", traced.strip())
-    name = name.split("::")[-1]
-    name = re.sub(r"<.*>$", "", name)
-    return name.split()[-1] if name.split() else name
+    `void ns::k<128>(float*)` -> `k`; a Triton or extern "C" name is returned as is. The parsing
+    lives with the rest of CUDA name scanning, in `forge.evaluator.cuda_source`."""
+    return traced_base_name(traced)
 
 
 def ncu_path() -> str | None:
@@ -68,11 +64,21 @@ def ncu_path() -> str | None:
 def ncu_command(log_file: Path) -> list[str]:
     return [
         ncu_path() or "ncu",
-        "--target-processes", "all",
-        "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
-        "--metrics", ",".join(NCU_METRICS),
-        "--csv", "--page", "raw",
-        "--log-file", str(log_file),
+        "--target-processes",
+        "all",
+        # Default clock control pins base clocks (~20% slower than the boost clocks timing sees).
+        "--clock-control",
+        "none",
+        "--nvtx",
+        "--nvtx-include",
+        f"{NVTX_RANGE}/",
+        "--metrics",
+        ",".join(NCU_METRICS),
+        "--csv",
+        "--page",
+        "raw",
+        "--log-file",
+        str(log_file),
     ]
 
 
@@ -103,7 +109,12 @@ def triton_kernel_metadata(module, kernel_names: list[str]) -> list[dict]:
     found = []
     for name in kernel_names:
         fn = getattr(module, name, None)
-        while fn is not None and not hasattr(fn, "device_caches") and not hasattr(fn, "cache") and hasattr(fn, "fn"):
+        while (
+            fn is not None
+            and not hasattr(fn, "device_caches")
+            and not hasattr(fn, "cache")
+            and hasattr(fn, "fn")
+        ):
             fn = fn.fn
         for compiled in _compiled_kernels(fn):
             metadata = getattr(compiled, "metadata", None)
@@ -129,51 +140,3 @@ def _compiled_kernels(fn) -> list:
     if isinstance(cache, dict):
         return [k for per_device in cache.values() for k in per_device.values()]
     return []
-
-
-def run_profile_target(job: dict) -> dict:
-    """Worker side of an ncu run: one warm call, then one call inside the NVTX range."""
-    import torch
-
-    from forge.evaluator.harness import CandidateFailure, Harness
-
-    harness = Harness(job)
-    harness.setup()
-    try:
-        harness.load()
-        input_set = next(s for s in job["input_sets"] if s["name"] == job["profile_set"])
-        _, cand = harness.build_models(input_set)
-        inputs = harness.make_inputs(input_set, job["seeds"][0], 0)
-        harness.call_candidate(cand, inputs, "profiling warm-up")
-        torch.cuda.nvtx.range_push(NVTX_RANGE)
-        harness.call_candidate(cand, inputs, "profiled call")
-        torch.cuda.nvtx.range_pop()
-    except CandidateFailure as failure:
-        return {"error": failure.reason}
-    return {"error": ""}
-
-
-def profile_with_ncu(sandbox, payload: dict, timeout_s: float) -> dict:
-    """Run the candidate once under Nsight Compute in its own sandboxed process."""
-    from forge.sandbox.base import SandboxJob
-
-    with tempfile.TemporaryDirectory(prefix="forge-ncu-") as tmp:
-        os.chmod(tmp, 0o777)  # ncu runs as the sandbox's user, which may be uid 65534
-        log = Path(tmp) / "ncu.csv"
-        t0 = time.perf_counter()
-        outcome = sandbox.run(
-            SandboxJob(payload={**payload, "kind": "profile"}, timeout_s=timeout_s, gpu=True, argv_prefix=ncu_command(log))
-        )
-        text = log.read_text(errors="replace") if log.exists() else ""
-        seconds = time.perf_counter() - t0
-    kernels = parse_ncu_csv(text, payload["kernel_names"])
-    if outcome.timed_out:
-        note = f"ncu exceeded its {timeout_s:.0f} s limit"
-    elif not kernels:
-        tail = (outcome.stderr or outcome.stdout or text)[-600:]
-        note = f"ncu reported no candidate kernel: {tail.strip()}"
-    elif outcome.message and outcome.message.get("error"):
-        note = outcome.message["error"]
-    else:
-        note = ""
-    return {"kernels": kernels, "note": note, "seconds": seconds}

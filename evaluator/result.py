@@ -63,7 +63,10 @@ class TimingStats(BaseModel):
     p80_ms: float
     mean_ms: float
     cv: float = Field(description="standard deviation over mean of the per-call times")
-    host_median_ms: float = Field(description="host-clock median of the same calls (cross-check)")
+    host_median_ms: float = Field(
+        description="host launch overhead per call (median): the time the call took to return "
+        "while the GPU was busy, reported apart from the device time"
+    )
 
     @classmethod
     def from_samples(cls, event_ms: list[float], host_ms: list[float]) -> TimingStats:
@@ -89,12 +92,16 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 
 class SetTiming(BaseModel):
-    """Candidate and live baselines on one input set, timed interleaved in one process."""
+    """Candidate and baselines on one input set: device time per call, interleaved by batch."""
 
     input_set: str
+    target: bool = Field(False, description="a target set: its speedups drive the loop and library")
     candidate: TimingStats
     eager: TimingStats | None = None
     compiled: TimingStats | None = None
+    compiled_from_cache: bool = Field(
+        False, description="torch.compile's times reused from the cache"
+    )
     speedup_vs_eager: float | None = None
     speedup_vs_compile: float | None = None
     floor_ms: float | None = Field(None, description="roofline floor: max(bytes/bw, flops/peak)")
@@ -120,7 +127,9 @@ class Profile(BaseModel):
 
 class PhaseSeconds(BaseModel):
     static: float = 0.0
-    prepare: float = Field(0.0, description="worker imports and CUDA/profiler start-up (hidden when pre-started)")
+    prepare: float = Field(
+        0.0, description="worker imports and CUDA/profiler start-up (hidden when pre-started)"
+    )
     startup: float = Field(0.0, description="from the job's arrival to the harness being ready")
     compile: float = 0.0
     correctness: float = 0.0
@@ -140,6 +149,22 @@ class SandboxInfo(BaseModel):
     processes_isolated: bool = Field(False, description="own PID namespace and /proc")
     process_limit: str = Field("rlimit", description="rlimit | cgroup | container | none")
     killed_on_timeout: bool = False
+    runner_uid: int | None = None
+    """uid the candidate's runner ended up with (65534 once privileges are dropped)."""
+    kept_capabilities: list[str] = Field(default_factory=list)
+    """Capabilities the runner kept (only CAP_DAC_READ_SEARCH, when its interpreter lies under a
+    directory uid 65534 cannot traverse and that directory could not be masked)."""
+    private_tmp: bool = False
+    """The runner had a fresh tmpfs on /tmp (host and other jobs' files out of sight)."""
+    private_dev_shm: bool = False
+    """The runner had a fresh tmpfs on /dev/shm."""
+    dev_limited: bool = False
+    """The runner's /dev was a read-only tmpfs holding only the job's device nodes."""
+    unix_sockets_blocked: bool = False
+    """seccomp made socket(AF_UNIX) fail in the runner (no host daemon sockets, pathname or
+    abstract)."""
+    containment_notes: list[str] = Field(default_factory=list)
+    """Why a containment measure did not apply (not root, no CAP_SYS_ADMIN, architecture)."""
 
 
 class Environment(BaseModel):
@@ -160,11 +185,17 @@ class EvalResult(BaseModel):
     checks: list[Check] = Field(default_factory=list)
     timings: list[SetTiming] = Field(default_factory=list)
     timing_meaningful: bool = False
-    speedup_vs_eager: float | None = Field(None, description="geometric mean over input sets")
+    speedup_vs_eager: float | None = Field(None, description="geometric mean over the target sets")
     speedup_vs_compile: float | None = None
     suspicious: bool = False
     suspicious_reasons: list[str] = Field(default_factory=list)
     candidate_kernels: list[str] = Field(default_factory=list)
+    target_sets: list[str] = Field(
+        default_factory=list, description="sets the speedups are taken at"
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="facts worth knowing that are not failures"
+    )
     kernels_seen: list[str] = Field(default_factory=list, description="device kernels traced")
     profile: Profile | None = None
     phase_seconds: PhaseSeconds = Field(default_factory=PhaseSeconds)

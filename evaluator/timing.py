@@ -1,129 +1,123 @@
-"""Timing on the GPU (runs in the worker; the host computes the statistics).
+"""Device time per call, without the host in series.
 
-Per call: flush L2 by writing a buffer twice its size, record the start event, call, synchronize
-the whole device (work on a side stream is caught, row 10), record the end event, and read the
-host clock around the same span as a cross-check. The candidate and the live eager and
-torch.compile baselines are interleaved in a shuffled order every trial, on input buffers that
-rotate and are refilled with new data before every trial (row 9); a secret random choice of
-about one trial in N has its candidate output re-verified (row 20: a call counter cannot know
-which), and once more after the loop. The warm-up length is randomized too.
+Protocol of one batch (`measure_batch`), the same for the candidate (in the runner) and for the
+eager and torch.compile baselines (in the trusted process):
+
+1. A sleep kernel holds the stream while the host queues the whole batch, so the host's launch
+   overhead never sits inside a timed span: every span starts when the GPU reaches it, with the
+   next work already queued. If the sleep ends before the host has queued everything (the GPU
+   "starved"), the batch is reported as such and the caller repeats it with a longer sleep.
+2. Per call: copy that call's fresh inputs into one of a few rotating buffers (new data every
+   call, rows 9 and 13), flush L2 by zeroing a buffer twice its size, record the start event,
+   call, record the end event, then clone the output (outside the span). The clone is taken on
+   the same stream right after the end event, so work the candidate left running on another
+   stream shows up as a wrong output when that call is verified (row 10).
+3. One device-wide synchronize at the end.
+
+The host time of each call (the time the Python call took to return while the GPU was still
+asleep) is the launch overhead, reported apart from the device time.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import glob
-import os
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-_CUDART = None
+from forge.evaluator.shared import cudart
 
 
 def reset_persisting_l2() -> bool:
     """cudaCtxResetPersistingL2Cache (row 19). True when the call succeeded."""
-    global _CUDART
-    if _CUDART is None:
-        candidates = [ctypes.util.find_library("cudart")]
-        torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-        candidates += glob.glob(os.path.join(torch_lib, "libcudart.so*"))
-        candidates += glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "*", "lib", "libcudart.so*"))
-        candidates += ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
-        for name in filter(None, candidates):
-            try:
-                _CUDART = ctypes.CDLL(name)
-                break
-            except OSError:
-                continue
-    if _CUDART is None:
+    try:
+        return cudart().cudaCtxResetPersistingL2Cache() == 0
+    except OSError:
         return False
-    return _CUDART.cudaCtxResetPersistingL2Cache() == 0
 
 
-def _timed_call(fn, args: list, flush: torch.Tensor):
-    flush.fill_(1)
+class L2Flush:
+    """Zeroing a buffer of twice the L2 size evicts what the previous call left there."""
+
+    def __init__(self) -> None:
+        l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+        self.buffer = torch.empty(2 * l2, dtype=torch.int8, device="cuda")
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+@dataclass
+class Batch:
+    device_ms: list[float]
+    host_ms: list[float]
+    outputs: list[object] = field(default_factory=list)
+    starved: bool = False
+    span_ms: float = 0.0
+
+
+def clone_output(out: object) -> object:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple | list):
+        return type(out)(clone_output(o) for o in out)
+    return out
+
+
+def rotating_slots(example: list, count: int) -> list[list]:
+    return [
+        [x.clone() if isinstance(x, torch.Tensor) else x for x in example] for _ in range(count)
+    ]
+
+
+def _fill(slot: list, fresh: list) -> None:
+    for dst, src in zip(slot, fresh, strict=True):
+        if isinstance(dst, torch.Tensor):
+            dst.copy_(src, non_blocking=True)
+
+
+def measure_batch(
+    fn: Callable,
+    staged: list[list],
+    slots: list[list],
+    flush: L2Flush,
+    sleep_cycles: int,
+    keep_outputs: bool = True,
+) -> Batch:
+    count = len(staged)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    awake = torch.cuda.Event()
     torch.cuda.synchronize()
+    torch.cuda._sleep(sleep_cycles)
+    awake.record()
+    host_ms, outputs = [], []
+    for i, fresh in enumerate(staged):
+        slot = slots[i % len(slots)]
+        _fill(slot, fresh)
+        flush()
+        starts[i].record()
+        t0 = time.perf_counter()
+        out = fn(*slot)
+        host_ms.append((time.perf_counter() - t0) * 1e3)
+        ends[i].record()
+        if keep_outputs:
+            outputs.append(clone_output(out))
+        del out
+    starved = awake.query()
+    torch.cuda.synchronize()
+    device_ms = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+    return Batch(device_ms, host_ms, outputs, starved, starts[0].elapsed_time(ends[-1]))
+
+
+def sleep_cycles_per_ms() -> float:
+    """Clock cycles of `torch.cuda._sleep` per millisecond on this GPU, measured."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0 = time.perf_counter()
+    cycles = 2_000_000
+    torch.cuda._sleep(cycles // 10)
     start.record()
-    out = fn(*args)
-    torch.cuda.synchronize()
+    torch.cuda._sleep(cycles)
     end.record()
     end.synchronize()
-    host_ms = (time.perf_counter() - t0) * 1e3
-    return out, start.elapsed_time(end), host_ms
-
-
-def _refill(slots: list, fresh: list) -> None:
-    """New data in the same buffers each trial: a cache keyed on pointers or on a fingerprint of
-    the data never hits (row 9), while the addresses still rotate."""
-    for slot, new in zip(slots, fresh, strict=True):
-        if isinstance(slot, torch.Tensor):
-            slot.copy_(new)
-
-
-def time_input_set(harness, input_set: dict) -> dict:
-    job = harness.job
-    name = input_set["name"]
-    ref, cand = harness.build_models(input_set)
-    seeds = job["timing_seeds"]
-    buffers = [harness.make_inputs(input_set, seeds[i], i) for i in range(job["rotate_buffers"])]
-    warm = harness.make_inputs(input_set, seeds[-1] ^ 0xA5A5, 0)
-    impls = {"candidate": harness.guarded(cand, f"timed call on '{name}'")}
-    if "eager" in job["baselines"]:
-        impls["eager"] = ref
-    if "compile" in job["baselines"]:
-        impls["compiled"] = torch.compile(ref, dynamic=False)
-    samples = {k: {"event_ms": [], "host_ms": []} for k in impls}
-    l2_reset = reset_persisting_l2()
-    with torch.no_grad():
-        if "compiled" in impls:
-            # torch.compile rebinds nn.Module methods and starts compile threads when it first runs:
-            # verify the candidate left everything intact, let the baseline compile, then re-snapshot.
-            harness._after_candidate_code(f"calls before timing '{name}'")
-            for _ in range(job["warmup"]):
-                impls["compiled"](*warm)
-            torch.cuda.synchronize()
-            harness.threads_before = threading.active_count()
-            harness.identity.take()
-        for _ in range(job["warmup"] + harness.rng.randrange(job["warmup"] + 1)):
-            for key, fn in impls.items():
-                if key == "candidate":
-                    harness.call_candidate(cand, warm, f"warm-up on '{name}'")
-                else:
-                    fn(*warm)
-        torch.cuda.synchronize()
-        rechecks = 0
-        checked = set(harness.rng.sample(range(job["trials"]), max(1, job["trials"] // job["recheck_every"])))
-        for trial in range(job["trials"]):
-            args = buffers[trial % len(buffers)]
-            _refill(args, harness.make_inputs(input_set, seeds[len(buffers) + trial], trial))
-            torch.cuda.synchronize()
-            recheck = trial in checked
-            order = list(impls)
-            harness.rng.shuffle(order)
-            if recheck:
-                first = [k for k in ("candidate", "eager") if k in impls]
-                order = first + [k for k in order if k not in first]
-            outs = {}
-            for key in order:
-                out, ms, host_ms = _timed_call(impls[key], args, harness.flush_buffer)
-                samples[key]["event_ms"].append(ms)
-                samples[key]["host_ms"].append(host_ms)
-                if recheck and key in ("candidate", "eager"):
-                    outs[key] = out
-                del out
-            harness._after_candidate_code(f"timed call on '{name}'")
-            if recheck and "eager" in outs:
-                harness.record(name, trial, "timed", outs["candidate"], outs["eager"])
-                rechecks += 1
-            del outs
-        fresh = harness.make_inputs(input_set, seeds[-1] ^ 0x5A5A, 1)
-        out = harness.call_candidate(cand, fresh, f"forward on '{name}' after timing")
-        expected = harness.reference(ref, fresh)
-        harness.record(name, 0, "after_timing", out, expected)
-        del expected
-    return {"input_set": name, "samples": samples, "rechecks": rechecks, "persisting_l2_reset": l2_reset, "constants": input_set["constants"]}
+    return cycles / max(start.elapsed_time(end), 1e-3)

@@ -203,12 +203,27 @@ def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-05, cudnn_enabled=
     return ((n, c, num_groups, h, w), (num_groups, c), (weight, bias), (x,), None)
 
 
-def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+def _sdpa(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    *,
+    scale=None,
+    enable_gqa=False,
+):
     if attn_mask is not None or dropout_p != 0.0 or is_causal or scale is not None or enable_gqa:
         return SDPA_ARGS
     if query.dim() != 4 or key.shape != query.shape or value.shape != query.shape:
         return SDPA_SHAPE
-    if key.dtype != query.dtype or value.dtype != query.dtype or key.device != query.device or value.device != query.device:
+    if (
+        key.dtype != query.dtype
+        or value.dtype != query.dtype
+        or key.device != query.device
+        or value.device != query.device
+    ):
         return SDPA_SHAPE
     if not (query.is_contiguous() and key.is_contiguous() and value.is_contiguous()):
         return NON_CONTIGUOUS
@@ -222,10 +237,21 @@ ADAPTERS: dict[str, Adapter] = {
     a.op: a
     for a in (
         Adapter("softmax", "aten::_softmax", False, ("batch_size", "dim"), (), _softmax_like),
-        Adapter("log_softmax", "aten::_log_softmax", False, ("batch_size", "dim"), (), _softmax_like),
+        Adapter(
+            "log_softmax", "aten::_log_softmax", False, ("batch_size", "dim"), (), _softmax_like
+        ),
         Adapter("gelu", "aten::gelu", False, ("batch_size", "dim"), (), _gelu),
-        Adapter("layer_norm", "aten::layer_norm", True, ("batch_size", "hidden"), ("norm.weight", "norm.bias"), _layer_norm),
-        Adapter("rms_norm", "aten::rms_norm", True, ("batch_size", "hidden"), ("weight",), _rms_norm),
+        Adapter(
+            "layer_norm",
+            "aten::layer_norm",
+            True,
+            ("batch_size", "hidden"),
+            ("norm.weight", "norm.bias"),
+            _layer_norm,
+        ),
+        Adapter(
+            "rms_norm", "aten::rms_norm", True, ("batch_size", "hidden"), ("weight",), _rms_norm
+        ),
         Adapter(
             "group_norm",
             "aten::group_norm",

@@ -86,16 +86,34 @@ def bench(record: EntryRecord, *, trials: int = 50, device: str = "cuda") -> lis
 
     problem = problem_for(record)
     timed = [s.input_set for s in record.meta.sets]
-    config = EvalConfig(device=device, profile=False, trials=trials, timing_sets=timed, backend=record.meta.backend)
+    config = EvalConfig(
+        device=device, profile=False, trials=trials, timing_sets=timed, backend=record.meta.backend
+    )
     result = evaluate(problem, record.kernel_source, config)
     recorded = {s.input_set: s.speedup_vs_eager for s in record.meta.sets}
     shapes = {s.name: s.constants for s in problem.input_sets}
-    base = {"op": record.meta.op, "entry_id": record.meta.id, "dtype": record.meta.dtype, "gpu_name": result.environment.gpu_name}
+    base = {
+        "op": record.meta.op,
+        "entry_id": record.meta.id,
+        "dtype": record.meta.dtype,
+        "gpu_name": result.environment.gpu_name,
+    }
     if not result.timings:
         reason = result.reasons[0] if result.reasons else "nothing was timed"
         return [
-            BenchRow(**base, input_set="-", shape={}, status=result.status.value, kernel_ms=None, eager_ms=None, compile_ms=None,
-                     speedup_vs_eager=None, speedup_vs_compile=None, recorded_speedup_vs_eager=None, note=reason)
+            BenchRow(
+                **base,
+                input_set="-",
+                shape={},
+                status=result.status.value,
+                kernel_ms=None,
+                eager_ms=None,
+                compile_ms=None,
+                speedup_vs_eager=None,
+                speedup_vs_compile=None,
+                recorded_speedup_vs_eager=None,
+                note=reason,
+            )
         ]
     rows = []
     for t in result.timings:

@@ -44,7 +44,9 @@ def validate_rules(rules: Mapping[str, str], label: str) -> None:
         raise ValueError(f"{label}: forge_shape_buckets['{name}'] = '{rule}' is not one of {RULES}")
 
 
-def bucket_of(constants: Mapping[str, int], rules: Mapping[str, str], names: Iterable[str] | None = None) -> dict[str, int]:
+def bucket_of(
+    constants: Mapping[str, int], rules: Mapping[str, str], names: Iterable[str] | None = None
+) -> dict[str, int]:
     """The bucket of one shape: every named constant (default: all of `constants`) mapped by its
     rule, `exact` when the problem declares none."""
     keys = list(names) if names is not None else sorted(constants)
@@ -95,4 +97,6 @@ def incompatibility(
         differences.append(f"CUDA {cuda or 'none'} (here {machine.cuda or 'none'})")
     if not differences:
         return None
-    return "verified with " + ", ".join(differences) + ": run `forge library verify` on this machine"
+    return (
+        "verified with " + ", ".join(differences) + ": run `forge library verify` on this machine"
+    )

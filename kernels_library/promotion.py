@@ -40,7 +40,9 @@ class PromotionRefused(LibraryError):
         super().__init__(f"{subject} not promoted: " + "; ".join(self.reasons))
 
 
-def refusal_reasons(result: EvalResult, problem: Problem, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+def refusal_reasons(
+    result: EvalResult, problem: Problem, threshold: float = DEFAULT_THRESHOLD
+) -> list[str]:
     """Every promotion rule `result` fails (empty: it may be promoted)."""
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}")
@@ -50,7 +52,9 @@ def refusal_reasons(result: EvalResult, problem: Problem, threshold: float = DEF
         reasons.append(f"status is '{result.status.value}', not 'correct'{why}")
     reasons.extend(_coverage_reasons(result, problem))
     if result.suspicious:
-        reasons.append("flagged suspicious: " + ("; ".join(result.suspicious_reasons) or "no reason recorded"))
+        reasons.append(
+            "flagged suspicious: " + ("; ".join(result.suspicious_reasons) or "no reason recorded")
+        )
     reasons.extend(_timing_reasons(result, problem, threshold))
     env = result.environment
     if not env.arch:
@@ -74,31 +78,46 @@ def _coverage_reasons(result: EvalResult, problem: Problem) -> list[str]:
             f"max abs error {c.max_abs_error:.3g})"
         )
     device = result.environment.device if result.environment.device in ("cuda", "cpu") else "cuda"
-    expected = [s.name for s in (problem.input_sets if device == "cuda" else [s for s in problem.input_sets if s.cpu])]
+    expected = [
+        s.name
+        for s in (
+            problem.input_sets if device == "cuda" else [s for s in problem.input_sets if s.cpu]
+        )
+    ]
     for name in expected:
         seeds = {c.seed_index for c in result.checks if c.input_set == name}
         if not seeds:
             reasons.append(f"input set '{name}' was never checked")
         elif len(seeds) < MIN_SEEDS:
-            reasons.append(f"input set '{name}' was checked with {len(seeds)} seed(s), fewer than {MIN_SEEDS}")
+            reasons.append(
+                f"input set '{name}' was checked with {len(seeds)} seed(s), fewer than {MIN_SEEDS}"
+            )
     return reasons
 
 
 def _timing_reasons(result: EvalResult, problem: Problem, threshold: float) -> list[str]:
     if not result.timing_meaningful or not result.timings:
-        return [f"no timings: evaluated on '{result.environment.device}' (promotion needs timings vs eager from a GPU)"]
+        return [
+            f"no timings: evaluated on '{result.environment.device}' (promotion needs timings vs eager from a GPU)"
+        ]
     reasons = []
     known = {s.name for s in problem.input_sets}
     for t in result.timings:
         if t.input_set not in known:
-            reasons.append(f"timed input set '{t.input_set}' is not an input set of problem '{problem.name}'")
+            reasons.append(
+                f"timed input set '{t.input_set}' is not an input set of problem '{problem.name}'"
+            )
         if t.eager is None or t.speedup_vs_eager is None:
             reasons.append(f"input set '{t.input_set}' was timed without the eager baseline")
     speedups = [t.speedup_vs_eager for t in result.timings if t.speedup_vs_eager]
     overall = geomean(speedups)
     if overall is not None and overall < threshold:
-        per_set = ", ".join(f"{t.input_set} {t.speedup_vs_eager:.2f}x" for t in result.timings if t.speedup_vs_eager)
-        reasons.append(f"{overall:.3f}x vs eager (geometric mean; {per_set}) is below the {threshold:g}x threshold")
+        per_set = ", ".join(
+            f"{t.input_set} {t.speedup_vs_eager:.2f}x" for t in result.timings if t.speedup_vs_eager
+        )
+        reasons.append(
+            f"{overall:.3f}x vs eager (geometric mean; {per_set}) is below the {threshold:g}x threshold"
+        )
     return reasons
 
 
@@ -141,8 +160,14 @@ def build_entry(
         status=result.status.value,
         device=env.device,
         gpu_name=env.gpu_name,
-        input_sets=[InputSetSpec(name=s.name, constants=dict(s.constants), cpu=s.cpu) for s in problem.input_sets if s.name in checked],
-        seeds_per_set=min(len({c.seed_index for c in result.checks if c.input_set == name}) for name in checked),
+        input_sets=[
+            InputSetSpec(name=s.name, constants=dict(s.constants), cpu=s.cpu)
+            for s in problem.input_sets
+            if s.name in checked
+        ],
+        seeds_per_set=min(
+            len({c.seed_index for c in result.checks if c.input_set == name}) for name in checked
+        ),
         checks=len(result.checks),
         max_abs_error=max(c.max_abs_error for c in result.checks),
         max_rel_error=max(c.max_rel_error for c in result.checks),
@@ -172,7 +197,11 @@ def build_entry(
         torch_version=key["torch"],
         triton_version=key["triton"],
         cuda_version=key["cuda"],
-        versions_full={"torch": env.torch_version, "triton": env.triton_version, "cuda": env.cuda_version},
+        versions_full={
+            "torch": env.torch_version,
+            "triton": env.triton_version,
+            "cuda": env.cuda_version,
+        },
         shape_buckets=dict(problem.shape_buckets),
         sets=sets,
         speedup_vs_eager=geomean([s.speedup_vs_eager for s in sets if s.speedup_vs_eager]),
@@ -188,5 +217,8 @@ def problem_for(record: EntryRecord) -> Problem:
     from forge.evaluator.problem import InputSet, load_problem
 
     problem = load_problem(record.problem_source, record.meta.op)
-    sets = [InputSet(name=s.name, constants=dict(s.constants), cpu=s.cpu) for s in record.meta.verification.input_sets]
+    sets = [
+        InputSet(name=s.name, constants=dict(s.constants), cpu=s.cpu)
+        for s in record.meta.verification.input_sets
+    ]
     return problem.model_copy(update={"input_sets": sets, "name": record.meta.op})

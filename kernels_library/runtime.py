@@ -128,13 +128,22 @@ def machines(device_type: str) -> dict[int, Machine]:
 
 def _incompatible(record: EntryRecord, machine: Machine) -> str | None:
     m = record.meta
-    return incompatibility(machine, arch=m.arch, torch=m.torch_version, triton=m.triton_version, cuda=m.cuda_version, backend=m.backend)
+    return incompatibility(
+        machine,
+        arch=m.arch,
+        torch=m.torch_version,
+        triton=m.triton_version,
+        cuda=m.cuda_version,
+        backend=m.backend,
+    )
 
 
 # ------------------------------------------------------------------------------------ modules
 
 _LOCK = threading.RLock()
 _CLASSES: dict[tuple, type] = {}
+
+
 class _Local(threading.local):
     """Per thread: the re-entrancy flag and the ModelNew instances (their parameter slots are
     rebound per call, so threads must not share them)."""
@@ -151,7 +160,11 @@ def module_class(record: EntryRecord) -> type:
     """The entry's `ModelNew` class, executed once per process from the hash-checked source
     (the text that was verified, compiled with the entry's kernel.py as its file name so that
     Triton can read the kernels' source)."""
-    key = (record.meta.id, record.meta.files.get("kernel.py", ""), os.environ.get("TRITON_INTERPRET", ""))
+    key = (
+        record.meta.id,
+        record.meta.files.get("kernel.py", ""),
+        os.environ.get("TRITON_INTERPRET", ""),
+    )
     cls = _CLASSES.get(key)
     if cls is not None:
         return cls
@@ -171,7 +184,9 @@ def module_class(record: EntryRecord) -> type:
             exec(code, module.__dict__)
         except ImportError as exc:
             del sys.modules[name]
-            raise LibraryError(f"library entry {record.path} ({record.meta.op}) cannot be loaded here: {exc}") from exc
+            raise LibraryError(
+                f"library entry {record.path} ({record.meta.op}) cannot be loaded here: {exc}"
+            ) from exc
         cls = getattr(module, "ModelNew", None)
         if not isinstance(cls, type):
             raise LibraryError(f"library entry {record.path} defines no class ModelNew")
@@ -235,7 +250,9 @@ class _State:
 _STATE: _State | None = None
 
 
-def _instance(choice: _Choice, init_args: tuple, adapter: _adapters.Adapter, x: torch.Tensor, cache: dict):
+def _instance(
+    choice: _Choice, init_args: tuple, adapter: _adapters.Adapter, x: torch.Tensor, cache: dict
+):
     """A ModelNew of this thread for (entry, constructor args, device, dtype), with the slots
     its parameters are bound through; None when the entry cannot bind the Model's parameters."""
     key = (choice.key, init_args, x.get_device(), x.dtype)
@@ -256,7 +273,12 @@ def _instance(choice: _Choice, init_args: tuple, adapter: _adapters.Adapter, x: 
             owner = None
         if owner is None or leaf not in owner._parameters:
             choice.broken = True
-            log.warning("library entry %s (%s): ModelNew has no parameter '%s': not used for ATen calls", choice.key, adapter.op, name)
+            log.warning(
+                "library entry %s (%s): ModelNew has no parameter '%s': not used for ATen calls",
+                choice.key,
+                adapter.op,
+                name,
+            )
             return None
         binds.append((owner._parameters, leaf))
     slot = (module.forward, tuple(binds))
@@ -269,14 +291,21 @@ def _bucketer(pow2: tuple[bool, ...]):
     if pow2 == (True, False):
         return lambda c: (1 if c[0] <= 1 else 1 << (c[0] - 1).bit_length(), c[1])
     if pow2 == (True, True):
-        return lambda c: (1 if c[0] <= 1 else 1 << (c[0] - 1).bit_length(), 1 if c[1] <= 1 else 1 << (c[1] - 1).bit_length())
+        return lambda c: (
+            1 if c[0] <= 1 else 1 << (c[0] - 1).bit_length(),
+            1 if c[1] <= 1 else 1 << (c[1] - 1).bit_length(),
+        )
     return lambda c: tuple(pow2_bucket(v) if p else v for v, p in zip(c, pow2, strict=True))
 
 
 def _detail_text(adapter: _adapters.Adapter, detail: tuple) -> str:
     arch, dtype, bucket = detail
     text = f"{arch}, {str(dtype).removeprefix('torch.')}"
-    return text if bucket is None else f"{text}, bucket {bucket_text(dict(zip(adapter.constants, bucket, strict=True)))}"
+    return (
+        text
+        if bucket is None
+        else f"{text}, bucket {bucket_text(dict(zip(adapter.constants, bucket, strict=True)))}"
+    )
 
 
 class _Miss(NamedTuple):
@@ -297,11 +326,18 @@ class _Routes(threading.local):
         self.table: dict = {}
 
 
-def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool):
+def _make_impl(
+    op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool
+):
     adapter = state.adapter
     prepare = adapter.prepare
     # (device index, dtype) -> bucket table: the arch lookup done once, here
-    by_device = {(device, dtype): table for (arch, dtype), table in state.index.items() for device, a in archs.items() if a == arch}
+    by_device = {
+        (device, dtype): table
+        for (arch, dtype), table in state.index.items()
+        for device, a in archs.items()
+        if a == arch
+    }
     counts = _counts(op)
     by_entry = _ENTRY_COUNTS.setdefault(op, {})
     tensor_types = (torch.Tensor, torch.nn.Parameter)
@@ -318,7 +354,12 @@ def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str]
         counts[reason] = counts.get(reason, 0) + 1
         if (op, reason) not in _SEEN:
             _first_time(op, reason)
-        if detail is not None and len(_DETAILS_SEEN) < _MAX_DETAILS and debug_on(logging.DEBUG) and (op, reason, detail) not in _DETAILS_SEEN:
+        if (
+            detail is not None
+            and len(_DETAILS_SEEN) < _MAX_DETAILS
+            and debug_on(logging.DEBUG)
+            and (op, reason, detail) not in _DETAILS_SEEN
+        ):
             _DETAILS_SEEN.add((op, reason, detail))
             log.debug("%s: %s (%s)", op, reason, _detail_text(adapter, detail))
         return original.call_boxed(keyset, *args, **kwargs)
@@ -327,7 +368,10 @@ def _make_impl(op: str, state: _OpState, original, keyset, archs: dict[int, str]
         """(forward, parameter slots, entry id) of the entry serving these calls, or a _Miss."""
         table = by_device.get((device, dtype))
         if table is None:
-            return _Miss(OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE, (archs.get(device), dtype, None))
+            return _Miss(
+                OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE,
+                (archs.get(device), dtype, None),
+            )
         bucket = bucketer(constants)
         choice = table.get(bucket)
         if choice is None:
@@ -411,7 +455,9 @@ def _build(config: RuntimeConfig) -> _State:
     for op in wanted:
         if op not in _adapters.ADAPTERS:
             why = _adapters.NOT_MAPPED.get(op, "it has no ATen counterpart")
-            raise LibraryError(f"'{op}' cannot be dispatched from ATen ({why}): use kl.load('{op}') and call it explicitly")
+            raise LibraryError(
+                f"'{op}' cannot be dispatched from ATen ({why}): use kl.load('{op}') and call it explicitly"
+            )
     records = [r for r in read_library(dirs) if r.meta.op in wanted]
     archs: dict[int, str] = {}
     by_arch: dict[str, Machine] = {}
@@ -419,7 +465,9 @@ def _build(config: RuntimeConfig) -> _State:
         for index, machine in machines(device).items():
             archs[index] = machine.arch
             by_arch[machine.arch] = machine
-    if "cpu" in config.devices and any(r.meta.arch == "cpu" and r.meta.backend == "triton" for r in records):
+    if "cpu" in config.devices and any(
+        r.meta.arch == "cpu" and r.meta.backend == "triton" for r in records
+    ):
         problem = _interpreter_problem()
         if problem is not None:
             raise LibraryError(problem)
@@ -427,11 +475,15 @@ def _build(config: RuntimeConfig) -> _State:
     for op in wanted:
         adapter = _adapters.ADAPTERS[op]
         rules = _catalogue_rules(op)
-        state = _OpState(adapter, tuple(rules.get(c, "exact") == "pow2" for c in adapter.constants), {}, set(), 0)
+        state = _OpState(
+            adapter, tuple(rules.get(c, "exact") == "pow2" for c in adapter.constants), {}, set(), 0
+        )
         for record in (r for r in records if r.meta.op == op):
             dtype = getattr(torch, record.meta.dtype)
             why = _adapters.aten_ineligibility(op, record.problem_source)
-            missing = [c for c in adapter.constants if any(c not in s.constants for s in record.meta.sets)]
+            missing = [
+                c for c in adapter.constants if any(c not in s.constants for s in record.meta.sets)
+            ]
             if why is None and missing:
                 why = f"its input sets do not name the constant(s) {missing}"
             if why is None and not by_arch:
@@ -444,7 +496,9 @@ def _build(config: RuntimeConfig) -> _State:
                     why = next(iter(verdicts.values()))
                     state.foreign_dtypes.add(dtype)
             if why is not None:
-                report.skipped_entries.append({"id": record.meta.id, "op": op, "path": str(record.path), "reason": why})
+                report.skipped_entries.append(
+                    {"id": record.meta.id, "op": op, "path": str(record.path), "reason": why}
+                )
                 continue
             state.entries += 1
             for arch in usable:
@@ -461,7 +515,9 @@ def _build(config: RuntimeConfig) -> _State:
             ops[op] = state
         else:
             skipped = [s["reason"] for s in report.skipped_entries if s["op"] == op]
-            report.not_registered[op] = f"no usable entry ({skipped[0]})" if skipped else "no entry in the library"
+            report.not_registered[op] = (
+                f"no usable entry ({skipped[0]})" if skipped else "no entry in the library"
+            )
     return _State(config, report, ops, archs)
 
 
@@ -477,7 +533,11 @@ def _register(state: _State) -> None:
         op_state.library = library
         for device in state.config.devices:
             backend_key = "CUDA" if device == "cuda" else "CPU"
-            keys = [(f"Autograd{backend_key}", True), (backend_key, False)] if adapter.composite else [(backend_key, False)]
+            keys = (
+                [(f"Autograd{backend_key}", True), (backend_key, False)]
+                if adapter.composite
+                else [(backend_key, False)]
+            )
             for key, composite_level in keys:
                 original = torch.library.get_kernel(adapter.aten, key)
                 # PyTorch's kernels at these keys (native backend kernels, CompositeImplicit
@@ -488,11 +548,19 @@ def _register(state: _State) -> None:
                 with warnings.catch_warnings():
                     # torch warns once per process that an ATen kernel is being overridden,
                     # which is what enable() is for
-                    warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
+                    warnings.filterwarnings(
+                        "ignore", message=r"(?s).*Overriding a previously registered kernel"
+                    )
                     library.impl(adapter.registered_name, impl, key)
                 op_state.keys.append(key)
         state.report.registered[op] = op_state.entries
-        log.debug("%s: %s registered at %s with %d entries", op, adapter.aten, op_state.keys, op_state.entries)
+        log.debug(
+            "%s: %s registered at %s with %d entries",
+            op,
+            adapter.aten,
+            op_state.keys,
+            op_state.entries,
+        )
 
 
 def _unregister(state: _State) -> None:
@@ -506,7 +574,9 @@ def _unregister(state: _State) -> None:
 # ------------------------------------------------------------------------------------ public API
 
 
-def enable(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)) -> EnableReport:
+def enable(
+    ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)
+) -> EnableReport:
     """Dispatch the mapped ATen operators of `ops` (default: all with a usable entry) to the
     library, replacing what an earlier `enable` registered. With FORGE_KERNELS_DISABLE set, it
     registers nothing and says so in the report."""
@@ -514,7 +584,9 @@ def enable(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str
     config = RuntimeConfig(
         ops=list(ops) if ops is not None else None,
         devices=list(devices),
-        path=[str(p) for p in (path if isinstance(path, list | tuple) else [path])] if path is not None else None,
+        path=[str(p) for p in (path if isinstance(path, list | tuple) else [path])]
+        if path is not None
+        else None,
     )
     with _LOCK:
         reason = _disabled_by_env()
@@ -525,7 +597,10 @@ def enable(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str
         state = _build(config)  # a library that cannot be read leaves the current state alone
         disable()
         if not state.ops:
-            log.info("forge kernels library: nothing registered (%s)", state.report.not_registered or "no entries")
+            log.info(
+                "forge kernels library: nothing registered (%s)",
+                state.report.not_registered or "no entries",
+            )
         try:
             _register(state)
         except BaseException:
@@ -549,7 +624,9 @@ def enabled() -> bool:
 
 
 @contextmanager
-def use(ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)) -> Iterator[EnableReport]:
+def use(
+    ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)
+) -> Iterator[EnableReport]:
     """Within the block, dispatch exactly `ops` (default all) to the library; afterwards restore
     whatever was enabled before (or nothing)."""
     with _LOCK:
@@ -605,7 +682,9 @@ def entries(path=None) -> list[EntryRecord]:
     return read_library(library_dirs(path))
 
 
-def best_entry(op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None) -> EntryRecord:
+def best_entry(
+    op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None
+) -> EntryRecord:
     """The fastest entry for `op` verified on this machine (for `device`, default cuda when a GPU
     is visible, else cpu), optionally for a dtype and a shape (the problem's constants, e.g.
     `{"batch_size": 4096, "dim": 8192}`: only entries serving its bucket)."""
@@ -614,7 +693,9 @@ def best_entry(op: str, *, dtype=None, shape: dict | None = None, device: str | 
     records = [r for r in read_library(dirs) if r.meta.op == op]
     where = ", ".join(str(d) for d in dirs)
     if not records:
-        raise LibraryError(f"no library entry for '{op}' in {where}: promote one (`forge library promote`) or point FORGE_LIBRARY at a library")
+        raise LibraryError(
+            f"no library entry for '{op}' in {where}: promote one (`forge library promote`) or point FORGE_LIBRARY at a library"
+        )
     found = machines(device)
     if not found:
         raise LibraryError(f"no {device} device in this process to run '{op}' on")
@@ -623,7 +704,9 @@ def best_entry(op: str, *, dtype=None, shape: dict | None = None, device: str | 
     verdicts = [(r, _incompatible(r, machine)) for r in records]
     usable = [r for r, v in verdicts if v is None]
     if not usable:
-        raise LibraryError(f"no entry for '{op}' verified on this machine ({machine.describe()}): {len(records)} entr{'y' if len(records) == 1 else 'ies'} {verdicts[0][1]}")
+        raise LibraryError(
+            f"no entry for '{op}' verified on this machine ({machine.describe()}): {len(records)} entr{'y' if len(records) == 1 else 'ies'} {verdicts[0][1]}"
+        )
     if dtype is not None:
         name = str(dtype).removeprefix("torch.")
         usable = [r for r in usable if r.meta.dtype == name]
@@ -641,11 +724,15 @@ def best_entry(op: str, *, dtype=None, shape: dict | None = None, device: str | 
             if s.served and {k: s.bucket[k] for k in names if k in s.bucket} == want:
                 scored.append((s.speedup_vs_eager or 0.0, r))
     if not scored:
-        raise LibraryError(f"no entry for '{op}' serves the shape bucket {bucket_text(bucket_of(shape, usable[0].meta.shape_buckets, list(usable[0].meta.shape_buckets) or sorted(shape)))} on this machine")
+        raise LibraryError(
+            f"no entry for '{op}' serves the shape bucket {bucket_text(bucket_of(shape, usable[0].meta.shape_buckets, list(usable[0].meta.shape_buckets) or sorted(shape)))} on this machine"
+        )
     return max(scored, key=lambda pair: pair[0])[1]
 
 
-def load(op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None) -> type:
+def load(
+    op: str, *, dtype=None, shape: dict | None = None, device: str | None = None, path=None
+) -> type:
     """The `ModelNew` class of the best entry for `op` on this machine (see `best_entry`), for
     explicit use: construct it with the problem's `get_init_inputs()` arguments and load the
     reference Model's state_dict. Its `forge_entry` attribute is the entry's metadata. Works

@@ -59,7 +59,9 @@ class SetResult(BaseModel):
     compile_ms: float | None = Field(None, description="median time of torch.compile, ms")
     speedup_vs_eager: float | None = Field(None, description="eager_ms / candidate_ms")
     speedup_vs_compile: float | None = Field(None, description="compile_ms / candidate_ms")
-    served: bool = Field(description="speedup_vs_eager >= the promotion threshold: the runtime uses the entry for this bucket")
+    served: bool = Field(
+        description="speedup_vs_eager >= the promotion threshold: the runtime uses the entry for this bucket"
+    )
 
 
 class InputSetSpec(BaseModel):
@@ -81,7 +83,9 @@ class Verification(BaseModel):
     checks: int = Field(description="number of passed output comparisons")
     max_abs_error: float = Field(description="largest absolute error over all checks")
     max_rel_error: float = Field(description="largest relative error over all checks")
-    kernels_seen: list[str] = Field(default_factory=list, description="device kernels traced while verifying")
+    kernels_seen: list[str] = Field(
+        default_factory=list, description="device kernels traced while verifying"
+    )
     threshold: float = Field(description="speedup vs eager required for promotion")
     candidate_id: int | None = Field(None, description="database id of the promoted candidate")
     run_id: int | None = Field(None, description="database id of its optimize run")
@@ -92,9 +96,13 @@ class EntryMeta(BaseModel):
     """entry.json: everything about one library entry except its two source files."""
 
     format: int = Field(FORMAT, description="entry.json format version")
-    id: str = Field(description="content id: sha256 of key, kernel source and buckets, 16 hex digits")
+    id: str = Field(
+        description="content id: sha256 of key, kernel source and buckets, 16 hex digits"
+    )
     op: str = Field(description="operator (the problem's name)")
-    aten: str = Field("", description="ATen operator the problem maps to (forge_aten), empty if none")
+    aten: str = Field(
+        "", description="ATen operator the problem maps to (forge_aten), empty if none"
+    )
     dtype: str = Field(description="dtype of inputs and parameters")
     backend: str = Field(description="triton | cuda")
     arch: str = Field(description="GPU architecture it was verified on, sm_XX (cpu: interpreter)")
@@ -102,12 +110,18 @@ class EntryMeta(BaseModel):
     triton_version: str = Field(description="triton major.minor ('' if absent)")
     cuda_version: str = Field(description="CUDA major.minor ('' on cpu)")
     versions_full: dict[str, str] = Field(default_factory=dict, description="full version strings")
-    shape_buckets: dict[str, str] = Field(default_factory=dict, description="the problem's bucket rule per constant")
-    sets: list[SetResult] = Field(description="per timed input set: shape, bucket, times and speedups")
+    shape_buckets: dict[str, str] = Field(
+        default_factory=dict, description="the problem's bucket rule per constant"
+    )
+    sets: list[SetResult] = Field(
+        description="per timed input set: shape, bucket, times and speedups"
+    )
     speedup_vs_eager: float | None = Field(None, description="geometric mean over the timed sets")
     speedup_vs_compile: float | None = Field(None, description="geometric mean over the timed sets")
     verification: Verification = Field(description="how it was verified")
-    files: dict[str, str] = Field(default_factory=dict, description="sha256 of kernel.py and problem.py")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of kernel.py and problem.py"
+    )
     meta_sha256: str = Field("", description="sha256 of this JSON's other fields (canonical form)")
 
     @property
@@ -129,7 +143,11 @@ def canonical_meta_hash(meta: EntryMeta) -> str:
 
 def entry_id(meta_key: dict, kernel_source: str) -> str:
     """The content id: same kernel, key and buckets give the same id on every machine."""
-    text = json.dumps(meta_key, sort_keys=True, separators=(",", ":")) + "\n" + sha256_text(kernel_source)
+    text = (
+        json.dumps(meta_key, sort_keys=True, separators=(",", ":"))
+        + "\n"
+        + sha256_text(kernel_source)
+    )
     return sha256_text(text)[:16]
 
 
@@ -145,7 +163,12 @@ class EntryRecord:
     def sealed(self) -> EntryRecord:
         """A copy whose `files` and `meta_sha256` match the sources."""
         meta = self.meta.model_copy(
-            update={"files": {KERNEL_FILE: sha256_text(self.kernel_source), PROBLEM_FILE: sha256_text(self.problem_source)}}
+            update={
+                "files": {
+                    KERNEL_FILE: sha256_text(self.kernel_source),
+                    PROBLEM_FILE: sha256_text(self.problem_source),
+                }
+            }
         )
         meta = meta.model_copy(update={"meta_sha256": canonical_meta_hash(meta)})
         return EntryRecord(meta, self.kernel_source, self.problem_source, self.path)
@@ -187,7 +210,9 @@ def write_entry(record: EntryRecord, directory: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
     (staging / KERNEL_FILE).write_text(record.kernel_source)
     (staging / PROBLEM_FILE).write_text(record.problem_source)
-    (staging / META_FILE).write_text(json.dumps(record.meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    (staging / META_FILE).write_text(
+        json.dumps(record.meta.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    )
     os.chmod(staging, 0o755)
     if target.exists():
         shutil.rmtree(target)
@@ -199,15 +224,21 @@ def read_entry(folder: Path) -> EntryRecord:
     """Read one entry folder, refusing it when a file is missing or does not match its hash."""
     meta_path = folder / META_FILE
     if not meta_path.is_file():
-        raise LibraryIntegrityError(f"library entry {folder}: no {META_FILE}; not an entry folder (delete it or export again)")
+        raise LibraryIntegrityError(
+            f"library entry {folder}: no {META_FILE}; not an entry folder (delete it or export again)"
+        )
     try:
         meta = EntryMeta.model_validate_json(meta_path.read_text())
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise LibraryIntegrityError(f"library entry {folder}: {META_FILE} is not a valid entry ({where}: {first['msg']})") from exc
+        raise LibraryIntegrityError(
+            f"library entry {folder}: {META_FILE} is not a valid entry ({where}: {first['msg']})"
+        ) from exc
     if meta.format != FORMAT:
-        raise LibraryError(f"library entry {folder}: format {meta.format} is not supported by this Forge (it reads format {FORMAT}): upgrade Forge")
+        raise LibraryError(
+            f"library entry {folder}: format {meta.format} is not supported by this Forge (it reads format {FORMAT}): upgrade Forge"
+        )
     expected = canonical_meta_hash(meta)
     if meta.meta_sha256 != expected:
         raise LibraryIntegrityError(
@@ -218,7 +249,9 @@ def read_entry(folder: Path) -> EntryRecord:
     for name in (KERNEL_FILE, PROBLEM_FILE):
         path = folder / name
         if not path.is_file():
-            raise LibraryIntegrityError(f"library entry {folder}: {name} is missing: refusing it; export it again or delete the folder")
+            raise LibraryIntegrityError(
+                f"library entry {folder}: {name} is missing: refusing it; export it again or delete the folder"
+            )
         text = path.read_text()
         recorded = meta.files.get(name, "")
         actual = sha256_text(text)
@@ -236,7 +269,11 @@ def entry_folders(directory: Path) -> list[Path]:
     """Sub-folders of a library directory that hold an entry.json (sorted)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file())
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file()
+    )
 
 
 def read_library(directories: list[Path]) -> list[EntryRecord]:
@@ -257,7 +294,11 @@ def read_library(directories: list[Path]) -> list[EntryRecord]:
             seen.add(record.meta.id)
             records.append(record)
     if refused:
-        raise LibraryIntegrityError("; ".join(refused) if len(refused) == 1 else f"{len(refused)} entries refused: " + " | ".join(refused))
+        raise LibraryIntegrityError(
+            "; ".join(refused)
+            if len(refused) == 1
+            else f"{len(refused)} entries refused: " + " | ".join(refused)
+        )
     return records
 
 

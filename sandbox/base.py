@@ -24,9 +24,23 @@ SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 KEEP_VARS = (
-    "PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "CUDA_HOME", "CUDA_PATH", "CUDA_VISIBLE_DEVICES",
-    "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "TRITON_PTXAS_PATH",
-    "CC", "CXX", "TORCH_CUDA_ARCH_LIST", "VIRTUAL_ENV", "CONDA_PREFIX",
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "PYTHONPATH",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "TRITON_PTXAS_PATH",
+    "CC",
+    "CXX",
+    "TORCH_CUDA_ARCH_LIST",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
 )
 
 
@@ -65,10 +79,14 @@ def decode_message(token: str, data: bytes) -> dict:
 
 class SandboxJob(BaseModel):
     payload: dict = Field(description="JSON the worker reads on stdin (its 'job' part)")
-    timeout_s: float = Field(description="wall-clock limit; the whole process group is killed after it")
+    timeout_s: float = Field(
+        description="wall-clock limit; the whole process group is killed after it"
+    )
     gpu: bool = Field(False, description="the job needs the GPU")
     argv_prefix: list[str] = Field(default_factory=list, description="wrapper such as ncu ... --")
-    writable_dirs: list[str] = Field(default_factory=list, description="shared caches the job may write")
+    writable_dirs: list[str] = Field(
+        default_factory=list, description="shared caches the job may write"
+    )
 
 
 class SandboxOutcome(BaseModel):

@@ -66,8 +66,16 @@ KILL_GRACE_S = 30.0
 SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin")
 """Mounted read-only where present (a merged-/usr symlink such as /lib -> usr/lib is followed)."""
 ETC_FILES = (
-    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/ssl",
-    "/etc/ca-certificates", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
 )
 """What the loader, compilers (`cc` via /etc/alternatives), ssl and `getpass.getuser()` read."""
 
@@ -112,7 +120,9 @@ def ensure_image(client: docker.DockerClient, tag: str) -> str:
     except docker.errors.ImageNotFound:
         pass
     repository, version = parse_repository_tag(tag)
-    response = client.api.import_image_from_data(empty_tar(), repository=repository, tag=version or "latest")
+    response = client.api.import_image_from_data(
+        empty_tar(), repository=repository, tag=version or "latest"
+    )
     try:
         return client.images.get(tag).id
     except docker.errors.ImageNotFound as exc:
@@ -124,7 +134,13 @@ def python_paths(env: dict[str, str]) -> list[str]:
     prefixes, site-packages, the directory of the `forge` package (an editable install maps
     `forge` to the repository) and the PYTHONPATH the worker inherits. Not every `sys.path`
     entry: a script's directory (say /root) would expose whatever lies beside it."""
-    candidates = [sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix, str(FORGE_DIR)]
+    candidates = [
+        sys.base_prefix,
+        sys.prefix,
+        sys.base_exec_prefix,
+        sys.exec_prefix,
+        str(FORGE_DIR),
+    ]
     candidates += site.getsitepackages()
     if site.ENABLE_USER_SITE:
         candidates.append(site.getusersitepackages())
@@ -154,13 +170,17 @@ def read_result_file(path: Path, cap: int = OUTPUT_CAP) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ChannelError(f"result channel tampered: cannot open the result file ({exc.strerror})") from exc
+        raise ChannelError(
+            f"result channel tampered: cannot open the result file ({exc.strerror})"
+        ) from exc
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ChannelError("result channel tampered: the result file is not a regular file")
         if info.st_size > cap:
-            raise ChannelError(f"result channel tampered: the result file holds {info.st_size} bytes (> {cap})")
+            raise ChannelError(
+                f"result channel tampered: the result file holds {info.st_size} bytes (> {cap})"
+            )
         return f.read(cap + 1)
 
 
@@ -200,7 +220,9 @@ class DockerSandbox:
         path.chmod(0o700)
         return path
 
-    def volumes(self, env: dict[str, str], host: dict[str, Path], job: SandboxJob) -> dict[str, dict]:
+    def volumes(
+        self, env: dict[str, str], host: dict[str, Path], job: SandboxJob
+    ) -> dict[str, dict]:
         read_only = [p for p in SYSTEM_DIRS + ETC_FILES if os.path.lexists(p)]
         read_only += python_paths(env) + extra_tool_paths(env)
         volumes = {p: {"bind": p, "mode": "ro"} for p in outermost(read_only) if os.path.exists(p)}
@@ -221,7 +243,11 @@ class DockerSandbox:
         tmp = Path(tempfile.mkdtemp(prefix="forge-docker-job-"))
         container = None
         try:
-            host = {"work": self._private_dir(tmp / "work"), "cache": cache, "result": self._private_dir(tmp / "result")}
+            host = {
+                "work": self._private_dir(tmp / "work"),
+                "cache": cache,
+                "result": self._private_dir(tmp / "result"),
+            }
             env = {
                 **scrubbed_environment(),
                 **self.config.extra_env,
@@ -247,10 +273,20 @@ class DockerSandbox:
                 security_opt=["no-new-privileges"],
                 ulimits=[
                     Ulimit(name="core", soft=0, hard=0),
-                    Ulimit(name="fsize", soft=self.config.max_file_bytes, hard=self.config.max_file_bytes),
-                    Ulimit(name="nofile", soft=self.config.max_open_files, hard=self.config.max_open_files),
+                    Ulimit(
+                        name="fsize",
+                        soft=self.config.max_file_bytes,
+                        hard=self.config.max_file_bytes,
+                    ),
+                    Ulimit(
+                        name="nofile",
+                        soft=self.config.max_open_files,
+                        hard=self.config.max_open_files,
+                    ),
                 ],
-                device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if job.gpu else None,
+                device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])]
+                if job.gpu
+                else None,
                 log_config=LogConfig(type="json-file", config={"max-size": "4m", "max-file": "1"}),
             )
             start = time.perf_counter()
@@ -271,7 +307,9 @@ class DockerSandbox:
             wall = time.perf_counter() - start
             state = api.inspect_container(container)["State"]
             if state.get("OOMKilled"):
-                notes.append(f"[forge sandbox] container killed by the OOM killer (memory limit {self.config.docker_memory})")
+                notes.append(
+                    f"[forge sandbox] container killed by the OOM killer (memory limit {self.config.docker_memory})"
+                )
             stdout = api.logs(container, stdout=True, stderr=False)[:OUTPUT_CAP]
             stderr = api.logs(container, stdout=False, stderr=True)[:OUTPUT_CAP]
             message, channel_error = None, ""
@@ -311,7 +349,9 @@ class DockerSandbox:
             ),
         )
 
-    def _start_and_wait(self, container: str, spec: dict, deadline: float) -> tuple[list[str], bool, dict]:
+    def _start_and_wait(
+        self, container: str, spec: dict, deadline: float
+    ) -> tuple[list[str], bool, dict]:
         """Start `container`, feed `spec` on its stdin, wait until `deadline` (perf_counter),
         SIGKILL after. Returns (notes for stderr, timed_out, the engine's wait status)."""
         notes: list[str] = []
@@ -339,14 +379,18 @@ class DockerSandbox:
             except TimeoutError:
                 notes.append("[forge sandbox] the job was not read from stdin before the deadline")
             except (BrokenPipeError, ConnectionResetError) as exc:
-                notes.append(f"[forge sandbox] the worker's stdin closed before the job was written: {exc}")
+                notes.append(
+                    f"[forge sandbox] the worker's stdin closed before the job was written: {exc}"
+                )
             waiter.join(max(deadline - time.perf_counter(), 0.0))
             timed_out = waiter.is_alive()
             if timed_out:
                 self._kill(container)
                 waiter.join(KILL_GRACE_S)
                 if waiter.is_alive():
-                    raise RuntimeError(f"docker engine did not report the exit of killed container {container[:12]}")
+                    raise RuntimeError(
+                        f"docker engine did not report the exit of killed container {container[:12]}"
+                    )
         finally:
             # Close the HTTP response first (closing the SocketIO under it makes its own close
             # fail later in a finalizer), then the socket.

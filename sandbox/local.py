@@ -1,4 +1,8 @@
-"""Local backend: each job in a fresh OS process, in its own session and private directory."""
+"""Local backend: each job in a fresh OS process, in its own session and private directory.
+
+The worker is the trusted side of an evaluation: it keeps the uid it was started with (as root,
+in its own PID namespace) because it contains the runner, which drops to uid 65534 itself
+(`forge.sandbox.containment`)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ from forge.sandbox.base import (
     scrubbed_environment,
 )
 from forge.sandbox.policy import (
-    NOBODY,
     PID_NAMESPACE,
     PidsCgroup,
     SandboxConfig,
@@ -31,7 +34,6 @@ from forge.sandbox.policy import (
     pid_namespace_available,
     preexec,
     running_as_root,
-    world_traversable,
 )
 
 OUTPUT_CAP = 1 << 20
@@ -78,47 +80,34 @@ def _session_of(pid: int) -> int | None:
     return int(fields[3])
 
 
-def _worker_paths() -> list[str]:
-    """What uid 65534 must be able to read to start the worker: interpreter and packages."""
-    import importlib.util
-
-    specs = [importlib.util.find_spec(name) for name in ("forge", "pydantic", "torch")]
-    return [sys.executable, *(os.path.dirname(s.origin) for s in specs if s and s.origin)]
-
-
-def _gpu_devices_open_to_all() -> bool:
-    """uid 65534 can use the GPU only if the NVIDIA device files are read-write for others."""
-    devices = [p for p in Path("/dev").glob("nvidia*") if not p.is_dir()]
-    return bool(devices) and all(p.stat().st_mode & 0o006 == 0o006 for p in devices)
-
-
 class LocalSandbox:
     name = "local"
 
-    def __init__(self, config: SandboxConfig | None = None, cache_dir: Path | None = None, prestart: bool = False):
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        cache_dir: Path | None = None,
+        prestart: bool = False,
+    ):
         """`prestart=True` keeps the next worker started ahead of its job (imports, CUDA and
         profiler initialised, no candidate code yet): each job still gets a fresh process."""
         self.config = config or SandboxConfig.from_env()
         self.prestart = prestart
         self._spare: _Launched | None = None
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
-        self.drop = self.config.drop_privileges and running_as_root() and all(map(world_traversable, _worker_paths()))
         self.isolate_network = self.config.isolate_network and network_namespace_available()
 
-    def _prepare_dir(self, path: Path, drop: bool) -> None:
+    def _prepare_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        if drop:
-            os.chown(path, NOBODY, NOBODY)
 
     def _launch(self, gpu: bool, argv_prefix: list[str]) -> _Launched:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        drop = self.drop and world_traversable(str(self.cache_dir)) and (not gpu or _gpu_devices_open_to_all())
         name = secrets.token_hex(16)
-        cache = self.cache_dir / (f"uid-{NOBODY}" if drop else f"uid-{os.geteuid()}")
-        self._prepare_dir(cache, drop)
+        cache = self.cache_dir / f"uid-{os.geteuid()}"
+        self._prepare_dir(cache)
         tmp = tempfile.TemporaryDirectory(prefix="forge-job-")
         workdir = Path(tmp.name)
-        self._prepare_dir(workdir, drop)
+        self._prepare_dir(workdir)
         env = {
             **scrubbed_environment(),
             **self.config.extra_env,
@@ -127,7 +116,9 @@ class LocalSandbox:
         }
         read_fd, write_fd = os.pipe()
         cgroup = PidsCgroup.create(f"forge-{name}", self.config.max_processes)
-        isolate_pids = not drop and self.config.isolate_processes and running_as_root() and pid_namespace_available()
+        isolate_pids = (
+            self.config.isolate_processes and running_as_root() and pid_namespace_available()
+        )
         proc = subprocess.Popen(
             [*(PID_NAMESPACE if isolate_pids else []), *argv_prefix, sys.executable, *WORKER],
             stdin=subprocess.PIPE,
@@ -137,13 +128,13 @@ class LocalSandbox:
             env=env,
             pass_fds=(write_fd,),
             start_new_session=True,
-            preexec_fn=preexec(self.config, self.isolate_network, drop, cgroup),
+            preexec_fn=preexec(self.config, self.isolate_network, False, cgroup),
         )
         os.close(write_fd)
         drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
         for d in drains:
             d.start()
-        return _Launched(proc, drains, tmp, workdir, cache, write_fd, drop, cgroup, gpu, isolate_pids)
+        return _Launched(proc, drains, tmp, workdir, cache, write_fd, cgroup, gpu, isolate_pids)
 
     def _take(self, job: SandboxJob) -> _Launched:
         """The pre-started worker when it fits the job; wrapped jobs (ncu) always start their own."""
@@ -168,7 +159,14 @@ class LocalSandbox:
         spec = {
             "token": token,
             "channel": {"kind": "fd", "fd": worker.channel_fd},
-            "writable": [str(worker.workdir), str(worker.cache), "/dev", *job.writable_dirs],
+            # /tmp: Nsight Compute's lock file (the runner gets a private /tmp of its own)
+            "writable": [
+                str(worker.workdir),
+                str(worker.cache),
+                "/dev",
+                "/tmp",
+                *job.writable_dirs,
+            ],
             "restrict_writes": self.config.restrict_writes,
             "restrict_reads": self.config.restrict_reads,
             "job": job.payload,
@@ -212,10 +210,11 @@ class LocalSandbox:
                 exit_code=exit_code,
                 signal=signal_number,
                 network_isolated=self.isolate_network,
-                filesystem_restricted=bool(message and message.get("sandbox", {}).get("filesystem")),
+                filesystem_restricted=bool(
+                    message and message.get("sandbox", {}).get("filesystem")
+                ),
                 reads_restricted=bool(message and message.get("sandbox", {}).get("reads")),
                 killed_on_timeout=timed_out,
-                privileges_dropped=worker.drop,
                 processes_isolated=worker.isolate_pids,
                 process_limit=worker.process_limit,
             ),
@@ -225,15 +224,26 @@ class LocalSandbox:
 class _Launched:
     """A worker process, started (possibly ahead of its job) with its pipes being drained."""
 
-    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, drop, cgroup, gpu, isolate_pids):
-        self.proc, self.drains, self.tmp, self.workdir, self.cache = proc, drains, tmp, workdir, cache
-        self.channel_fd, self.drop, self.cgroup, self.gpu, self.isolate_pids = channel_fd, drop, cgroup, gpu, isolate_pids
+    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, cgroup, gpu, isolate_pids):
+        self.proc, self.drains, self.tmp, self.workdir, self.cache = (
+            proc,
+            drains,
+            tmp,
+            workdir,
+            cache,
+        )
+        self.channel_fd, self.cgroup, self.gpu, self.isolate_pids = (
+            channel_fd,
+            cgroup,
+            gpu,
+            isolate_pids,
+        )
 
     @property
     def process_limit(self) -> str:
         if self.cgroup is not None:
             return "cgroup"
-        return "rlimit" if self.drop or not running_as_root() else "none"
+        return "rlimit" if not running_as_root() else "none"
 
     def discard(self) -> None:
         kill_session(self.proc.pid)

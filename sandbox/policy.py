@@ -35,7 +35,7 @@ class SandboxConfig(BaseModel):
     private /proc, so no other process, nor the host's environment, is visible to it."""
 
     drop_privileges: bool = True
-    """When started as root, run the worker as uid/gid 65534 so per-user process limits apply."""
+    """Run candidate code (the runner) as uid/gid 65534 when the evaluation starts as root."""
 
     restrict_writes: bool = True
     """Landlock: the worker may write only its private directory, caches and /dev."""
@@ -65,7 +65,6 @@ class SandboxConfig(BaseModel):
 
     extra_env: dict[str, str] = Field(default_factory=dict)
     """Variables added to the scrubbed environment (never secrets)."""
-
 
     @classmethod
     def from_env(cls) -> SandboxConfig:
@@ -161,7 +160,10 @@ PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 @cache
 def pid_namespace_available() -> bool:
     try:
-        return subprocess.run([*PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode == 0
+        return (
+            subprocess.run([*PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode
+            == 0
+        )
     except FileNotFoundError:
         return False
 
@@ -202,7 +204,19 @@ def landlock_abi() -> int:
     return max(version, 0)
 
 
-SYSTEM_READABLE = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev")
+SYSTEM_READABLE = (
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+)
 
 
 def default_readable() -> list[str]:
@@ -219,17 +233,21 @@ def default_readable() -> list[str]:
     return sorted(set(places))
 
 
-def restrict_filesystem(writable: list[str], readable: list[str] | None = None) -> dict[str, bool]:
+def restrict_filesystem(
+    writable: list[str], readable: list[str] | None = None, deny_tcp: bool = True
+) -> dict[str, bool]:
     """Landlock for this process and its children: writes only beneath `writable`; when
     `readable` is given, reads only beneath it and `writable` (a root worker cannot read ~/.aws
     or another job's files); TCP connect/bind denied when the ABI allows. Returns what applied."""
     abi = landlock_abi()
     if abi < 1:
         return {"filesystem": False, "reads": False, "network": False}
-    write_rights = _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    write_rights = (
+        _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    )
     read_rights = _FS_READ_FILE | _FS_READ_DIR if readable is not None else 0
     fs_rights = write_rights | read_rights
-    net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0
+    net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 and deny_tcp else 0
     if abi >= 6:
         attr = struct.pack("QQQ", fs_rights, net_rights, 0)
     elif abi >= 4:
@@ -241,7 +259,9 @@ def restrict_filesystem(writable: list[str], readable: list[str] | None = None) 
     ruleset = libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    rules = [(path, fs_rights) for path in writable] + [(path, read_rights) for path in readable or []]
+    rules = [(path, fs_rights) for path in writable] + [
+        (path, read_rights) for path in readable or []
+    ]
     try:
         for path, rights in rules:
             if not os.path.isdir(path):
@@ -249,7 +269,12 @@ def restrict_filesystem(writable: list[str], readable: list[str] | None = None) 
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
-                if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, ctypes.c_uint32(0)) != 0:
+                if (
+                    libc.syscall(
+                        _SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, rule, ctypes.c_uint32(0)
+                    )
+                    != 0
+                ):
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
             finally:
                 os.close(fd)

@@ -48,7 +48,9 @@ def probe(job: dict) -> dict:
         "uid": os.getuid(),
         "cwd": os.getcwd(),
         "env": sorted(os.environ),
-        "secret_values_seen": [v for v in job.get("look_for", []) if v in "".join(os.environ.values())],
+        "secret_values_seen": [
+            v for v in job.get("look_for", []) if v in "".join(os.environ.values())
+        ],
         "visible_processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
     }
     readable = ""
@@ -58,9 +60,13 @@ def probe(job: dict) -> dict:
                 readable += f.read().decode(errors="replace")
         except OSError:
             continue
-    facts["secret_values_in_other_processes"] = [v for v in job.get("look_for", []) if v in readable]
+    facts["secret_values_in_other_processes"] = [
+        v for v in job.get("look_for", []) if v in readable
+    ]
     try:
-        with socket.create_connection((job.get("host", "127.0.0.1"), job.get("port", 9)), timeout=2):
+        with socket.create_connection(
+            (job.get("host", "127.0.0.1"), job.get("port", 9)), timeout=2
+        ):
             facts["network"] = "connected"
     except OSError as exc:
         facts["network"] = f"blocked: {exc.__class__.__name__}"
@@ -75,44 +81,30 @@ def probe(job: dict) -> dict:
     return facts
 
 
-def _open_gpu() -> None:
-    """Initialise CUDA (and CUPTI, for the proof-of-work trace) before Landlock: the driver's
-    start-up needs writes that Landlock forbids (seen on an H200 host: error 304); once its
-    device files are open, kernels run restricted."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.init()
-    with profile(activities=[ProfilerActivity.CUDA]):
-        torch.empty(1, device="cuda").fill_(1)
-
-
 def run(job: dict) -> dict:
     kind = job["kind"]
     if kind == "probe":
         return probe(job)
     if kind == "evaluate":
-        from forge.evaluator.harness import run_evaluation
+        from forge.evaluator.trusted import run_job
 
-        return run_evaluation(job)
-    if kind == "profile":
-        from forge.evaluator.profiling import run_profile_target
-
-        return run_profile_target(job)
+        return run_job(job)
     raise ValueError(f"unknown job kind {kind!r}")
 
 
 def prepare(device: str) -> None:
-    """Everything that needs no job: imports, and on a GPU host CUDA and the profiler's start-up
-    (seconds), done before the spec arrives so a pre-started worker has it behind it."""
-    import torch  # noqa: F401
+    """Everything that needs no job, done before the spec arrives so a pre-started worker has it
+    behind it: the runner's start (its imports and CUDA start-up run meanwhile), then this
+    process's imports and CUDA context. CUDA starts before Landlock: the driver's start-up
+    needs writes that Landlock forbids (seen on an H200 host: error 304)."""
+    from forge.evaluator import trusted
 
-    import forge.evaluator.harness  # noqa: F401
-
+    trusted.prestart_runner(device)
     if device == "cuda":
-        import triton  # noqa: F401 - on the CPU it is imported only after TRITON_INTERPRET is set
+        import torch
 
-        _open_gpu()
+        torch.cuda.init()
+        torch.empty(1, device="cuda").fill_(1)
 
 
 def main() -> None:
@@ -122,15 +114,28 @@ def main() -> None:
     write = _channel_writer(spec["channel"])
     token = spec["token"]
     applied = {"filesystem": False, "reads": False, "network": False}
-    job = {**spec["job"], "worker_prepare_s": prepared - STARTED, "worker_received": time.perf_counter()}
+    job = {
+        **spec["job"],
+        "worker_prepare_s": prepared - STARTED,
+        "worker_received": time.perf_counter(),
+    }
     if spec.get("restrict_writes", True):
-        readable = [*default_readable(), *spec.get("readable", [])] if spec.get("restrict_reads", False) else None
-        applied = restrict_filesystem(spec.get("writable", []), readable)
+        readable = (
+            [*default_readable(), *spec.get("readable", [])]
+            if spec.get("restrict_reads", False)
+            else None
+        )
+        # TCP stays open to the trusted process (its network namespace is empty anyway): Nsight
+        # Compute's frontend, which it starts, talks to the profiled runner over loopback TCP.
+        applied = restrict_filesystem(spec.get("writable", []), readable, deny_tcp=False)
     del spec
     try:
         payload = run(job)
     except Exception as exc:  # noqa: BLE001 - the worker's last line of defence: any error becomes data
-        payload = {"worker_error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc()}
+        payload = {
+            "worker_error": f"{exc.__class__.__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
     payload["sandbox"] = applied
     write(encode_message(token, payload))
     sys.stdout.flush()

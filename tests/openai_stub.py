@@ -1,11 +1,13 @@
 """A tiny OpenAI-compatible chat-completions server for tests, on 127.0.0.1.
 
-    with OpenAIStub([Reply.status(429), Reply.ok("hello")]) as stub:
+    with OpenAIStub([Reply.error(429), Reply.ok("hello")]) as stub:
         ... api_base=stub.api_base ...   # http://127.0.0.1:PORT/v1
         assert len(stub.requests) == 2
 
 Each POST to /v1/chat/completions takes the next scripted `Reply`; when the script runs out the
-last reply repeats. Every request (path, headers, JSON body) is kept in `stub.requests`.
+last reply repeats. Every request (path, headers, JSON body) is kept in `stub.requests`; its
+headers are looked up case-insensitively, as HTTP headers are (clients differ in the case they
+send: `Authorization` or `authorization`).
 """
 
 from __future__ import annotations
@@ -13,8 +15,31 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Headers(Mapping[str, str]):
+    """A request's headers, read-only, with case-insensitive names."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        self._items = {name.lower(): value for name, value in items}
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
 
 
 @dataclass
@@ -103,7 +128,7 @@ class OpenAIStub:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
-                reply = stub._take(self.path, dict(self.headers), body)
+                reply = stub._take(self.path, Headers(self.headers.items()), body)
                 if reply.delay_s and stub._closing.wait(reply.delay_s):
                     return
                 try:
@@ -121,7 +146,7 @@ class OpenAIStub:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
-    def _take(self, path: str, headers: dict, body: bytes) -> Reply:
+    def _take(self, path: str, headers: Headers, body: bytes) -> Reply:
         with self._lock:
             self.requests.append(
                 {"path": path, "headers": headers, "json": json.loads(body or b"{}")}

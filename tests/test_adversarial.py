@@ -221,13 +221,19 @@ NO_CGROUP_GAP = (
 )
 
 
-def assert_no_leftover_processes(marker: str, result: EvalResult | None = None, grace_s: float = 5.0) -> None:
+def assert_no_leftover_processes(
+    marker: str, result: EvalResult | None = None, grace_s: float = 5.0
+) -> None:
     deadline = time.monotonic() + grace_s
     while (left := processes_with_marker(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     if left:
         kill_marked(marker)  # never leave a fork bomb running, whatever the verdict
-        if result is not None and result.sandbox is not None and result.sandbox.process_limit != "cgroup":
+        if (
+            result is not None
+            and result.sandbox is not None
+            and result.sandbox.process_limit != "cgroup"
+        ):
             pytest.xfail(f"{NO_CGROUP_GAP} ({len(left)} left)")
     assert not left, f"{len(left)} processes of the job survived the evaluation: {left[:10]}"
 
@@ -400,7 +406,9 @@ def test_secret_files_of_the_host_user_stay_unreadable(forge_cache_dir: Path):
         source = (CHEATS / "containment_reads_api_key.py").read_text()
         result = evaluate(resolve_problem("softmax"), source, config)
         assert result.status is Status.runtime_error, result.reasons
-        assert key not in result.model_dump_json(), f"a 0600 credentials file of the host user leaked: {result.reasons[0][:200]}"
+        assert key not in result.model_dump_json(), (
+            f"a 0600 credentials file of the host user leaked: {result.reasons[0][:200]}"
+        )
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

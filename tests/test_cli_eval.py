@@ -12,7 +12,13 @@ LEGIT_SOFTMAX = FIXTURES / "legit" / "triton_softmax.py"
 
 
 def forge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "forge.cli.main", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "forge.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_ops_lists_the_catalogue():
@@ -64,7 +70,11 @@ def test_missing_candidate_file_is_a_one_line_error():
 
 
 def test_bad_override_is_a_one_line_error():
-    _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--set", "rows=3"), "--set rows", "batch_size, dim")
+    _one_line_error(
+        forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--set", "rows=3"),
+        "--set rows",
+        "batch_size, dim",
+    )
 
 
 def test_too_few_trials_is_a_one_line_error():
@@ -76,7 +86,9 @@ def test_device_cuda_without_gpu_is_a_one_line_error():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the error path cannot be exercised here")
-    _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cuda"), "--device cpu")
+    _one_line_error(
+        forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cuda"), "--device cpu"
+    )
 
 
 @pytest.mark.parametrize(

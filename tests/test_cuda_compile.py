@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from forge.evaluator import cuda_compile
-from forge.evaluator.cuda_compile import (
-    CudaToolchainError,
-    compile_cuda,
+from forge.evaluator import toolchain
+from forge.evaluator.cuda_source import (
     cuda_sources,
+    includes,
     kernel_decls,
     kernel_names,
+    strip_comments,
+    strip_comments_and_directives,
+    traced_base_name,
 )
+from forge.evaluator.profiling import kernel_base_name
+from forge.evaluator.toolchain import CudaToolchainError, compile_cuda
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGIT = FIXTURES / "legit"
@@ -34,7 +38,7 @@ def candidate(body: str) -> str:
 
 def nvrtc_available() -> bool:
     try:
-        cuda_compile._find_nvrtc()
+        toolchain._find_nvrtc()
     except CudaToolchainError:
         return False
     return True
@@ -77,6 +81,9 @@ __global__ void in_block_b(float* y) {}
 }
 
 __global__ static void with_static(float* y) {}
+__global__ void __attribute__((noinline)) with_attribute(float* y) {}
+template <typename T>
+__global__ void __launch_bounds__(256, 2) templated_bounded(T* y) {}
 __global__ void declared_then_defined(float* y);
 __global__ void declared_then_defined(float* y) {}
 """
@@ -89,12 +96,47 @@ __global__ void declared_then_defined(float* y) {}
         "in_block_a",
         "in_block_b",
         "with_static",
+        "with_attribute",
+        "templated_bounded",
         "declared_then_defined",
     ]
     assert decls["plain_c"].extern_c and not decls["plain_c"].template
     assert decls["in_block_a"].extern_c and decls["in_block_b"].extern_c
     assert not decls["bounded"].extern_c
-    assert decls["templated"].template
+    assert decls["templated"].template and decls["templated_bounded"].template
+
+
+def test_comments_are_stripped_but_string_literals_kept():
+    code = 'printf("// not a comment"); /* gone */ x = 1; // gone too\n#define A 1\nchar c = \'"\';'
+    stripped = strip_comments(code)
+    assert len(stripped) == len(code) and stripped.count("\n") == code.count("\n")
+    assert '"// not a comment"' in stripped and "x = 1;" in stripped
+    assert "gone" not in stripped and "#define A 1" in stripped
+    assert "#define" not in strip_comments_and_directives(code)
+
+
+def test_includes_of_a_source():
+    code = '#include <cuda_fp16.h>\n  #  include "local.h"\n// #include "/etc/passwd"\n#include HEADER\n'
+    found = [(i.target, i.form) for i in includes(code)]
+    assert found == [("cuda_fp16.h", "angle"), ("local.h", "quoted"), ("HEADER", "computed")]
+
+
+@pytest.mark.parametrize(
+    "traced, name",
+    [
+        (
+            "(anonymous namespace)::softmax_rows_f32(float const*, float*, long, bool)",
+            "softmax_rows_f32",
+        ),
+        ("void ns::k<128>(float*)", "k"),
+        ("void ns::k<128, std::less<int> >(float*)", "k"),
+        ("void gemm<float>(float*, int (*)(int))", "gemm"),
+        ("_softmax_kernel", "_softmax_kernel"),
+        ("relu_f32", "relu_f32"),
+    ],
+)
+def test_traced_kernel_names_reduce_to_the_declared_name(traced, name):
+    assert traced_base_name(traced) == name == kernel_base_name(traced)
 
 
 def test_kernel_names_from_a_candidate_covers_every_source():
@@ -264,7 +306,7 @@ def test_inline_fixture_compiles_against_torch_headers(tmp_path):
         assert flag in source.command
     assert (tmp_path / "00_CUDA_SOURCE.o").is_file()
     written = (tmp_path / "00_CUDA_SOURCE.cu").read_text()
-    assert written.startswith(cuda_compile.INLINE_PRELUDE + '#line 14 "cuda_inline_softmax.py"\n')
+    assert written.startswith(toolchain.INLINE_PRELUDE + '#line 14 "cuda_inline_softmax.py"\n')
 
 
 def test_bad_fixture_reports_the_offending_line():
@@ -314,9 +356,9 @@ def test_requested_kernel_missing_from_the_sources_is_reported():
 
 def test_host_missing_toolkit_header_is_told_apart_from_a_candidate_error(monkeypatch):
     monkeypatch.setattr(
-        cuda_compile,
+        toolchain,
         "TOOLKIT_LIBRARY_HEADERS",
-        cuda_compile.TOOLKIT_LIBRARY_HEADERS | {"forge_absent_lib.h"},
+        toolchain.TOOLKIT_LIBRARY_HEADERS | {"forge_absent_lib.h"},
     )
     src = candidate(
         'm = cupy.RawModule(code=r"""#include <forge_absent_lib.h>\nextern "C" __global__ void k(float* y) {}""")\n'
@@ -359,8 +401,8 @@ def test_compile_timeout_kills_the_compiler(tmp_path):
 
 
 def test_missing_nvcc_raises_a_toolchain_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(cuda_compile.shutil, "which", lambda name: None)
-    monkeypatch.setattr(cuda_compile, "DEFAULT_CUDA_HOMES", (str(tmp_path),))
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)
+    monkeypatch.setattr(toolchain, "DEFAULT_CUDA_HOMES", (str(tmp_path),))
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     with pytest.raises(CudaToolchainError, match="nvcc not found"):

@@ -60,13 +60,17 @@ def run_gpu(name_or_path: str | Path, cache_dir: Path, **overrides) -> EvalResul
     path = Path(name_or_path)
     if not path.is_absolute():
         path = CHEATS / f"{name_or_path}.py"
-    result = evaluate(resolve_problem("softmax"), path.read_text(), gpu_config(cache_dir, **overrides))
+    result = evaluate(
+        resolve_problem("softmax"), path.read_text(), gpu_config(cache_dir, **overrides)
+    )
     print(_summary(path.stem, result))  # shown with -s or on failure
     return result
 
 
 def _summary(name: str, result: EvalResult) -> str:
-    lines = [f"[{name}] {result.status.value} on {result.environment.gpu_name or '?'}: {result.reasons[:2]}"]
+    lines = [
+        f"[{name}] {result.status.value} on {result.environment.gpu_name or '?'}: {result.reasons[:2]}"
+    ]
     for t in result.timings:
         eager = f"{t.eager.median_ms:.4f}" if t.eager else "-"
         lines.append(
@@ -85,7 +89,11 @@ def _cases() -> list:
     cases = []
     for spec in GPU_SPECS:
         e = spec.default
-        marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"GAP: {e.gap}")] if e.gap else []
+        marks = (
+            [pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"GAP: {e.gap}")]
+            if e.gap
+            else []
+        )
         cases.append(pytest.param(spec, e, id=spec.name, marks=marks))
     return cases
 
@@ -105,7 +113,9 @@ def legit_timing(legit: EvalResult) -> SetTiming:
 
 @requires_cuda
 @pytest.mark.parametrize(("spec", "expectation"), _cases())
-def test_gpu_cheat_gains_nothing(spec: CheatSpec, expectation: Expectation, forge_cache_dir: Path, legit_timing: SetTiming):
+def test_gpu_cheat_gains_nothing(
+    spec: CheatSpec, expectation: Expectation, forge_cache_dir: Path, legit_timing: SetTiming
+):
     """Each GPU cheat is caught or, where its docstring says `expect: correct`, its trick never
     fires: it then does the work on every timed call and is timed at no less than the plain
     kernel it wraps."""
@@ -133,7 +143,9 @@ def test_gpu_free_timed_calls_are_at_least_flagged(forge_cache_dir: Path):
     if result.status is not Status.correct:
         return
     timing = _timing(result)
-    assert timing is not None and timing.floor_ms is not None, f"no roofline for {result.environment.gpu_name!r}: add it to forge.evaluator.gpus"
+    assert timing is not None and timing.floor_ms is not None, (
+        f"no roofline for {result.environment.gpu_name!r}: add it to forge.evaluator.gpus"
+    )
     assert result.suspicious, (
         f"correct and NOT flagged: median {timing.candidate.median_ms:.4f} ms, floor {timing.floor_ms:.4f} ms, speedup {timing.speedup_vs_eager}"
     )
@@ -144,16 +156,17 @@ def test_gpu_free_timed_calls_are_at_least_flagged(forge_cache_dir: Path):
 
 
 @requires_cuda
-def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path, legit_timing: SetTiming):
-    """With the static check off (it rejects stream creation), the harness's device-wide
-    synchronize before the end event must time the side-stream kernel: the result is correct
-    (the kernel is) and its time is honest: not below the roofline floor, no 10x speedup, and the
-    host clock agrees with the events."""
+def test_gpu_side_stream_work_is_inside_the_timed_window(
+    forge_cache_dir: Path, legit_timing: SetTiming
+):
+    """With the static check off (it rejects stream creation), work left running on a side
+    stream is either caught (each timed call's output is cloned on the timing stream right after
+    its end event, so an unfinished output fails re-verification; the trusted clock bounds the
+    batch) or, when the candidate makes the timing stream wait for it, timed honestly: not below
+    the roofline floor, no 10x speedup."""
     result = run_gpu("gpu_row10_side_stream", forge_cache_dir, static_checks=False)
-    if result.status is Status.rejected:
-        return  # flagging stream creation at run time is an acceptable answer too
-    # the fixture orders its side stream after the inputs, so only a missing device-wide
-    # synchronize in the harness could make its output wrong
+    if result.status in (Status.rejected, Status.incorrect):
+        return
     assert result.status is Status.correct, result.reasons
     timing = _timing(result)
     assert timing is not None and timing.eager is not None
@@ -164,6 +177,49 @@ def test_gpu_side_stream_work_is_inside_the_timed_window(forge_cache_dir: Path, 
     if timing.roofline_fraction is not None:
         assert timing.roofline_fraction <= 1.05, (timing.candidate.median_ms, timing.floor_ms)
     assert not result.suspicious, result.suspicious_reasons
+
+
+# ---- rows 23-25: output not produced by the candidate's kernels --------------------------------
+
+
+@requires_cuda
+@pytest.mark.parametrize(
+    "name", ["gpu_row23_host_compute", "row25_eval_through_annotations", "row17_library_alone"]
+)
+@pytest.mark.parametrize("profile", [False, True])
+def test_gpu_output_not_from_own_kernels_is_rejected(
+    forge_cache_dir: Path, name: str, profile: bool
+):
+    """A decoy launch plus host compute, or PyTorch compute with the op monitor popped, or a
+    library call alone: without the profile the runner's trace and copy accounting catch them
+    (defence in depth); with it, Nsight Compute's count of the bytes the candidate's kernels
+    wrote, taken outside the runner, must reject them too."""
+    problem = "conv2d" if name == "row17_library_alone" else "softmax"
+    path = CHEATS / f"{name}.py"
+    config = gpu_config(forge_cache_dir, static_checks=False, profile=profile)
+    result = evaluate(resolve_problem(problem), path.read_text(), config)
+    print(_summary(name, result))
+    assert result.status is Status.rejected, (result.status, result.reasons)
+
+
+@requires_cuda
+def test_gpu_device_time_agrees_with_nsight_compute(legit_profiled: EvalResult):
+    timing = next(t for t in legit_profiled.timings if t.target)
+    assert legit_profiled.profile is not None and legit_profiled.profile.tool == "ncu", (
+        legit_profiled.profile
+    )
+    ncu_ms = sum(k.duration_us or 0.0 for k in legit_profiled.profile.kernels) / 1e3
+    assert abs(timing.candidate.median_ms / ncu_ms - 1.0) <= 0.10, (
+        timing.candidate.median_ms,
+        ncu_ms,
+    )
+
+
+@pytest.fixture(scope="module")
+def legit_profiled(tmp_path_factory) -> EvalResult:
+    return run_gpu(
+        LEGIT / "triton_softmax.py", tmp_path_factory.mktemp("legit-profiled"), profile=True
+    )
 
 
 # ---- row 19: persisting L2 is reset before timing -----------------------------------------------
@@ -187,5 +243,7 @@ def test_gpu_persisting_l2_is_reset_before_timing(legit: EvalResult):
 @requires_cuda
 def test_gpu_swapped_timing_module_is_rejected(forge_cache_dir: Path):
     result = run_gpu("row22_poisons_environment", forge_cache_dir, static_checks=False)
-    assert result.status is Status.rejected, f"got {result.status.value}: speedup {result.speedup_vs_eager} suspicious={result.suspicious}"
+    assert result.status is Status.rejected, (
+        f"got {result.status.value}: speedup {result.speedup_vs_eager} suspicious={result.suspicious}"
+    )
     assert re.search("tampered", result.reasons[0])

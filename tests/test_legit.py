@@ -5,6 +5,7 @@ compile with nvcc and must be `compiled`. The same files are evaluated on the GP
 `tests/test_gpu_evaluator.py`.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,18 @@ LEGIT = sorted((Path(__file__).parent / "fixtures" / "legit").glob("*.py"))
 
 
 def op_of(path: Path) -> str:
+    """The catalogue problem a fixture solves: named by a docstring starting `Problem: <name>.`,
+    else by the file name, triton_<op>, cuda_inline_<op> or cuda_nvrtc_<op>."""
+    declared = re.match(r'"""Problem: ([\w-]+)\.', path.read_text())
+    if declared:
+        return declared.group(1)
     stem = path.stem
     for prefix in ("triton_", "cuda_inline_", "cuda_nvrtc_"):
         if stem.startswith(prefix):
             return stem[len(prefix) :]
-    raise AssertionError(f"legit fixture {path.name} must be named triton_<op>, cuda_inline_<op> or cuda_nvrtc_<op>")
+    raise AssertionError(
+        f"legit fixture {path.name} must be named triton_<op>, cuda_inline_<op> or cuda_nvrtc_<op>"
+    )
 
 
 def test_at_least_ten_legit_candidates_over_several_ops():

@@ -23,7 +23,11 @@ SOURCE = (LEGIT / "triton_softmax.py").read_text()
 
 @pytest.fixture
 def env(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if k not in ("FORGE_DB_URL", "FORGE_LIBRARY", "TRITON_INTERPRET")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORGE_DB_URL", "FORGE_LIBRARY", "TRITON_INTERPRET")
+    }
     environ["FORGE_HOME"] = str(tmp_path / "home")
     environ["COLUMNS"] = "200"
     return environ
@@ -35,15 +39,21 @@ def db(tmp_path, env):
     store = RunStore(url)
     run = store.create_run(SOFTMAX, {}, "m", "m", "triton", "cuda")
     fast = store.add_candidate(run, 0, 0, SOURCE, "triton", "initial")
-    store.add_evaluation(fast, make_result(SOFTMAX, {"tiny": 1.2, "odd": 1.3, "wide": 1.4, "large": 1.5}))
+    store.add_evaluation(
+        fast, make_result(SOFTMAX, {"tiny": 1.2, "odd": 1.3, "wide": 1.4, "large": 1.5})
+    )
     slow = store.add_candidate(run, 0, 1, SOURCE + "\n# slow\n", "triton", "optimize")
-    store.add_evaluation(slow, make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.0, "wide": 1.0, "large": 1.01}))
+    store.add_evaluation(
+        slow, make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.0, "wide": 1.0, "large": 1.01})
+    )
     return {"url": url, "store": store, "fast": fast, "slow": slow}
 
 
 def library(*args: str, env: dict) -> subprocess.CompletedProcess:
     code = "from forge.cli.library import library_app; library_app(prog_name='forge library')"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def one_line_error(out: subprocess.CompletedProcess, code: int, *needles: str) -> str:
@@ -61,9 +71,16 @@ def test_promote_list_show(db, env):
     out = library("promote", f"c{db['fast']}", "--db", db["url"], env=env)
     assert out.returncode == 0, out.stderr
     assert "promoted candidate" in out.stdout and "sm_90" in out.stdout
-    one_line_error(library("promote", str(db["slow"]), "--db", db["url"], env=env), 1, "not promoted", "below the 1.05x threshold")
+    one_line_error(
+        library("promote", str(db["slow"]), "--db", db["url"], env=env),
+        1,
+        "not promoted",
+        "below the 1.05x threshold",
+    )
     one_line_error(library("promote", "999", "--db", db["url"], env=env), 2, "no candidate 999")
-    one_line_error(library("promote", "run:3", "--db", db["url"], env=env), 2, "is not a candidate id")
+    one_line_error(
+        library("promote", "run:3", "--db", db["url"], env=env), 2, "is not a candidate id"
+    )
     out = library("list", "--db", db["url"], env=env)
     assert out.returncode == 0
     assert "softmax" in out.stdout and "sm_90" in out.stdout and "1.35x" in out.stdout
@@ -73,7 +90,9 @@ def test_promote_list_show(db, env):
     assert out.returncode == 0
     for needle in ("large", "4096", "1.50x", "3 seeds", "candidate"):
         assert needle in out.stdout
-    shown = json.loads(library("show", rows[0]["id"][:8], "--json", "--db", db["url"], env=env).stdout)
+    shown = json.loads(
+        library("show", rows[0]["id"][:8], "--json", "--db", db["url"], env=env).stdout
+    )
     assert shown["id"] == rows[0]["id"] and shown["sets"][0]["input_set"] == "tiny"
     one_line_error(library("show", "42", "--db", db["url"], env=env), 2, "no library entry 42")
     one_line_error(library("show", "zz", "--db", db["url"], env=env), 2, "no library entry 'zz'")
@@ -90,8 +109,16 @@ def test_export_import_and_a_tampered_import(db, env, tmp_path):
     kernel = next(shipped.iterdir()) / "kernel.py"
     kernel.write_text(kernel.read_text() + "\n# edited\n")
     third = f"sqlite:///{tmp_path / 'third.db'}"
-    one_line_error(library("import", str(shipped), "--db", third, env=env), 2, "kernel.py does not match the sha256")
-    one_line_error(library("import", str(tmp_path / "nowhere"), "--db", third, env=env), 2, "is not a directory")
+    one_line_error(
+        library("import", str(shipped), "--db", third, env=env),
+        2,
+        "kernel.py does not match the sha256",
+    )
+    one_line_error(
+        library("import", str(tmp_path / "nowhere"), "--db", third, env=env),
+        2,
+        "is not a directory",
+    )
 
 
 def test_verify_reruns_the_evaluator_for_entries_from_elsewhere(db, env):
@@ -110,4 +137,8 @@ def test_bench_needs_a_gpu(db, env):
 
 
 def test_verify_rejects_a_bad_device(db, env):
-    one_line_error(library("verify", "--device", "tpu", "--db", db["url"], env=env), 2, "--device must be cuda or cpu")
+    one_line_error(
+        library("verify", "--device", "tpu", "--db", db["url"], env=env),
+        2,
+        "--device must be cuda or cpu",
+    )

@@ -36,32 +36,63 @@ TRITON = triton_version()
 
 
 def timing(ms: float) -> TimingStats:
-    return TimingStats(n=50, median_ms=ms, p20_ms=ms * 0.99, p80_ms=ms * 1.01, mean_ms=ms, cv=0.01, host_median_ms=ms)
+    return TimingStats(
+        n=50,
+        median_ms=ms,
+        p20_ms=ms * 0.99,
+        p80_ms=ms * 1.01,
+        mean_ms=ms,
+        cv=0.01,
+        host_median_ms=ms,
+    )
 
 
-def environment(device: str = "cuda", arch: str = "sm_90", torch_version: str = "2.11.0+cu130", triton: str = "3.6.0", cuda: str = "13.0") -> Environment:
-    return Environment(device=device, gpu_name="NVIDIA H100" if device == "cuda" else "", arch=arch, torch_version=torch_version, triton_version=triton, cuda_version=cuda)
+def environment(
+    device: str = "cuda",
+    arch: str = "sm_90",
+    torch_version: str = "2.11.0+cu130",
+    triton: str = "3.6.0",
+    cuda: str = "13.0",
+) -> Environment:
+    return Environment(
+        device=device,
+        gpu_name="NVIDIA H100" if device == "cuda" else "",
+        arch=arch,
+        torch_version=torch_version,
+        triton_version=triton,
+        cuda_version=cuda,
+    )
 
 
 def cpu_environment() -> Environment:
     return environment("cpu", "cpu", TORCH, TRITON, "")
 
 
-def checks_for(sets: list[str], seeds: int = 3, failed: tuple[str, int] | None = None) -> list[Check]:
+def checks_for(
+    sets: list[str], seeds: int = 3, failed: tuple[str, int] | None = None
+) -> list[Check]:
     out = []
     for name in sets:
         for seed in range(seeds):
             bad = failed == (name, seed)
             out.append(
                 Check(
-                    input_set=name, seed_index=seed, phase="before_reference", passed=not bad,
-                    max_abs_error=0.5 if bad else 1e-7, max_rel_error=1e-6, mismatches=3 if bad else 0, numel=100,
+                    input_set=name,
+                    seed_index=seed,
+                    phase="before_reference",
+                    passed=not bad,
+                    max_abs_error=0.5 if bad else 1e-7,
+                    max_rel_error=1e-6,
+                    mismatches=3 if bad else 0,
+                    numel=100,
                 )
             )
     return out
 
 
-def timings_for(speedups: dict[str, float], *, eager: bool = True, compile_ratio: float = 0.8) -> list[SetTiming]:
+def timings_for(
+    speedups: dict[str, float], *, eager: bool = True, compile_ratio: float = 0.8
+) -> list[SetTiming]:
     out = []
     for name, x in speedups.items():
         t = SetTiming(input_set=name, candidate=timing(1.0))
@@ -120,18 +151,35 @@ def real_cpu_result(op: str, fixture: str) -> EvalResult:
     return result
 
 
-def cpu_entry(op: str, fixture: str, speedups: dict[str, float] | None = None, *, source: str | None = None, **problem_update) -> EntryRecord:
+def cpu_entry(
+    op: str,
+    fixture: str,
+    speedups: dict[str, float] | None = None,
+    *,
+    source: str | None = None,
+    **problem_update,
+) -> EntryRecord:
     """A library entry for this CPU (arch `cpu`, this torch/triton) from a real CPU evaluation
     of the fixture, with timings added (the CPU cannot time)."""
     problem = cpu_problem(op, **problem_update)
     result = real_cpu_result(op, fixture)
     names = [s.name for s in problem.input_sets]
     timings = timings_for(speedups or {n: 1.5 for n in names})
-    timed = result.model_copy(update={"timings": timings, "timing_meaningful": True, "speedup_vs_eager": geomean([t.speedup_vs_eager for t in timings])})
-    return build_entry(problem, source if source is not None else (LEGIT / fixture).read_text(), timed, 1.05)
+    timed = result.model_copy(
+        update={
+            "timings": timings,
+            "timing_meaningful": True,
+            "speedup_vs_eager": geomean([t.speedup_vs_eager for t in timings]),
+        }
+    )
+    return build_entry(
+        problem, source if source is not None else (LEGIT / fixture).read_text(), timed, 1.05
+    )
 
 
-def foreign_entry(op: str, fixture: str, *, arch: str = "sm_90", dtype: str | None = None) -> EntryRecord:
+def foreign_entry(
+    op: str, fixture: str, *, arch: str = "sm_90", dtype: str | None = None
+) -> EntryRecord:
     """An entry verified on another machine (a GPU), built from constructed results."""
     update = {"dtype": dtype} if dtype else {}
     problem = cpu_problem(op, **update)
@@ -157,13 +205,30 @@ def test_major_minor():
 
 
 def test_pow2_buckets_for_batch_like_dims_exact_for_weight_like():
-    assert [pow2_bucket(v) for v in (0, 1, 2, 3, 7, 8, 9, 4096, 4097)] == [1, 1, 2, 4, 8, 8, 16, 4096, 8192]
+    assert [pow2_bucket(v) for v in (0, 1, 2, 3, 7, 8, 9, 4096, 4097)] == [
+        1,
+        1,
+        2,
+        4,
+        8,
+        8,
+        16,
+        4096,
+        8192,
+    ]
     rules = {"batch_size": "pow2", "dim": "exact"}
     assert bucket_of({"batch_size": 3000, "dim": 1000}, rules) == {"batch_size": 4096, "dim": 1000}
-    assert bucket_of({"batch_size": 4096, "dim": 1000}, rules) == bucket_of({"batch_size": 2049, "dim": 1000}, rules)
-    assert bucket_of({"batch_size": 4096, "dim": 1001}, rules) != bucket_of({"batch_size": 4096, "dim": 1000}, rules)
+    assert bucket_of({"batch_size": 4096, "dim": 1000}, rules) == bucket_of(
+        {"batch_size": 2049, "dim": 1000}, rules
+    )
+    assert bucket_of({"batch_size": 4096, "dim": 1001}, rules) != bucket_of(
+        {"batch_size": 4096, "dim": 1000}, rules
+    )
     # a constant without a declared rule is exact
-    assert bucket_of({"batch_size": 3, "num_groups": 5}, {"batch_size": "pow2"}) == {"batch_size": 4, "num_groups": 5}
+    assert bucket_of({"batch_size": 3, "num_groups": 5}, {"batch_size": "pow2"}) == {
+        "batch_size": 4,
+        "num_groups": 5,
+    }
 
 
 def test_machine_compatibility_names_every_difference():
@@ -171,7 +236,9 @@ def test_machine_compatibility_names_every_difference():
     same = dict(arch="sm_90", torch="2.11", triton="3.6", cuda="13.0", backend="triton")
     assert incompatibility(here, **same) is None
     why = incompatibility(here, **{**same, "arch": "sm_80", "torch": "2.10"})
-    assert "arch sm_80 (here sm_90)" in why and "torch 2.10" in why and "forge library verify" in why
+    assert (
+        "arch sm_80 (here sm_90)" in why and "torch 2.10" in why and "forge library verify" in why
+    )
     assert "triton 3.5" in incompatibility(here, **{**same, "triton": "3.5"})
     # triton's version does not matter for a CUDA-backend kernel; CUDA's does
     assert incompatibility(here, **{**same, "triton": "3.5", "backend": "cuda"}) is None

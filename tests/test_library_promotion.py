@@ -38,7 +38,12 @@ def test_a_correct_fast_candidate_becomes_an_entry_keyed_to_its_machine():
     record = build_entry(SOFTMAX, SOURCE, result, 1.05, candidate_id=7, run_id=3)
     m = record.meta
     assert (m.op, m.aten, m.dtype, m.backend) == ("softmax", "aten::_softmax", "float32", "triton")
-    assert (m.arch, m.torch_version, m.triton_version, m.cuda_version) == ("sm_90", "2.11", "3.6", "13.0")
+    assert (m.arch, m.torch_version, m.triton_version, m.cuda_version) == (
+        "sm_90",
+        "2.11",
+        "3.6",
+        "13.0",
+    )
     assert m.versions_full["torch"] == "2.11.0+cu130"
     by_set = {s.input_set: s for s in m.sets}
     # batch_size is batch-like (pow2 bucket), dim weight-like (exact)
@@ -46,7 +51,9 @@ def test_a_correct_fast_candidate_becomes_an_entry_keyed_to_its_machine():
     assert by_set["wide"].bucket == {"batch_size": 256, "dim": 32769}
     assert by_set["large"].constants == {"batch_size": 4096, "dim": 8192}
     # per-set speedups kept; a set slower than the threshold is not served
-    assert by_set["wide"].speedup_vs_eager == 2.0 and by_set["wide"].speedup_vs_compile == pytest.approx(1.6)
+    assert by_set["wide"].speedup_vs_eager == 2.0 and by_set[
+        "wide"
+    ].speedup_vs_compile == pytest.approx(1.6)
     assert [s.served for s in m.sets] == [True, False, True, True]
     assert m.speedup_vs_eager == pytest.approx((1.2 * 1.0 * 2.0 * 1.3) ** 0.25)
     v = m.verification
@@ -69,7 +76,9 @@ def test_refused_when_not_correct():
 
 def test_refused_when_a_check_failed():
     reasons = refused(make_result(SOFTMAX, failed=("odd", 2)))
-    assert any("1 correctness check(s) failed (first: input set 'odd', seed 2" in r for r in reasons)
+    assert any(
+        "1 correctness check(s) failed (first: input set 'odd', seed 2" in r for r in reasons
+    )
 
 
 def test_refused_when_an_input_set_was_not_checked():
@@ -99,14 +108,21 @@ def test_refused_below_the_threshold_with_the_per_set_numbers():
     assert len(reasons) == 1
     assert "below the 1.05x threshold" in reasons[0] and "large 1.06x" in reasons[0]
     # the same result passes a lower threshold
-    assert build_entry(SOFTMAX, SOURCE, make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.02, "wide": 1.04, "large": 1.06}), 1.02)
+    assert build_entry(
+        SOFTMAX,
+        SOURCE,
+        make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.02, "wide": 1.04, "large": 1.06}),
+        1.02,
+    )
 
 
 def test_refused_without_timings_cpu_evaluation():
     # the evaluator's own CPU verdict: correct, but nothing timed
     result = real_cpu_result("softmax", "triton_softmax.py")
     reasons = refusal_reasons(result, cpu_problem("softmax"))
-    assert reasons == ["no timings: evaluated on 'cpu' (promotion needs timings vs eager from a GPU)"]
+    assert reasons == [
+        "no timings: evaluated on 'cpu' (promotion needs timings vs eager from a GPU)"
+    ]
 
 
 def test_refused_when_a_set_was_timed_without_eager():
@@ -123,7 +139,12 @@ def test_refused_without_architecture_or_versions():
 
 
 def test_every_failed_rule_is_listed_at_once():
-    result = make_result(SOFTMAX, {"tiny": 0.5, "odd": 0.5, "wide": 0.5, "large": 0.5}, suspicious=True, status=Status.incorrect)
+    result = make_result(
+        SOFTMAX,
+        {"tiny": 0.5, "odd": 0.5, "wide": 0.5, "large": 0.5},
+        suspicious=True,
+        status=Status.incorrect,
+    )
     reasons = refused(result)
     assert len(reasons) == 3 and "below the 1.05x threshold" in reasons[-1]
 
@@ -143,8 +164,12 @@ def store(tmp_path, monkeypatch) -> RunStore:
     return RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
 
 
-def add_candidate(store: RunStore, run_id: int, result, source: str = SOURCE, round: int = 0) -> int:
-    cid = store.add_candidate(run_id, 0, round, source, "triton", "initial" if round == 0 else "optimize")
+def add_candidate(
+    store: RunStore, run_id: int, result, source: str = SOURCE, round: int = 0
+) -> int:
+    cid = store.add_candidate(
+        run_id, 0, round, source, "triton", "initial" if round == 0 else "optimize"
+    )
     store.add_evaluation(cid, result)
     return cid
 
@@ -155,12 +180,24 @@ def new_run(store: RunStore) -> int:
 
 def test_promote_stores_the_entry_and_publishes_its_folder(store, tmp_path):
     run = new_run(store)
-    cid = add_candidate(store, run, make_result(SOFTMAX, {"tiny": 1.1, "odd": 1.2, "wide": 1.3, "large": 1.4}))
+    cid = add_candidate(
+        store, run, make_result(SOFTMAX, {"tiny": 1.1, "odd": 1.2, "wide": 1.3, "large": 1.4})
+    )
     row = promote(store, cid)
-    assert (row.op, row.dtype, row.arch, row.torch_version, row.triton_version, row.cuda_version) == ("softmax", "float32", "sm_90", "2.11", "3.6", "13.0")
+    assert (
+        row.op,
+        row.dtype,
+        row.arch,
+        row.torch_version,
+        row.triton_version,
+        row.cuda_version,
+    ) == ("softmax", "float32", "sm_90", "2.11", "3.6", "13.0")
     assert row.candidate_id == cid and row.active and row.speedup_vs_eager > 1.05
     assert json.loads(row.shape_key) == [
-        {"batch_size": 8, "dim": 127}, {"batch_size": 64, "dim": 1000}, {"batch_size": 256, "dim": 32769}, {"batch_size": 4096, "dim": 8192},
+        {"batch_size": 8, "dim": 127},
+        {"batch_size": 64, "dim": 1000},
+        {"batch_size": 256, "dim": 32769},
+        {"batch_size": 4096, "dim": 8192},
     ]
     record = record_from_row(row)
     folder = tmp_path / "home" / "library" / record.meta.folder_name()
@@ -173,8 +210,13 @@ def test_promote_stores_the_entry_and_publishes_its_folder(store, tmp_path):
 
 def test_promote_refusals_through_the_database(store):
     run = new_run(store)
-    slow = add_candidate(store, run, make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.0, "wide": 1.0, "large": 1.0}))
-    with pytest.raises(PromotionRefused, match=r"candidate \d+ not promoted: 1.000x vs eager .* below the 1.05x threshold"):
+    slow = add_candidate(
+        store, run, make_result(SOFTMAX, {"tiny": 1.0, "odd": 1.0, "wide": 1.0, "large": 1.0})
+    )
+    with pytest.raises(
+        PromotionRefused,
+        match=r"candidate \d+ not promoted: 1.000x vs eager .* below the 1.05x threshold",
+    ):
         promote(store, slow)
     unevaluated = store.add_candidate(run, 0, 1, SOURCE, "triton", "optimize")
     with pytest.raises(PromotionRefused, match="it was never evaluated"):
@@ -188,13 +230,23 @@ def test_promote_best_returns_the_entry_or_the_reason(store):
     run = new_run(store)
     entry, reason = promote_best(store, run)
     assert entry is None and reason == f"run {run} has no correct, non-suspicious candidate"
-    add_candidate(store, run, make_result(SOFTMAX, {"tiny": 1.01, "odd": 1.0, "wide": 1.0, "large": 1.0}))
+    add_candidate(
+        store, run, make_result(SOFTMAX, {"tiny": 1.01, "odd": 1.0, "wide": 1.0, "large": 1.0})
+    )
     entry, reason = promote_best(store, run)
     assert entry is None and "below the 1.05x threshold" in reason
-    fast = add_candidate(store, run, make_result(SOFTMAX, {"tiny": 1.5, "odd": 1.6, "wide": 1.7, "large": 1.8}), SOURCE + "\n# faster\n", round=1)
+    fast = add_candidate(
+        store,
+        run,
+        make_result(SOFTMAX, {"tiny": 1.5, "odd": 1.6, "wide": 1.7, "large": 1.8}),
+        SOURCE + "\n# faster\n",
+        round=1,
+    )
     entry, reason = promote_best(store, run)
     assert entry is not None and entry.candidate_id == fast
-    assert reason.startswith(f"candidate {fast} promoted as library entry {entry.id} (softmax, float32, sm_90, 1.6")
+    assert reason.startswith(
+        f"candidate {fast} promoted as library entry {entry.id} (softmax, float32, sm_90, 1.6"
+    )
 
 
 def test_suspicious_best_is_not_promoted(store):

@@ -20,7 +20,10 @@ from forge.kernels_library import adapters, runtime
 # Triton decides at import whether its kernels (and its standard library) are interpreted, so
 # TRITON_INTERPRET=1 is set (by the `interpreter` fixture) before this process first imports
 # triton, which only library kernels loaded here do. Only on a host without a GPU.
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)",
+)
 
 CPU = ["cpu"]
 
@@ -48,7 +51,12 @@ def clean():
 def entries():
     softmax = cpu_entry("softmax", "triton_softmax.py", {"tiny": 1.5, "odd": 1.5})
     # the same kernel (a comment apart): faster on 'tiny', slower on 'odd'
-    softmax_b = cpu_entry("softmax", "triton_softmax.py", {"tiny": 2.0, "odd": 1.2}, source=(LEGIT / "triton_softmax.py").read_text() + "\n# variant b\n")
+    softmax_b = cpu_entry(
+        "softmax",
+        "triton_softmax.py",
+        {"tiny": 2.0, "odd": 1.2},
+        source=(LEGIT / "triton_softmax.py").read_text() + "\n# variant b\n",
+    )
     return {
         "softmax": softmax,
         "softmax_b": softmax_b,
@@ -125,7 +133,10 @@ def test_library_kernels_serve_matching_calls(library, entries):
     assert op_stats("layer_norm")["library_calls"] == 1
     assert op_stats("gelu")["library_calls"] == 1
     # the fastest entry per bucket: variant b on 'tiny' (2.0x), the original on 'odd' (1.5x)
-    assert op_stats("softmax")["library_calls_by_entry"] == {entries["softmax_b"].meta.id: 1, entries["softmax"].meta.id: 1}
+    assert op_stats("softmax")["library_calls_by_entry"] == {
+        entries["softmax_b"].meta.id: 1,
+        entries["softmax"].meta.id: 1,
+    }
     assert all(not v for v in (fallbacks("softmax"), fallbacks("layer_norm"), fallbacks("gelu")))
 
 
@@ -165,10 +176,18 @@ def lib(library):
 
 def test_fallback_softmax_arguments_and_shapes(lib):
     x = torch.randn(7, 127)
-    assert_fallback("softmax", adapters.NOT_LAST_DIM, lambda: torch.softmax(torch.randn(127, 7, generator=torch.Generator().manual_seed(0)), 0))
+    assert_fallback(
+        "softmax",
+        adapters.NOT_LAST_DIM,
+        lambda: torch.softmax(torch.randn(127, 7, generator=torch.Generator().manual_seed(0)), 0),
+    )
     assert_fallback("softmax", adapters.NON_CONTIGUOUS, lambda: torch.softmax(x.t(), -1))
-    assert_fallback("softmax", runtime.NO_BUCKET, lambda: torch.softmax(x[:, :100].contiguous(), -1))
-    assert_fallback("softmax", runtime.NO_BUCKET, lambda: torch.softmax(torch.zeros(200, 127), -1))  # batch bucket 256
+    assert_fallback(
+        "softmax", runtime.NO_BUCKET, lambda: torch.softmax(x[:, :100].contiguous(), -1)
+    )
+    assert_fallback(
+        "softmax", runtime.NO_BUCKET, lambda: torch.softmax(torch.zeros(200, 127), -1)
+    )  # batch bucket 256
     assert_fallback("softmax", runtime.NO_DTYPE, lambda: torch.softmax(x.double(), -1))
     assert_fallback("softmax", adapters.ZERO_DIM, lambda: torch.softmax(torch.tensor(3.0), -1))
     assert_fallback("softmax", adapters.EMPTY, lambda: torch.softmax(torch.zeros(0, 127), -1))
@@ -202,11 +221,17 @@ def test_fallback_layer_norm_arguments(lib):
         assert_fallback("layer_norm", adapters.NO_AFFINE, lambda: F.layer_norm(x, (127,)))
         assert_fallback("layer_norm", adapters.NO_AFFINE, lambda: F.layer_norm(x, (127,), w, None))
         assert_fallback("layer_norm", adapters.EPS, lambda: F.layer_norm(x, (127,), w, b, eps=1e-6))
-        assert_fallback("layer_norm", adapters.NORMALIZED_SHAPE, lambda: F.layer_norm(x.view(1, 7, 127), (7, 127)))
+        assert_fallback(
+            "layer_norm",
+            adapters.NORMALIZED_SHAPE,
+            lambda: F.layer_norm(x.view(1, 7, 127), (7, 127)),
+        )
         strided = torch.rand(254)[::2]
         assert_fallback("layer_norm", adapters.MIXED, lambda: F.layer_norm(x, (127,), strided, b))
         transposed = torch.randn(127, 7).t()
-        assert_fallback("layer_norm", adapters.NON_CONTIGUOUS, lambda: F.layer_norm(transposed, (127,), w, b))
+        assert_fallback(
+            "layer_norm", adapters.NON_CONTIGUOUS, lambda: F.layer_norm(transposed, (127,), w, b)
+        )
 
 
 def test_fallback_autograd_keeps_gradients_identical(lib):
@@ -266,10 +291,17 @@ def test_fallback_for_fake_tensors_and_dispatch_modes(lib):
 def test_reentrant_calls_go_to_pytorch(tmp_path, entries):
     # a gelu kernel whose forward also calls torch.softmax (a test-only entry: its timings are
     # attached to the verified fixture's result): the inner call must not re-enter the library
-    source = (LEGIT / "triton_gelu.py").read_text().replace(
-        "        return gelu_forward(x)", "        torch.softmax(x, -1)\n        return gelu_forward(x)"
+    source = (
+        (LEGIT / "triton_gelu.py")
+        .read_text()
+        .replace(
+            "        return gelu_forward(x)",
+            "        torch.softmax(x, -1)\n        return gelu_forward(x)",
+        )
     )
-    library = write_all(tmp_path / "lib", entries["softmax"], cpu_entry("gelu", "triton_gelu.py", source=source))
+    library = write_all(
+        tmp_path / "lib", entries["softmax"], cpu_entry("gelu", "triton_gelu.py", source=source)
+    )
     with kl.use(path=library, devices=CPU):
         F.gelu(torch.randn(7, 127))
         assert op_stats("gelu")["library_calls"] == 1
@@ -289,7 +321,9 @@ def test_use_scopes_operators_and_restores(lib):
     F.gelu(x)
     assert op_stats("softmax")["library_calls"] == 1
     assert op_stats("gelu")["library_calls"] == 1
-    assert kl.stats()["ops"]["softmax"]["registered"] and not kl.stats()["ops"]["gelu"]["registered"]
+    assert (
+        kl.stats()["ops"]["softmax"]["registered"] and not kl.stats()["ops"]["gelu"]["registered"]
+    )
     kl.disable()
     with kl.use(ops=["softmax"], path=lib, devices=CPU):
         pass
@@ -297,7 +331,10 @@ def test_use_scopes_operators_and_restores(lib):
 
 
 def test_ops_without_an_aten_counterpart_are_refused_for_dispatch(lib):
-    with pytest.raises(kl.LibraryError, match=r"'silu_and_mul' cannot be dispatched from ATen .*kl.load\('silu_and_mul'\)"):
+    with pytest.raises(
+        kl.LibraryError,
+        match=r"'silu_and_mul' cannot be dispatched from ATen .*kl.load\('silu_and_mul'\)",
+    ):
         kl.enable(["silu_and_mul"], path=lib, devices=CPU)
     with pytest.raises(kl.LibraryError, match="ignore_index"):
         kl.enable(["cross_entropy"], path=lib, devices=CPU)
@@ -326,7 +363,12 @@ def test_load_returns_the_best_module_for_explicit_use(lib, entries):
     # by geomean: variant b (sqrt(2.0 * 1.2) = 1.55) over the original (1.5)
     assert cls.forge_entry.id == entries["softmax_b"].meta.id
     # for a shape: the fastest on its bucket
-    assert kl.load("softmax", device="cpu", path=lib, shape={"batch_size": 40, "dim": 1000}).forge_entry.id == entries["softmax"].meta.id
+    assert (
+        kl.load(
+            "softmax", device="cpu", path=lib, shape={"batch_size": 40, "dim": 1000}
+        ).forge_entry.id
+        == entries["softmax"].meta.id
+    )
     x = torch.randn(7, 127)
     torch.testing.assert_close(cls()(x), torch.softmax(x, -1), atol=1e-6, rtol=1e-5)
     layer_norm = kl.load("layer_norm", device="cpu", path=lib, dtype=torch.float32)
@@ -337,7 +379,10 @@ def test_load_returns_the_best_module_for_explicit_use(lib, entries):
 
 
 def test_load_explains_what_is_missing(lib):
-    with pytest.raises(kl.LibraryError, match=r"no entry for 'rms_norm' verified on this machine .*arch sm_90 \(here cpu\).*forge library verify"):
+    with pytest.raises(
+        kl.LibraryError,
+        match=r"no entry for 'rms_norm' verified on this machine .*arch sm_90 \(here cpu\).*forge library verify",
+    ):
         kl.load("rms_norm", device="cpu", path=lib)
     with pytest.raises(kl.LibraryError, match="no library entry for 'rotary'"):
         kl.load("rotary", device="cpu", path=lib)
@@ -362,7 +407,13 @@ def test_an_entry_for_another_model_is_not_dispatched(tmp_path):
     from forge.kernels_library.promotion import build_entry
 
     problem = resolve_problem("softmax")
-    other = problem.model_copy(update={"source": problem.source.replace("torch.softmax(x, dim=-1)", "torch.softmax(x * 2, dim=-1)")})
+    other = problem.model_copy(
+        update={
+            "source": problem.source.replace(
+                "torch.softmax(x, dim=-1)", "torch.softmax(x * 2, dim=-1)"
+            )
+        }
+    )
     record = build_entry(other, (LEGIT / "triton_softmax.py").read_text(), make_result(other), 1.05)
     report = kl.enable(path=write_all(tmp_path / "lib", record), devices=CPU)
     assert "Model differs from the catalogue" in report.skipped_entries[0]["reason"]

@@ -56,7 +56,10 @@ def test_write_then_read_is_identical(tmp_path):
     back = read_entry(folder)
     assert back.meta == record.meta
     assert back.kernel_source == SOURCE and back.problem_source == SOFTMAX.source
-    assert json.loads((folder / "entry.json").read_text())["files"]["kernel.py"] == record.meta.files["kernel.py"]
+    assert (
+        json.loads((folder / "entry.json").read_text())["files"]["kernel.py"]
+        == record.meta.files["kernel.py"]
+    )
 
 
 def test_export_import_round_trip_between_databases(tmp_path, home):
@@ -83,7 +86,9 @@ def test_export_import_round_trip_between_databases(tmp_path, home):
     assert all(r.candidate_id is None for r in list_entries(second))
     assert after["softmax"].meta.verification.candidate_id == cid
     # importing again changes nothing
-    assert [created for _, created in import_library(second, shipped, publish_to=tmp_path / "local")] == [False, False]
+    assert [
+        created for _, created in import_library(second, shipped, publish_to=tmp_path / "local")
+    ] == [False, False]
     assert len(entry_folders(tmp_path / "local")) == 2
 
 
@@ -97,7 +102,10 @@ def tamper(folder, name, old, new):
 def test_a_modified_kernel_is_refused_with_the_file_named(tmp_path):
     folder = write_entry(entry(), tmp_path)
     tamper(folder, "kernel.py", "num = tl.exp(x)", "num = tl.exp(x) * 1.0001")
-    with pytest.raises(LibraryIntegrityError, match=r"kernel\.py does not match the sha256 recorded in entry\.json .*modified after export"):
+    with pytest.raises(
+        LibraryIntegrityError,
+        match=r"kernel\.py does not match the sha256 recorded in entry\.json .*modified after export",
+    ):
         read_entry(folder)
 
 
@@ -176,6 +184,8 @@ def test_library_dirs_rules(tmp_path, monkeypatch):
 
 def test_secrets_are_not_stored(tmp_path):
     store = RunStore(f"sqlite:///{tmp_path / 'e.db'}")
-    leaky = build_entry(SOFTMAX, SOURCE + "\nAPI_KEY = 'sk-abcdefghijklmnop1234'\n", make_result(SOFTMAX), 1.05)
+    leaky = build_entry(
+        SOFTMAX, SOURCE + "\nAPI_KEY = 'sk-abcdefghijklmnop1234'\n", make_result(SOFTMAX), 1.05
+    )
     with pytest.raises(LibraryError, match="looks like a secret"):
         add_entry(store, leaky)

@@ -426,7 +426,9 @@ def test_gpu_search_keeps_the_fastest_and_shows_the_judge_the_profile(tmp_path):
     assert run.best_candidate_id == max(trusted, key=trusted.get)
     assert run.best_speedup_vs_eager == pytest.approx(max(trusted.values()))
     live = re.findall(r"best cand (\d+)", result.output)
-    assert live and int(live[-1]) == run.best_candidate_id, "the live progress and the summary disagree on the best"
+    assert live and int(live[-1]) == run.best_candidate_id, (
+        "the live progress and the summary disagree on the best"
+    )
     judge_prompt = json.loads(store.llm_calls(run.id, role="judge")[0].messages_json)[1]["content"]
     assert "| large |" in judge_prompt and "Geometric mean speedup" in judge_prompt
     assert "SMs" in judge_prompt and "Profile (" in judge_prompt

@@ -4,7 +4,7 @@ import pytest
 
 from forge.evaluator.problem import ProblemError, load_problem, parse_overrides, resolve_problem
 
-KERNELBENCH = '''
+KERNELBENCH = """
 import torch
 import torch.nn as nn
 
@@ -22,7 +22,7 @@ def get_inputs():
 
 def get_init_inputs():
     return []
-'''
+"""
 
 
 def test_kernelbench_file_gets_derived_sets_with_odd_sizes_and_a_cpu_set():
@@ -67,11 +67,17 @@ def test_fp16_problem_gets_loose_default_tolerance():
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("import torch\ndef get_inputs(): return []\ndef get_init_inputs(): return []\n", "defines no `class Model"),
+        (
+            "import torch\ndef get_inputs(): return []\ndef get_init_inputs(): return []\n",
+            "defines no `class Model",
+        ),
         ("class Model: pass\ndef get_init_inputs(): return []\n", "defines no get_inputs"),
         ("class Model(:\n", "syntax error"),
         (KERNELBENCH + "\nforge_dtype = 'int4'\n", "forge_dtype 'int4'"),
-        (KERNELBENCH + "\nforge_input_sets = [{'name': 'a', 'cols': 3}]\n", "'cols', which is not a module-level integer constant"),
+        (
+            KERNELBENCH + "\nforge_input_sets = [{'name': 'a', 'cols': 3}]\n",
+            "'cols', which is not a module-level integer constant",
+        ),
         (KERNELBENCH + "\nforge_distributions = ['uniformish']\n", "unknown forge_distributions"),
     ],
 )

@@ -5,6 +5,7 @@ examples pass the evaluator."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from forge.evaluator.result import (
     Status,
     TimingStats,
 )
+from forge.evaluator.static import check_source, rules
 
 H200 = GpuSpec(
     name="NVIDIA H200",
@@ -263,6 +265,37 @@ def test_backend_guidance_and_rules():
         assert "Never mention `Model`" in text and "`try`/`except`" in text and "stream" in text
         assert "atol=0.0001" in text
     assert "torch.utils.cpp_extension" in cuda and "torch.utils.cpp_extension" not in triton
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_rules_render_the_enforced_tables(backend):
+    """The import list and the vendor-library rule the Coder reads come from the tables the
+    static checks enforce (forge.evaluator.static.rules), not from a copy that can drift."""
+    text = _one_line(prompts.render("coder_system", **_shared(backend)))
+    imports = re.search(r"Import only (.+?)\. ", text)
+    assert imports and imports.group(1).split(", ") == rules.prompt_imports(backend)
+    calls = re.search(r"\(cuBLAS/cuDNN\) in `forward`: (.+?), the `@` operator", text)
+    assert calls and set(calls.group(1).split(", ")) == rules.LIBRARY_CALLS
+    layers = re.search(r"held by the model that is one of (.+?)\. Your own kernels", text)
+    assert layers and set(layers.group(1).split(", ")) == rules.LIBRARY_MODULES
+    assert "an output computed by library calls alone" in text
+
+
+def test_prompt_imports_cover_exactly_what_is_enforced():
+    listed = {m for b in rules.BACKENDS for m in rules.prompt_imports(b)}
+    assert {m for m in listed if not m.endswith("*")} == rules.ALLOWED_IMPORTS
+    assert {m[:-1] for m in listed if m.endswith("*")} == set(rules.ALLOWED_IMPORT_PREFIXES)
+    for backend in rules.BACKENDS:  # every listed import passes the static check
+        source = "".join(
+            f"import {m}\n"
+            for m in rules.prompt_imports(backend)
+            if m != "__future__" and "*" not in m
+        )
+        assert not any("forbidden import" in v for v in check_source(source).violations)
 
 
 def test_evidence_reaches_the_judge():

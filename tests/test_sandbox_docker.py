@@ -79,7 +79,9 @@ def test_probe_runs_as_nobody_in_private_dir_without_secrets(sandbox, monkeypatc
     assert facts["secret_values_seen"] == []
     assert {"TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR", "HOME", "TMPDIR"} <= set(facts["env"])
     # The container mounts only what the worker needs read-only, so no Landlock read allowlist.
-    assert facts["sandbox"] == {"filesystem": True, "reads": False, "network": True}, "Landlock applied inside"
+    assert facts["sandbox"] == {"filesystem": True, "reads": False, "network": True}, (
+        "Landlock applied inside"
+    )
     assert (outcome.exit_code, outcome.signal, outcome.timed_out) == (0, None, False)
     info = outcome.info
     assert info.backend == "docker" and info.process_limit == "container"

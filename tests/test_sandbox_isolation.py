@@ -23,12 +23,17 @@ def secret_in_host_env():
 
 
 def probe(config: SandboxConfig) -> tuple[dict, object]:
-    outcome = LocalSandbox(config).run(SandboxJob(payload={"kind": "probe", "look_for": [SECRET]}, timeout_s=60))
+    outcome = LocalSandbox(config).run(
+        SandboxJob(payload={"kind": "probe", "look_for": [SECRET]}, timeout_s=60)
+    )
     assert outcome.message is not None, outcome.stderr
     return outcome.message, outcome.info
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root; as a normal user other users' environ is unreadable anyway")
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="PID namespaces need root; as a normal user other users' environ is unreadable anyway",
+)
 def test_host_environment_is_invisible_to_the_worker(secret_in_host_env):
     facts, info = probe(SandboxConfig())
     assert info.processes_isolated or info.privileges_dropped
@@ -38,7 +43,9 @@ def test_host_environment_is_invisible_to_the_worker(secret_in_host_env):
         assert facts["visible_processes"] == [1]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to compare with and without the namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to compare with and without the namespace"
+)
 def test_without_process_isolation_the_leak_is_real(secret_in_host_env):
     """The probe can see the leak it guards against (so the test above can fail)."""
     facts, info = probe(SandboxConfig(isolate_processes=False, drop_privileges=False))

@@ -148,8 +148,6 @@ def test_worker_runs_in_a_fresh_private_directory(sandbox: LocalSandbox):
 # ---- network -------------------------------------------------------------------------------------
 
 
-
-
 def test_network_is_blocked(sandbox: LocalSandbox):
     listener = Listener()
     try:
@@ -363,7 +361,9 @@ def test_escaped_children_are_killed_without_a_cgroup(tmp_path: Path, marker: st
     from forge.sandbox import local
 
     monkeypatch.setattr(local.PidsCgroup, "create", classmethod(lambda cls, name, limit: None))
-    config = SandboxConfig(extra_env={MARKER_VAR: marker}, max_processes=256, isolate_processes=False)
+    config = SandboxConfig(
+        extra_env={MARKER_VAR: marker}, max_processes=256, isolate_processes=False
+    )
     sandbox = LocalSandbox(config, cache_dir=tmp_path / "cache")
     spawn = "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True)"
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from forge.evaluator import cuda_source
 from forge.evaluator.problem import CATALOGUE_DIR
 from forge.evaluator.static import (
     THREAD_MESSAGE,
@@ -19,9 +20,11 @@ from forge.evaluator.static import (
     class_init_params,
     detect_backend,
 )
+from forge.evaluator.static.rules import LIBRARY_CALLS, LIBRARY_MODULES
 
 LEGIT_DIR = Path(__file__).parent / "fixtures" / "legit"
 LEGIT_FILES = sorted(LEGIT_DIR.glob("*.py"))
+CHEATS_DIR = Path(__file__).parent / "fixtures" / "cheats"
 
 LINE_FORMAT = re.compile(r"^static check: [^\n]+$")
 
@@ -60,6 +63,22 @@ LAUNCH = """\
 def triton_candidate(body: str, before: str = "", after: str = "", init: str = INIT) -> str:
     """A Triton candidate whose forward launches copy_kernel, then runs `body` (line 21 on)."""
     return before + HEAD + init + LAUNCH + body + after
+
+
+LIBRARY_INIT = """\
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.norm = nn.LayerNorm(4)
+    def forward(self, x, w=None):
+"""  # two lines longer than INIT: the body after the launch starts on line 23
+
+
+def library_candidate(body: str) -> str:
+    """`triton_candidate` whose model holds an nn.Linear, an nn.Conv2d and an nn.LayerNorm."""
+    return triton_candidate(body, init=LIBRARY_INIT)
 
 
 CUDA_OK = '''\
@@ -265,6 +284,105 @@ def test_legit_softmax_report_fields() -> None:
     )
 
 
+# --- vendor-library GEMM / convolution calls are allowed ----------------------------------
+
+
+def _library_call(full: str) -> str:
+    """A call of the library function `full` as a candidate would write it."""
+    return full.replace("torch.nn.functional.", "F.") + "(x, w)"
+
+
+@pytest.mark.parametrize("full", sorted(LIBRARY_CALLS))
+def test_every_library_call_of_the_table_is_allowed(full: str) -> None:
+    report = check_source(triton_candidate(f"        return {_library_call(full)}\n"))
+    assert report.ok, report.violations
+
+
+@pytest.mark.parametrize(
+    "body,before",
+    [
+        ("        return F.linear(x, w, y)\n", ""),
+        ("        return F.conv2d(x, w, y, padding=1)\n", ""),
+        ("        return torch.addmm(y, x, w, beta=0.5)\n", ""),
+        ("        return y + x @ w\n", ""),
+        ("        f = torch.matmul\n        return f(x, w)\n", ""),
+        ("        return lin(x, w)\n", "from torch.nn.functional import linear as lin\n"),
+        ("        return mm(x, w)\n", "from torch import matmul as mm\n"),
+    ],
+    ids=[
+        "linear_bias",
+        "conv_kwargs",
+        "addmm_beta",
+        "at_operator",
+        "reference",
+        "from_F",
+        "from_torch",
+    ],
+)
+def test_library_call_forms_are_allowed(body: str, before: str) -> None:
+    report = check_source(triton_candidate(body, before=before))
+    assert report.ok, report.violations
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "        return self.linear(y)\n",
+        "        return self.conv(y)\n",
+        "        return self.linear.forward(y)\n",
+    ],
+    ids=["linear", "conv", "forward"],
+)
+def test_library_layers_held_by_the_model_may_be_called(body: str) -> None:
+    report = check_source(library_candidate(body))
+    assert report.ok, report.violations
+    # the layer next to them is not a library call
+    assert not check_source(library_candidate("        return self.norm(y)\n")).ok
+
+
+def test_library_layers_are_the_tables_layers() -> None:
+    for full in sorted(LIBRARY_MODULES):
+        layer = full.replace("torch.nn.", "nn.")
+        init = LIBRARY_INIT.replace("nn.Linear(4, 4)", f"{layer}(4, 4, 3)")
+        assert check_source(triton_candidate("        return self.linear(y)\n", init=init)).ok
+
+
+def test_the_library_fixtures_verdicts() -> None:
+    """A GEMM + epilogue candidate keeping cuBLAS passes; so does, statically, a candidate whose
+    output is a library call's result alone (a token kernel on a scratch tensor): which tensor
+    the output is, is a run-time fact, caught by the monitor (`output_from_library`) and, on
+    the CPU, by the interpreter's store trace."""
+    legit = check_source((LEGIT_DIR / "triton_gemm_cublas_epilogue.py").read_text())
+    assert legit.ok and legit.kernel_names == ["_gelu_kernel"]
+    cheat = check_source((CHEATS_DIR / "row17_library_alone.py").read_text())
+    assert cheat.ok and cheat.kernel_names == ["_touch_kernel"]
+
+
+# --- one scanner of CUDA text --------------------------------------------------------------
+
+KERNEL_DECLARATIONS = {
+    "attribute": 'extern "C" __global__ void __attribute__((noinline)) kern(float* y) {}',
+    "launch_bounds": 'extern "C" __global__ void __launch_bounds__(256) kern(float* y) {}',
+    "template": "template <int N>\n__global__ void __launch_bounds__(N) kern(float* y) {}",
+}
+
+
+@pytest.mark.parametrize("decl", sorted(KERNEL_DECLARATIONS))
+def test_static_report_and_compile_scanner_name_the_same_kernel(decl: str) -> None:
+    code = KERNEL_DECLARATIONS[decl]
+    source = CUPY_OK.replace(
+        'extern "C" __global__ void relu_kernel(const float* x, float* y, int n) {\n'
+        "    int i = blockIdx.x * blockDim.x + threadIdx.x;\n"
+        "    if (i < n) y[i] = x[i] > 0.f ? x[i] : 0.f;\n}",
+        code,
+    ).replace('get_function("relu_kernel")', 'get_function("kern")')
+    assert code in source
+    report = check_source(source)
+    assert report.ok, report.violations
+    assert report.kernel_names == cuda_source.kernel_names(source) == ["kern"]
+    assert [d.name for d in cuda_source.kernel_decls(code)] == ["kern"]
+
+
 # --- one cheat per rule -------------------------------------------------------------------
 
 CHEATS = {
@@ -304,16 +422,16 @@ CHEATS = {
         ["static check: calls sm (torch.softmax) outside a kernel (PyTorch fallback) (line 22)"],
     ),
     "torch_function_reference": (
-        triton_candidate("        f = torch.matmul\n        return f(y, y)\n"),
-        ["static check: references torch.matmul outside a kernel (PyTorch fallback) (line 21)"],
+        triton_candidate("        f = torch.softmax\n        return f(y, -1)\n"),
+        ["static check: references torch.softmax outside a kernel (PyTorch fallback) (line 21)"],
     ),
     "tensor_sum_in_forward": (
         triton_candidate("        return y / x.sum()\n"),
         ["static check: calls x.sum outside a kernel (PyTorch fallback) (line 21)"],
     ),
-    "matmul_operator": (
-        triton_candidate("        return x @ w\n"),
-        ["static check: matrix multiply 'x @ w' outside a kernel (PyTorch fallback) (line 21)"],
+    "matmul_inplace_operator": (
+        triton_candidate("        y @= w\n        return y\n"),
+        ["static check: matrix multiply with '@=' outside a kernel (PyTorch fallback) (line 21)"],
     ),
     "import_os": (
         "import os\n" + triton_candidate("        return y\n"),
@@ -432,14 +550,14 @@ CHEATS = {
         HEAD + "def forward(x):\n" + LAUNCH.replace("        ", "    ") + "    return y\n",
         ["static check: no class ModelNew"],
     ),
-    "nn_linear_called_in_forward": (
+    "nn_layer_norm_called_in_forward": (
         triton_candidate(
-            "        return self.linear(y)\n",
+            "        return self.norm(y)\n",
             init="class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-            "        self.linear = nn.Linear(4, 4)\n\n    def forward(self, x, w=None):\n",
+            "        self.norm = nn.LayerNorm(4)\n\n    def forward(self, x, w=None):\n",
         ),
         [
-            "static check: calls the PyTorch module self.linear in forward (PyTorch fallback) (line 22)"
+            "static check: calls the PyTorch module self.norm in forward (PyTorch fallback) (line 22)"
         ],
     ),
     "nn_module_list_iterated": (
@@ -512,6 +630,74 @@ CHEATS = {
             "    cublasSgemm(handle, 0, 0, n, n, n, 0, 0, n, 0, n, 0, 0, n);\n    return out;",
         ),
         ["static check: CUDA source calls cublasSgemm (library fallback) (line 28)"],
+    ),
+    "library_layer_in_a_container": (
+        triton_candidate(
+            "        return self.seq(y)\n",
+            init="class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.seq = nn.Sequential(nn.Linear(4, 4))\n\n    def forward(self, x, w=None):\n",
+        ),
+        ["static check: calls the PyTorch module self.seq in forward (PyTorch fallback) (line 22)"],
+    ),
+    "library_layer_through_a_local": (
+        library_candidate("        lin = self.linear\n        return lin(y)\n"),
+        ["static check: calls the PyTorch module lin in forward (PyTorch fallback) (line 24)"],
+    ),
+    "library_layer_reassigned_in_forward": (
+        library_candidate("        self.linear = self.norm\n        return self.linear(y)\n"),
+        [
+            "static check: calls the PyTorch module self.linear in forward (PyTorch fallback) (line 24)"
+        ],
+    ),
+    "einsum": (
+        triton_candidate("        return torch.einsum('ij,jk->ik', x, w)\n"),
+        ["static check: calls torch.einsum outside a kernel (PyTorch fallback) (line 21)"],
+    ),
+    "matrix_vector": (
+        triton_candidate("        return torch.addmv(y, x, w)\n"),
+        ["static check: calls torch.addmv outside a kernel (PyTorch fallback) (line 21)"],
+    ),
+    "matmul_tensor_method": (
+        triton_candidate("        return x.matmul(w)\n"),
+        ["static check: calls x.matmul outside a kernel (PyTorch fallback) (line 21)"],
+    ),
+    "aten_op_namespace": (
+        triton_candidate("        return torch.ops.aten.mm(x, w)\n"),
+        ["static check: calls torch.ops.aten.mm outside a kernel (PyTorch fallback) (line 21)"],
+    ),
+    "epilogue_in_pytorch": (
+        triton_candidate("        return F.relu(F.linear(x, w))\n"),
+        [
+            "static check: calls F.relu (torch.nn.functional.relu) outside a kernel (PyTorch "
+            "fallback) (line 21)"
+        ],
+    ),
+    "aten_matmul_in_cuda_source": (
+        CUDA_OK.replace("    return out;", "    return at::matmul(a, b);"),
+        ["static check: CUDA source calls at::matmul (PyTorch fallback) (line 28)"],
+    ),
+    "cuda_includes_a_host_file": (
+        CUDA_OK.replace("#include <torch/extension.h>", '#include "/dev/zero"'),
+        [
+            "static check: CUDA source includes '/dev/zero' (only toolkit and torch headers, by "
+            "relative name) (line 6)"
+        ],
+    ),
+    "cuda_computed_include": (
+        CUDA_OK.replace(
+            "#include <torch/extension.h>", '#define HOST "../../etc/passwd"\n#include HOST'
+        ),
+        ["static check: CUDA source includes 'HOST'"],
+    ),
+    "stream_after_slashes_in_a_c_string": (
+        CUDA_OK.replace(
+            "    return out;",
+            '    printf("//"); cudaStream_t s; cudaStreamCreate(&s);\n    return out;',
+        ),
+        [
+            "static check: CUDA source calls cudaStreamCreate (side streams, events and CUDA graphs "
+            "are forbidden) (line 28)"
+        ],
     ),
     "cuda_never_compiled": (
         CUDA_OK.replace("ext = load_inline(", "ext = dict(")

@@ -37,12 +37,42 @@ forge_dtype = "float32"
 forge_atol = 1e-3
 forge_rtol = 1e-3
 forge_input_sets = [
-    {"name": "tiny", "cpu": True, "batch_size": 2, "in_channels": 3, "out_channels": 5, "height": 7, "width": 9},
-    {"name": "odd", "cpu": True, "batch_size": 1, "in_channels": 8, "out_channels": 12, "height": 13, "width": 17},
-    {"name": "odd_large", "batch_size": 3, "in_channels": 64, "out_channels": 96, "height": 127, "width": 129},
+    {
+        "name": "tiny",
+        "cpu": True,
+        "batch_size": 2,
+        "in_channels": 3,
+        "out_channels": 5,
+        "height": 7,
+        "width": 9,
+    },
+    {
+        "name": "odd",
+        "cpu": True,
+        "batch_size": 1,
+        "in_channels": 8,
+        "out_channels": 12,
+        "height": 13,
+        "width": 17,
+    },
+    {
+        "name": "odd_large",
+        "batch_size": 3,
+        "in_channels": 64,
+        "out_channels": 96,
+        "height": 127,
+        "width": 129,
+    },
     # ResNet stage-2 shape: 2 * 32*128*56*56 * 128*9 = 29.6 GFLOP, ~0.6 ms at ~50 TFLOP/s fp32
     # (TF32 off)
-    {"name": "large", "batch_size": 32, "in_channels": 128, "out_channels": 128, "height": 56, "width": 56},
+    {
+        "name": "large",
+        "batch_size": 32,
+        "in_channels": 128,
+        "out_channels": 128,
+        "height": 56,
+        "width": 56,
+    },
 ]
 # No forge_aten: aten::conv2d covers every kernel size, stride, padding, dilation and group
 # count, and a kernel for this one configuration must not be substituted for all of them.

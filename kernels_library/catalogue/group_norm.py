@@ -41,12 +41,42 @@ forge_atol = 1e-3
 forge_rtol = 1e-3
 # num_channels must stay a multiple of num_groups in every set
 forge_input_sets = [
-    {"name": "tiny", "cpu": True, "batch_size": 2, "num_channels": 6, "num_groups": 3, "height": 5, "width": 7},
-    {"name": "odd", "cpu": True, "batch_size": 3, "num_channels": 12, "num_groups": 4, "height": 13, "width": 11},
-    {"name": "odd_large", "batch_size": 5, "num_channels": 96, "num_groups": 32, "height": 127, "width": 129},
+    {
+        "name": "tiny",
+        "cpu": True,
+        "batch_size": 2,
+        "num_channels": 6,
+        "num_groups": 3,
+        "height": 5,
+        "width": 7,
+    },
+    {
+        "name": "odd",
+        "cpu": True,
+        "batch_size": 3,
+        "num_channels": 12,
+        "num_groups": 4,
+        "height": 13,
+        "width": 11,
+    },
+    {
+        "name": "odd_large",
+        "batch_size": 5,
+        "num_channels": 96,
+        "num_groups": 32,
+        "height": 127,
+        "width": 129,
+    },
     # Stable-Diffusion-UNet-like: 32 x 256 x 128 x 128 fp32 = 512 MiB read + 512 MiB written,
     # ~0.32 ms at 3.35 TB/s (H100)
-    {"name": "large", "batch_size": 32, "num_channels": 256, "num_groups": 32, "height": 128, "width": 128},
+    {
+        "name": "large",
+        "batch_size": 32,
+        "num_channels": 256,
+        "num_groups": 32,
+        "height": 128,
+        "width": 128,
+    },
 ]
 forge_aten = "aten::native_group_norm"
 forge_shape_buckets = {

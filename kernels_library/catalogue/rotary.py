@@ -51,7 +51,12 @@ forge_input_sets = [
     # 8 x 4096 x 32 x 128 fp32 = 512 MiB read + 512 MiB written, ~0.32 ms at 3.35 TB/s (H100)
     {"name": "large", "batch_size": 8, "seq_len": 4096, "num_heads": 32, "head_dim": 128},
 ]
-forge_shape_buckets = {"batch_size": "pow2", "seq_len": "pow2", "num_heads": "exact", "head_dim": "exact"}
+forge_shape_buckets = {
+    "batch_size": "pow2",
+    "seq_len": "pow2",
+    "num_heads": "exact",
+    "head_dim": "exact",
+}
 
 
 def forge_flops(batch_size, seq_len, num_heads, head_dim):

@@ -45,7 +45,12 @@ forge_input_sets = [
     {"name": "large", "batch_size": 4, "num_heads": 16, "seq_len": 4096, "head_dim": 128},
 ]
 forge_aten = "aten::scaled_dot_product_attention"
-forge_shape_buckets = {"batch_size": "pow2", "num_heads": "exact", "seq_len": "pow2", "head_dim": "exact"}
+forge_shape_buckets = {
+    "batch_size": "pow2",
+    "num_heads": "exact",
+    "seq_len": "pow2",
+    "head_dim": "exact",
+}
 
 
 def forge_flops(batch_size, num_heads, seq_len, head_dim):

@@ -57,7 +57,11 @@ class ModelNew(nn.Module):
         if cols <= SINGLE_PASS_MAX:
             block = triton.next_power_of_2(cols)
             num_warps = 4 if block <= 2048 else 8
-            _softmax_row_kernel[(rows,)](x, y, cols, x.stride(0), y.stride(0), BLOCK=block, num_warps=num_warps)
+            _softmax_row_kernel[(rows,)](
+                x, y, cols, x.stride(0), y.stride(0), BLOCK=block, num_warps=num_warps
+            )
         else:
-            _softmax_online_kernel[(rows,)](x, y, cols, x.stride(0), y.stride(0), BLOCK=LOOP_BLOCK, num_warps=8)
+            _softmax_online_kernel[(rows,)](
+                x, y, cols, x.stride(0), y.stride(0), BLOCK=LOOP_BLOCK, num_warps=8
+            )
         return y

@@ -1,0 +1,988 @@
+"""The trusted side of an evaluation: inputs, reference, comparison, timing checks, verdict.
+
+It runs as the sandbox worker's job and starts the runner (candidate code) as a separate, more
+tightly contained process. What only this process holds: the problem's `Model` and its
+outputs, the secret seeds, the choice of which timed calls are re-verified (made after they
+ran), its own clock over each timed batch, and the result channel to the host. The runner gets
+inputs and empty output slots in shared memory; whatever it does, the values in those slots
+are compared here (see docs/evaluator.md).
+
+Order per input set and seed: the reference on private copies of the inputs, then the
+candidate twice on shared copies (outputs poisoned with NaN before each call), the inputs
+checked unchanged after each call, then the two candidate outputs compared with each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from forge.evaluator import compare as cmp
+from forge.evaluator import profiling, protocol, timing
+from forge.evaluator.protocol import (
+    BufferSpec,
+    EvalJob,
+    RawTiming,
+    Reply,
+    Request,
+    TensorSpec,
+    TrustedReport,
+    Value,
+)
+from forge.evaluator.shared import DTYPES, SharedBuffer, dtype_name
+
+NOBODY = 65534
+MAX_SLEEP_MS = 200.0
+WALL_SLACK_MS = 5.0
+WALL_SLACK_RATIO = 1.3
+
+
+class Verdict(Exception):
+    """Evaluation ends here with this status and reason."""
+
+    def __init__(self, status: str, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
+# ---- the runner process -------------------------------------------------------------------------
+
+
+class RunnerProcess:
+    """The candidate's process: started ahead of the job, asked one request at a time, each
+    with a deadline after which it is killed."""
+
+    def __init__(self, device: str, workdir: Path, argv_prefix: list[str] | None = None):
+        self.device, self.workdir = device, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        cache = _runner_cache()
+        for path in (workdir, cache):
+            path.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                os.chown(path, NOBODY, NOBODY)
+        if os.geteuid() == 0:
+            os.chmod(workdir.parent, 0o711)  # traversable for uid 65534, not listable
+        env = {
+            **os.environ,
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "XDG_CACHE_HOME": str(cache / "xdg"),
+            "TRITON_CACHE_DIR": str(cache / "triton"),
+            "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
+            "CUPY_CACHE_DIR": str(cache / "cupy"),
+            "FORGE_WORKER_DEVICE": device,
+            "FORGE_RUNNER_WRITABLE": os.pathsep.join([str(workdir), str(cache)]),
+        }
+        if argv_prefix:
+            env["FORGE_RUNNER_PROFILED"] = "1"
+        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        self.sock, child = socket.socketpair()
+        self.log_path = workdir.parent / f"{workdir.name}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
+        self.proc = subprocess.Popen(
+            [
+                *(argv_prefix or []),
+                sys.executable,
+                "-P",
+                "-m",
+                "forge.evaluator.runner",
+                str(child.fileno()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=workdir,
+            env=env,
+            pass_fds=(child.fileno(),),
+            start_new_session=True,
+        )
+        log.close()
+        child.close()
+        self.hello: Reply | None = None
+
+    def start(self, deadline_s: float) -> Reply:
+        if self.hello is None:
+            self.hello = self._receive("start-up", deadline_s)[0]
+        return self.hello
+
+    def ask(self, request: Request, deadline_s: float, fds: list[int] | None = None) -> Reply:
+        try:
+            protocol.send(self.sock, request, fds)
+        except OSError as exc:
+            raise self._died(request.what or request.op) from exc
+        reply, _ = self._receive(request.what or request.op, deadline_s)
+        if not reply.ok and reply.failure is not None:
+            raise Verdict(reply.failure.status, reply.failure.reason, reply.failure.detail)
+        return reply
+
+    def _receive(self, what: str, deadline_s: float) -> tuple[Reply, list[int]]:
+        self.sock.settimeout(deadline_s)
+        try:
+            reply, fds = protocol.receive(self.sock, Reply)
+        except TimeoutError as exc:
+            self.kill()
+            raise Verdict(
+                "timeout", f"killed after the {deadline_s:.0f} s wall-clock limit of {what}"
+            ) from exc
+        except protocol.ProtocolError as exc:
+            if "closed the channel" in str(exc):
+                raise self._died(what) from exc
+            self.kill()
+            raise Verdict("rejected", f"result channel tampered: {exc}") from exc
+        for fd in fds:
+            os.close(fd)
+        return reply, fds
+
+    def _died(self, what: str) -> Verdict:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        tail = self.log()[-300:].strip()
+        return Verdict(
+            "runtime_error", f"the runner died without a result ({how}) during {what}: {tail}"
+        )
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                protocol.send(self.sock, Request(op="exit"))
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            self.kill()
+        self.sock.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_bytes()[-8000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def _cache_root() -> Path:
+    """The job's compiler-cache directory (set by the sandbox backend)."""
+    triton_cache = os.environ.get("TRITON_CACHE_DIR")
+    return Path(triton_cache).parent if triton_cache else Path.cwd() / "cache"
+
+
+def _runner_cache() -> Path:
+    return _cache_root() / "runner"
+
+
+_SPARE: dict[str, RunnerProcess] = {}
+
+
+def prestart_runner(device: str) -> None:
+    """Start the runner before the job arrives (imports, CUDA and profiler start-up overlap the
+    wait); it has no candidate code until the job's `load`. On a GPU host with Nsight Compute, a
+    second runner starts under ncu for the profile: both must start before this process is put
+    under Landlock, which the CUDA driver's start-up in a new process does not survive (seen on
+    an H200 host: error 304)."""
+    _SPARE[device] = RunnerProcess(device, Path.cwd() / "runner")
+    if device == "cuda" and profiling.ncu_path():
+        _SPARE["profiled"] = RunnerProcess(
+            device, Path.cwd() / "profiled", profiling.ncu_command(_ncu_log())
+        )
+
+
+def _ncu_log() -> Path:
+    return Path.cwd() / "ncu.csv"
+
+
+# ---- the evaluation -----------------------------------------------------------------------------
+
+
+class Evaluation:
+    def __init__(self, job: EvalJob):
+        self.job = job
+        self.device = job.device
+        self.dtype = DTYPES[job.dtype]
+        self.report = TrustedReport(status="correct")
+        self.rng = random.Random(secrets.randbits(64))
+        self.buffers: list[SharedBuffer] = []
+        self.next_id = 0
+        self.runner: RunnerProcess | None = None
+        self.degenerate: list[str] = []
+        self.set_sizes: dict[str, int] = {}
+        self.library_only = False
+
+    def run(self) -> TrustedReport:
+        t0 = time.perf_counter()
+        self.runner = _SPARE.pop(self.device, None) or RunnerProcess(
+            self.device, Path.cwd() / "runner"
+        )
+        try:
+            self.setup()
+            hello = self.runner.start(self.job.limits.load_s + 60)
+            self.report.containment = hello.containment
+            self.report.environment = {**self.report.environment, **hello.environment}
+            self.report.phase_seconds["startup"] = time.perf_counter() - t0
+            if self.job.compile_only:
+                self.compile_only()
+            else:
+                self.load()
+                self.verify()
+                if self.device == "cuda" and not self.failed():
+                    self.time_all()
+                    self.report.triton_kernels = self.runner.ask(
+                        Request(op="metadata"), self.job.limits.call_s
+                    ).triton_kernels
+                if self.device == "cuda" and self.job.profile and not self.failed():
+                    self.profile()
+                self.report.status = "incorrect" if self.failed() else "correct"
+        except Verdict as verdict:
+            self.report.status = verdict.status
+            self.report.reasons.insert(0, verdict.reason)
+            if verdict.status == "compile_error":
+                self.report.compile_log = verdict.detail
+            else:
+                self.report.runner_stderr = verdict.detail
+        finally:
+            self.runner.close()
+            if spare := _SPARE.pop("profiled", None):
+                spare.close()
+            self.report.runner_stderr = (
+                self.report.runner_stderr + "\n" + self.runner.log()
+            ).strip()
+            for buffer in self.buffers:
+                buffer.release()
+        self.report.phase_seconds["worker_total"] = time.perf_counter() - t0
+        return self.report
+
+    # ---- steps -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.set_float32_matmul_precision("highest")
+            props = torch.cuda.get_device_properties(0)
+            self.report.environment = {
+                "sm_count": props.multi_processor_count,
+                "l2_bytes": props.L2_cache_size,
+            }
+        self.problem = _load_problem(self.job.problem_source)
+
+    def compile_only(self) -> None:
+        t0 = time.perf_counter()
+        reply = self.runner.ask(
+            Request(op="compile", source=self.job.candidate_source), self.job.limits.compile_only_s
+        )
+        self.report.compile_log = reply.compile_log
+        self.report.phase_seconds["compile"] = time.perf_counter() - t0
+        self.report.status = "compiled"
+        self.report.reasons.append(
+            "compiled with nvcc; CUDA kernels cannot run without a GPU (no correctness verdict on --device cpu)"
+        )
+
+    def load(self) -> None:
+        t0 = time.perf_counter()
+        request = Request(
+            op="load", source=self.job.candidate_source, kernel_names=self.job.kernel_names
+        )
+        self.runner.ask(request, self.job.limits.load_s)
+        self.report.work = self.work_per_set()
+        self.report.phase_seconds["compile"] = time.perf_counter() - t0
+
+    def verify(self) -> None:
+        t0 = time.perf_counter()
+        first_call_s = 0.0
+        for index, input_set in enumerate(self.job.input_sets):
+            ref = self.build(input_set)
+            in_slots = out_slots = None
+            for seed_index, seed in enumerate(self.job.seeds):
+                inputs = self.make_inputs(input_set, seed, seed_index)
+                expected = self.reference(ref, inputs, watch=index == 0 and seed_index == 0)
+                if in_slots is None:
+                    self.set_sizes[input_set.name] = sum(
+                        x.numel() for x in inputs if isinstance(x, torch.Tensor)
+                    )
+                    self.report.output_bytes[input_set.name] = sum(
+                        t.numel() * t.element_size() for t in cmp.flatten(expected)
+                    )
+                    in_slots = self.share_like(inputs)
+                    out_slots = self.share_like(cmp.flatten(expected))
+                if seed_index == 0:
+                    self.note_degenerate(input_set.name, expected)
+                c0 = time.perf_counter()
+                first = self.check_call(
+                    input_set.name,
+                    seed_index,
+                    inputs,
+                    expected,
+                    in_slots,
+                    out_slots,
+                    "before_reference",
+                    watch=seed_index == 0,
+                )
+                if index == 0 and seed_index == 0:
+                    first_call_s = time.perf_counter() - c0
+                second = self.check_call(
+                    input_set.name,
+                    seed_index,
+                    inputs,
+                    expected,
+                    in_slots,
+                    out_slots,
+                    "after_reference",
+                    watch=False,
+                )
+                self.record_agreement(input_set.name, seed_index, first, second)
+        self.report.phase_seconds["compile"] = (
+            self.report.phase_seconds.get("compile", 0.0) + first_call_s
+        )
+        self.report.phase_seconds["correctness"] = time.perf_counter() - t0 - first_call_s
+
+    def check_call(
+        self, set_name, seed_index, inputs, expected, in_slots, out_slots, phase, watch
+    ) -> list[torch.Tensor]:
+        for slot, x in zip(in_slots, inputs, strict=True):
+            if isinstance(slot, torch.Tensor):
+                slot.copy_(x)
+        self.poison(out_slots, expected)
+        self.sync()
+        limit = self.job.limits.first_call_s if watch else self.job.limits.call_s
+        what = (
+            f"forward on '{set_name}'"
+            if phase == "before_reference"
+            else f"forward on '{set_name}' after the reference"
+        )
+        reply = self.runner.ask(
+            Request(
+                op="call",
+                what=what,
+                args=self.values(in_slots),
+                outputs=self.specs(out_slots),
+                watch=watch,
+            ),
+            limit,
+        )
+        if watch:
+            self.note_watch(reply)
+        self.check_library(reply, set_name)
+        for i, (slot, x) in enumerate(zip(in_slots, inputs, strict=True)):
+            if isinstance(x, torch.Tensor) and not torch.equal(slot, x):
+                raise Verdict(
+                    "incorrect", f"input set '{set_name}': the candidate modified input {i}"
+                )
+        self.check_structure(reply, expected, set_name)
+        got = [t.clone() for t in out_slots]
+        checks = self.record(set_name, seed_index, phase, got, cmp.flatten(expected))
+        if reply.provenance_gap and all(c["passed"] for c in checks):
+            raise Verdict("rejected", f"{what}: {reply.provenance_gap}")
+        return got
+
+    def note_watch(self, reply: Reply) -> None:
+        self.report.kernels_seen = sorted(set(self.report.kernels_seen) | set(reply.kernels_seen))
+        if reply.kernel_durations_us and not self.report.kernel_durations_us:
+            self.report.kernel_durations_us = reply.kernel_durations_us
+        if self.device == "cuda" and reply.host_to_device_bytes:
+            self.report.notes.append(
+                f"{reply.host_to_device_bytes} bytes copied host-to-device during forward"
+            )
+
+    def check_library(self, reply: Reply, set_name: str) -> None:
+        if reply.library_ops and self.library_only:
+            raise Verdict(
+                "rejected",
+                f"input set '{set_name}': the problem is a library call ({', '.join(reply.library_ops)}) and the "
+                "candidate calls it: its own kernels must compute the operator",
+            )
+        if reply.output_from_library:
+            raise Verdict(
+                "rejected",
+                f"input set '{set_name}': the output is the result of a library call "
+                f"({', '.join(reply.library_ops)}); the candidate's own kernels must do the rest of the work",
+            )
+
+    def check_structure(self, reply: Reply, expected, set_name: str) -> None:
+        flat = cmp.flatten(expected)
+        want = "tensor" if isinstance(expected, torch.Tensor) else type(expected).__name__
+        if reply.structure != want or len(reply.outputs) != len(flat):
+            raise Verdict(
+                "incorrect",
+                f"input set '{set_name}': output is {reply.structure} of {len(reply.outputs)}, expected {want} of {len(flat)}",
+            )
+        for i, (meta, e) in enumerate(zip(reply.outputs, flat, strict=True)):
+            where = "output" if len(flat) == 1 else f"output[{i}]"
+            if meta.type_name != "torch.Tensor":
+                raise Verdict(
+                    "incorrect",
+                    f"input set '{set_name}': {where} is {meta.type_name}, expected a plain torch.Tensor",
+                )
+            if meta.device.split(":")[0] != e.device.type:
+                raise Verdict(
+                    "incorrect",
+                    f"input set '{set_name}': {where} is on {meta.device}, expected {e.device}",
+                )
+            if meta.dtype != dtype_name(e.dtype):
+                raise Verdict(
+                    "incorrect",
+                    f"input set '{set_name}': {where} dtype torch.{meta.dtype}, expected {e.dtype}",
+                )
+            if meta.shape != list(e.shape):
+                raise Verdict(
+                    "incorrect",
+                    f"input set '{set_name}': {where} shape {tuple(meta.shape)}, expected {tuple(e.shape)}",
+                )
+            if not meta.has_storage:
+                raise Verdict("incorrect", f"input set '{set_name}': {where} has no storage")
+
+    def record(
+        self, set_name: str, seed_index: int, phase: str, got: list, expected: list
+    ) -> list[dict]:
+        checks = []
+        for i, (o, e) in enumerate(zip(got, expected, strict=True)):
+            result = cmp.compare(o, e, self.job.atol, self.job.rtol)
+            checks.append(
+                {
+                    "input_set": set_name,
+                    "seed_index": seed_index,
+                    "phase": phase,
+                    "output_index": i,
+                    **result,
+                }
+            )
+        self.report.checks.extend(checks)
+        return checks
+
+    def record_agreement(self, set_name: str, seed_index: int, first: list, second: list) -> None:
+        for i, (a, b) in enumerate(zip(first, second, strict=True)):
+            result = cmp.compare(b, a, self.job.atol, self.job.rtol)
+            bitwise = bool(torch.equal(a, b)) if result["passed"] else False
+            self.report.checks.append(
+                {
+                    "input_set": set_name,
+                    "seed_index": seed_index,
+                    "phase": "two_runs_agree",
+                    "output_index": i,
+                    **result,
+                    "note": "bitwise identical" if bitwise else "runs differ",
+                }
+            )
+
+    def note_degenerate(self, set_name: str, expected) -> None:
+        for t in cmp.flatten(expected):
+            if reason := cmp.degenerate(t, self.job.atol, self.job.rtol):
+                self.degenerate.append(f"input set '{set_name}': {reason}")
+
+    def failed(self) -> bool:
+        for d in self.degenerate:
+            if (line := f"problem cannot verify: {d}") not in self.report.reasons:
+                self.report.reasons.append(line)
+        if self.degenerate:
+            return True
+        bad = [c for c in self.report.checks if not c["passed"]]
+        if bad:
+            c = bad[0]
+            where = f" at index {c['first_bad_index']}" if c["first_bad_index"] else ""
+            reason = (
+                f"mismatch on input set '{c['input_set']}' seed {c['seed_index']} ({c['phase']}): "
+                f"{c['mismatches']}/{c['numel']} elements, max abs error {c['max_abs_error']:.3g}{where}"
+            )
+            if reason not in self.report.reasons:
+                self.report.reasons.insert(0, reason)
+        return bool(bad)
+
+    # ---- problem, inputs, shared memory ----------------------------------------------------
+    def work_per_set(self) -> dict:
+        flops, moved = (
+            getattr(self.problem, "forge_flops", None),
+            getattr(self.problem, "forge_bytes", None),
+        )
+        if flops is None or moved is None:
+            return {}
+        return {
+            s.name: {"flops": float(flops(**s.constants)), "bytes": float(moved(**s.constants))}
+            for s in self.job.input_sets
+        }
+
+    def set_constants(self, input_set) -> None:
+        for key, value in input_set.constants.items():
+            setattr(self.problem, key, value)
+
+    def build(self, input_set):
+        """The reference model here, and the candidate's in the runner from the same init seed
+        and the reference's parameters."""
+        self.set_constants(input_set)
+        init = list(self.problem.get_init_inputs())
+        init_seed = secrets.randbits(62)
+        torch.manual_seed(init_seed)
+        ref = self.problem.Model(*init)
+        _forget_seed()
+        state = {k: v.detach() for k, v in ref.state_dict().items()}
+        state_slots = self.share_like(list(state.values()))
+        for slot, v in zip(state_slots, state.values(), strict=True):
+            slot.copy_(v)
+        init_values = []
+        for x in init:
+            if isinstance(x, torch.Tensor):
+                (slot,) = self.share_like([x])
+                slot.copy_(x)
+                init_values.append(Value(tensor=self.spec(slot)))
+            else:
+                init_values.append(Value(json_value=x))
+        self.sync()
+        request = Request(
+            op="build",
+            what=f"ModelNew() for '{input_set.name}'",
+            init_args=init_values,
+            init_seed=init_seed,
+            state={k: self.spec(s) for k, s in zip(state, state_slots, strict=True)},
+            dtype=self.job.dtype,
+        )
+        reply = self.runner.ask(request, self.job.limits.call_s)
+        self.report.notes.extend(n for n in reply.notes if n not in self.report.notes)
+        ref = ref.to(self.device).eval()
+        if self.dtype != torch.float32:
+            ref = ref.to(self.dtype)
+        return ref
+
+    def make_inputs(self, input_set, seed: int, seed_index: int) -> list:
+        self.set_constants(input_set)
+        style = self.job.distributions[seed_index % len(self.job.distributions)]
+        torch.manual_seed(seed)
+        with torch.device(self.device):
+            raw = list(self.problem.get_inputs())
+        _forget_seed()
+        inputs = []
+        for x in raw:
+            if isinstance(x, torch.Tensor):
+                x = x.to(self.device)
+                if x.is_floating_point():
+                    x = _distribute(x.to(self.dtype), style, seed)
+                x = x.contiguous()
+            inputs.append(x)
+        return inputs
+
+    def reference(self, ref, inputs: list, watch: bool = False):
+        """The reference's outputs; with `watch`, also whether the problem is a vendor-library
+        call and nothing else (then keeping that call is not allowed: it would be the whole op)."""
+        from forge.evaluator.monitor import AtenMonitor
+
+        clones = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        monitor = AtenMonitor()
+        with torch.no_grad(), monitor if watch else contextlib.nullcontext():
+            out = ref(*clones)
+        if watch:
+            self.library_only = not monitor.forbidden and bool(monitor.library)
+        self.sync()
+        return out
+
+    def share_like(self, items: list) -> list:
+        """Shared buffers shaped like `items` (non-tensors pass through), announced to the runner."""
+        slots, new = [], []
+        for x in items:
+            if not isinstance(x, torch.Tensor):
+                slots.append(x)
+                continue
+            buffer = SharedBuffer(self.next_id, x.numel() * x.element_size(), self.device)
+            self.next_id += 1
+            self.buffers.append(buffer)
+            new.append(buffer)
+            slot = buffer.view(x.dtype, list(x.shape))
+            slot.forge_buffer = buffer.id
+            slots.append(slot)
+        if new:
+            specs = [BufferSpec(id=b.id, nbytes=b.nbytes, ipc_handle=b.ipc_handle) for b in new]
+            fds = [b.fd for b in new if b.fd >= 0]
+            self.runner.ask(Request(op="share", buffers=specs), self.job.limits.call_s, fds)
+        return slots
+
+    def spec(self, slot: torch.Tensor) -> TensorSpec:
+        return TensorSpec(
+            buffer=slot.forge_buffer, dtype=dtype_name(slot.dtype), shape=list(slot.shape)
+        )
+
+    def specs(self, slots: list) -> list[TensorSpec]:
+        return [self.spec(s) for s in slots]
+
+    def values(self, items: list) -> list[Value]:
+        return [
+            Value(tensor=self.spec(x)) if isinstance(x, torch.Tensor) else Value(json_value=x)
+            for x in items
+        ]
+
+    def poison(self, slots: list, expected) -> None:
+        for slot, e in zip(slots, cmp.flatten(expected), strict=True):
+            if slot.dtype == torch.bool:
+                slot.copy_(~e)
+            elif slot.numel():
+                slot.reshape(-1).view(torch.uint8).fill_(0xFF)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    # ---- timing ----------------------------------------------------------------------------
+    def target_sets(self) -> list:
+        named = set(self.job.target_sets)
+        if named:
+            return [s for s in self.job.input_sets if s.name in named]
+        largest = max(self.job.input_sets, key=lambda s: self.set_sizes.get(s.name, 0))
+        return [largest]
+
+    def time_all(self) -> None:
+        t0 = time.perf_counter()
+        targets = self.target_sets()
+        self.report.target_sets = [s.name for s in targets]
+        extra = [
+            s for s in self.job.input_sets if s.name in self.job.timing_sets and s not in targets
+        ]
+        self.cycles_per_ms = timing.sleep_cycles_per_ms()
+        self.flush = timing.L2Flush()
+        for input_set in [*targets, *extra]:
+            raw = SetTimer(self, input_set).run()
+            raw.target = input_set in targets
+            self.report.timings.append(raw)
+        self.report.phase_seconds["timing"] = time.perf_counter() - t0
+
+    # ---- profile ---------------------------------------------------------------------------
+    def profile(self) -> None:
+        """One call of the candidate at the largest target set under Nsight Compute, in a second
+        runner that ncu starts and watches from outside."""
+        if not profiling.ncu_path():
+            self.report.ncu_note = "Nsight Compute (ncu) not found: torch.profiler durations only"
+            return
+        t0 = time.perf_counter()
+        log = _ncu_log()
+        profiled = _SPARE.pop("profiled", None) or RunnerProcess(
+            self.device, Path.cwd() / "profiled", profiling.ncu_command(log)
+        )
+        main, self.runner = self.runner, profiled
+        try:
+            self.runner.start(self.job.limits.load_s + 60)
+            input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
+            load = Request(
+                op="load", source=self.job.candidate_source, kernel_names=self.job.kernel_names
+            )
+            self.runner.ask(load, self.job.limits.load_s)
+            self.build(input_set)
+            in_slots = self.share_like(self.make_inputs(input_set, self.job.seeds[0], 0))
+            inputs = self.make_inputs(input_set, self.job.seeds[0], 0)
+            for slot, x in zip(in_slots, inputs, strict=True):
+                if isinstance(slot, torch.Tensor):
+                    slot.copy_(x)
+            self.sync()
+            args = self.values(in_slots)
+            self.runner.ask(
+                Request(op="call", what="profiling warm-up", args=args),
+                self.job.limits.first_call_s,
+            )
+            self.runner.ask(
+                Request(op="call", what="profiled call", args=args, nvtx=True),
+                self.job.limits.call_s * 4,
+            )
+        except Verdict as verdict:
+            self.report.ncu_note = f"profiling run failed: {verdict.reason}"
+        finally:
+            self.runner.close()
+            self.runner = main
+        text = log.read_text(errors="replace") if log.exists() else ""
+        self.report.ncu_kernels = profiling.parse_ncu_csv(text, self.job.kernel_names)
+        if not self.report.ncu_kernels and not self.report.ncu_note:
+            self.report.ncu_note = f"ncu reported no candidate kernel: {text[-400:].strip()}"
+        self.report.ncu_seconds = time.perf_counter() - t0
+        self.report.profiled_set = self.report.target_sets[0]
+
+
+class SetTimer:
+    """Candidate (in the runner) and baselines (here) on one input set, interleaved by batch,
+    each batch of the candidate checked against this process's clock and some of its calls
+    re-verified after the batch ran."""
+
+    def __init__(self, evaluation: Evaluation, input_set):
+        self.ev, self.set = evaluation, input_set
+        self.job = evaluation.job
+        self.name = input_set.name
+
+    def run(self) -> RawTiming:
+        ev, job = self.ev, self.job
+        self.ref = ev.build(self.set)
+        count = job.batch
+        seeds = _derive(job.timing_seed, self.name)
+        self.private = [ev.make_inputs(self.set, next(seeds), i) for i in range(count)]
+        self.shared = [ev.share_like(x) for x in self.private]
+        self.expected_example = ev.reference(self.ref, self.private[0])
+        self.out_slots = ev.share_like(cmp.flatten(self.expected_example))
+        impls = {"candidate": None}
+        if "eager" in job.baselines:
+            impls["eager"] = self.ref
+        compiled_cached = self.cached_compiled()
+        if "compile" in job.baselines and compiled_cached is None:
+            impls["compiled"] = torch.compile(self.ref, dynamic=False)
+        slots = timing.rotating_slots(self.private[0], 3)
+        raw = RawTiming(
+            input_set=self.name, samples={k: {"device_ms": [], "host_ms": []} for k in impls}
+        )
+        samples = raw.samples
+        raw.persisting_l2_reset = timing.reset_persisting_l2()
+        null = self.null_span(slots)
+        warm = job.warmup + ev.rng.randrange(job.warmup + 1)
+        with torch.no_grad():
+            for fn in impls.values():
+                if fn is not None:
+                    for _ in range(warm):
+                        fn(*self.private[0])
+            ev.sync()
+            rounds = math.ceil(job.trials / count)
+            for r in range(rounds):
+                self.refill(seeds)
+                order = list(impls)
+                ev.rng.shuffle(order)
+                for key in order:
+                    if key == "candidate":
+                        if r == 0:
+                            self.warm_candidate(warm)
+                        self.time_candidate(raw, samples[key], null)
+                    else:
+                        batch = timing.measure_batch(
+                            impls[key],
+                            self.private,
+                            slots,
+                            ev.flush,
+                            self.sleep_cycles(1.0),
+                            keep_outputs=False,
+                        )
+                        samples[key]["device_ms"] += batch.device_ms
+                        samples[key]["host_ms"] += batch.host_ms
+        if compiled_cached is not None:
+            samples["compiled"] = compiled_cached
+            raw.compiled_from_cache = True
+        elif "compiled" in samples:
+            self.store_compiled(samples["compiled"])
+        self.after_timing()
+        return raw
+
+    def refill(self, seeds) -> None:
+        for i in range(len(self.private)):
+            fresh = self.ev.make_inputs(self.set, next(seeds), i)
+            for private, shared, x in zip(self.private[i], self.shared[i], fresh, strict=True):
+                if isinstance(x, torch.Tensor):
+                    private.copy_(x)
+                    shared.copy_(x)
+        self.ev.sync()
+
+    def sleep_cycles(self, ms: float) -> int:
+        return int(self.ev.cycles_per_ms * ms)
+
+    def null_span(self, slots: list) -> float:
+        """This process's own time for everything in a batch but the calls (input copies, L2
+        flushes, events, output clones), from a call that returns a ready output."""
+        out = self.expected_example
+
+        def ready(*args):
+            return out
+
+        batch = timing.measure_batch(
+            ready, self.private, slots, self.ev.flush, self.sleep_cycles(1.0)
+        )
+        return batch.span_ms
+
+    def warm_candidate(self, warmup: int) -> None:
+        """Untimed calls (a randomized number, row 20) that also let the runner allocate its
+        rotating buffers and L2 flush before the first clocked batch."""
+        request = Request(
+            op="warm",
+            what=f"warm-up on '{self.name}'",
+            staged=[self.ev.values(x) for x in self.shared],
+            warmup=warmup,
+        )
+        self.ev.runner.ask(request, self.job.limits.call_s * (warmup + 1))
+
+    def time_candidate(self, raw: RawTiming, sample: dict, null_ms: float) -> None:
+        ev, job = self.ev, self.job
+        sleep_ms = max(1.0, len(self.private) * 0.2)
+        request = Request(
+            op="time",
+            what=f"timed calls on '{self.name}'",
+            staged=[ev.values(x) for x in self.shared],
+        )
+        while True:
+            request.sleep_cycles = self.sleep_cycles(sleep_ms)
+            t0 = time.perf_counter()
+            reply = ev.runner.ask(request, job.limits.call_s * len(self.private) + sleep_ms / 1e3)
+            wall_ms = (time.perf_counter() - t0) * 1e3
+            if not reply.starved:
+                break
+            if sleep_ms >= MAX_SLEEP_MS:
+                raise Verdict(
+                    "rejected",
+                    f"'{self.name}': the host could not queue {len(self.private)} calls within {MAX_SLEEP_MS:.0f} ms; launch overhead this high cannot be timed without the host in series",
+                )
+            sleep_ms *= 4
+        if len(reply.device_ms) != len(self.private) or len(reply.host_ms) != len(self.private):
+            raise Verdict(
+                "rejected",
+                f"result channel tampered: {len(reply.device_ms)} timings for {len(self.private)} calls",
+            )
+        self.cross_check(raw, reply, wall_ms, sleep_ms, null_ms)
+        sample["device_ms"] += reply.device_ms
+        sample["host_ms"] += reply.host_ms
+        for index in ev.rng.sample(
+            range(len(self.private)), min(job.verify_per_batch, len(self.private))
+        ):
+            self.verify_timed(index, raw)
+
+    def cross_check(
+        self, raw: RawTiming, reply: Reply, wall_ms: float, sleep_ms: float, null_ms: float
+    ) -> None:
+        """The batch took `wall_ms` on this process's clock. Honest device times add up to it
+        with the sleep, the batch's fixed work (`null_ms`, measured here) and a small slack;
+        work hidden from the events makes the wall clock longer than that."""
+        claimed = sum(reply.device_ms)
+        if claimed > wall_ms + WALL_SLACK_MS or min(reply.device_ms) < 0:
+            raise Verdict(
+                "rejected",
+                f"timing forged on '{self.name}': {claimed:.3f} ms of device time reported in a {wall_ms:.3f} ms batch",
+            )
+        bound = WALL_SLACK_RATIO * (sleep_ms + null_ms + claimed) + WALL_SLACK_MS
+        if wall_ms > bound:
+            raise Verdict(
+                "rejected",
+                f"timing disagrees with the trusted clock on '{self.name}': the batch took {wall_ms:.2f} ms, "
+                f"at most {bound:.2f} ms is explained by the reported {claimed:.3f} ms of calls",
+            )
+        raw.wall_checks.append(f"{wall_ms:.2f} ms <= {bound:.2f} ms")
+
+    def verify_timed(self, index: int, raw: RawTiming) -> None:
+        ev = self.ev
+        expected = ev.reference(self.ref, self.private[index])
+        ev.poison(self.out_slots, expected)
+        ev.sync()
+        reply = ev.runner.ask(
+            Request(op="collect", indices=[index], outputs=ev.specs(self.out_slots)),
+            self.job.limits.call_s,
+        )
+        ev.check_structure(reply, expected, self.name)
+        ev.record(
+            self.name,
+            len(raw.samples.get("candidate", {}).get("device_ms", [])),
+            "timed",
+            [t.clone() for t in self.out_slots],
+            cmp.flatten(expected),
+        )
+        raw.rechecks += 1
+
+    def after_timing(self) -> None:
+        ev = self.ev
+        inputs = ev.make_inputs(self.set, secrets.randbits(62), 1)
+        expected = ev.reference(self.ref, inputs)
+        ev.check_call(
+            self.name,
+            0,
+            inputs,
+            expected,
+            self.shared[0],
+            self.out_slots,
+            "after_timing",
+            watch=False,
+        )
+
+    # ---- torch.compile baseline cache ----------------------------------------------------
+    def cache_path(self) -> Path | None:
+        if not self.job.reuse_baselines:
+            return None
+        env = self.ev.report.environment
+        key = json.dumps(
+            [
+                self.job.problem_source,
+                self.set.constants,
+                self.job.dtype,
+                env.get("gpu_name"),
+                torch.__version__,
+                env.get("triton_version"),
+                self.job.trials,
+            ],
+            sort_keys=True,
+        )
+        return _cache_root() / "baselines" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def cached_compiled(self) -> dict | None:
+        path = self.cache_path()
+        if path is None or "compile" not in self.job.baselines or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return {
+                "device_ms": [float(v) for v in data["device_ms"]],
+                "host_ms": [float(v) for v in data["host_ms"]],
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def store_compiled(self, sample: dict) -> None:
+        path = self.cache_path()
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sample))
+        tmp.replace(path)
+
+
+def _derive(secret: int, salt: str):
+    counter = 0
+    while True:
+        digest = hashlib.sha256(f"{secret}:{salt}:{counter}".encode()).digest()
+        yield int.from_bytes(digest[:8], "little") >> 2
+        counter += 1
+
+
+def _load_problem(source: str):
+    path = Path.cwd() / "forge_problem.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("forge_problem", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["forge_problem"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _forget_seed() -> None:
+    """Reseed the global RNG from fresh entropy after using a secret seed."""
+    torch.manual_seed(secrets.randbits(62))
+
+
+def _distribute(x: torch.Tensor, style: str, seed: int) -> torch.Tensor:
+    """Per-seed input styles: uniform-looking data lets cheats that use the mean pass (row 6)."""
+    if style in ("normal", "as_given"):
+        return x
+    g = torch.Generator(device=x.device).manual_seed(seed ^ 0x5EED)
+    if style == "heavy_tailed":
+        scale = torch.exp(torch.randn(x.shape, generator=g, device=x.device, dtype=torch.float32))
+        return (x.float() * scale).to(x.dtype)
+    if style == "outliers":
+        hit = torch.rand(x.shape, generator=g, device=x.device) < 1e-3
+        sign = torch.where(torch.rand(x.shape, generator=g, device=x.device) < 0.5, -1.0, 1.0)
+        return torch.where(hit, (sign * 50.0 * x.float().abs().clamp_min(1.0)).to(x.dtype), x)
+    if style == "positive":
+        return x.abs() + 1e-3
+    raise ValueError(f"unknown input distribution {style!r}")
+
+
+def run_job(job: dict) -> dict:
+    return Evaluation(EvalJob.model_validate(job)).run().model_dump()
