@@ -3,8 +3,9 @@
 Cold: an empty compiler cache directory (Triton, torch extensions, cupy, inductor). Warm: the
 same candidate again with that cache filled. Warm-prestarted: as the optimize loop runs, with
 the worker process started ahead of its job. Each evaluation is a fresh sandboxed process.
-"verdict" is the time until correct/incorrect is known (static + startup + compile +
-correctness, plus the worker's preparation unless it was pre-started).
+"verdict" is the time until correct/incorrect is known: static + startup (which includes
+waiting for the runner's own start-up, `prepare`, where it was not done ahead) + compile +
+correctness.
 
     python bench/eval_latency.py [--json out.json] [--repeats 2]
 """
@@ -70,7 +71,7 @@ def main() -> None:
                 }
                 row["verdict"] = sum(
                     row[p] for p in ("static", "startup", "compile", "correctness")
-                ) + (0.0 if state == "warm-prestarted" else row["prepare"])
+                )
                 row["speedup_vs_eager"] = result.speedup_vs_eager
                 row["reasons"] = result.reasons[:2]
                 rows.append(row)

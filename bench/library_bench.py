@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import forge.kernels_library as kl
-from forge.evaluator import EvalConfig, evaluate, resolve_problem
+from forge.evaluator import EvalConfig, evaluate, resolve_problem, timing
 from forge.evaluator.problem import InputSet
 from forge.evaluator.result import (
     Check,
@@ -121,9 +121,9 @@ def _module(name: str, path: Path):
 
 
 def measure_on(op: str, fixture: str, sets: dict[str, dict], baselines: list[str]):
-    """`--entries measured`: this script's own check and timing instead of the evaluator's
-    (3 seeds per set compared with the problem's tolerances; 30 interleaved CUDA-event samples
-    of kernel and eager, median). Weaker than the evaluator (no integrity checks, no
+    """`--entries measured`: this script's own check instead of the evaluator's, with the
+    evaluator's timing protocol (3 seeds per set compared with the problem's tolerances; 30
+    device-time samples of kernel and eager, interleaved by batch, median). Weaker than the evaluator (no integrity checks, no
     torch.compile baseline): for when the evaluator cannot run here."""
     problem = resolve_problem(op)
     problem = problem.model_copy(
@@ -163,22 +163,18 @@ def measure_on(op: str, fixture: str, sets: dict[str, dict], baselines: list[str
                         numel=expected.numel(),
                     )
                 )
+            # the evaluator's device-time protocol (evaluator/timing.py): 3 batches of 10 calls
+            # per implementation, interleaved, host launch overhead apart
             samples = {"candidate": [], "eager": []}
-            for _ in range(30):
+            flush, cycles = timing.L2Flush(), timing.sleep_cycles_per_ms()
+            staged = [inputs] * 10
+            slots = timing.rotating_slots(inputs, 3)
+            for _ in range(3):
                 for name, model in (("candidate", cand), ("eager", ref)):
-                    start, end = (
-                        torch.cuda.Event(enable_timing=True),
-                        torch.cuda.Event(enable_timing=True),
+                    batch = timing.measure_batch(
+                        model, staged, slots, flush, int(2 * cycles), keep_outputs=False
                     )
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    start.record()
-                    model(*inputs)
-                    end.record()
-                    end.synchronize()
-                    samples[name].append(
-                        (start.elapsed_time(end), (time.perf_counter() - t0) * 1e3)
-                    )
+                    samples[name] += zip(batch.device_ms, batch.host_ms, strict=True)
         stats = {
             k: TimingStats.from_samples([e for e, _ in v], [h for _, h in v])
             for k, v in samples.items()

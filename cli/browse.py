@@ -19,21 +19,17 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
+from forge.cli.errors import fail
+
 PIPE_WIDTH = 160
 """Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
 console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 REFERENCE = re.compile(r"^(?:(?P<kind>run|r|candidate|cand|c):?)?(?P<id>\d+)$", re.IGNORECASE)
 DbOption = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
 ]
-
-
-def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def parse_reference(text: str, default: str) -> tuple[str, int]:

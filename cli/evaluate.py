@@ -9,13 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forge.cli.errors import fail
+
 console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def ops() -> None:

@@ -12,11 +12,11 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from forge.cli.errors import fail
+
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 library_app = typer.Typer(
     name="library",
@@ -31,11 +31,6 @@ DbOption = Annotated[
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
 ]
 CANDIDATE = re.compile(r"^(?:(?:candidate|cand|c):?)?(\d+)$", re.IGNORECASE)
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(code)
 
 
 def _store(db: str | None):  # noqa: ANN202 (RunStore, imported lazily)

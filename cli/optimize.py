@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from forge.cli.errors import err, fail
 from forge.db.redact import redact
 
 PIPE_WIDTH = 160
 """Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
 console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATUS_COLOURS = {"correct": "green", "compiled": "cyan", "incorrect": "red", "rejected": "magenta"}
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
@@ -31,11 +31,6 @@ class Backend(str, Enum):
 class Device(str, Enum):
     cuda = "cuda"
     cpu = "cpu"
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
 
 
 def _x(value: float | None) -> str:

@@ -55,7 +55,8 @@ def render_result(console: Console, r: EvalResult) -> None:
             "vs compile",
             "roofline",
             "CV",
-            title="timing (median of interleaved calls)",
+            "host launch",
+            title="device time per call (median of interleaved calls; host launch overhead apart)",
         )
         for t in r.timings:
             table.add_row(
@@ -67,10 +68,12 @@ def render_result(console: Console, r: EvalResult) -> None:
                 _x(t.speedup_vs_compile),
                 f"{t.roofline_fraction:.0%}" if t.roofline_fraction else "-",
                 f"{t.candidate.cv:.1%}",
+                f"{t.candidate.host_median_ms:.4f}",
             )
         console.print(table)
         console.print(
-            f"speedup (geomean): {_x(r.speedup_vs_eager)} vs eager, {_x(r.speedup_vs_compile)} vs torch.compile"
+            f"speedup at {', '.join(r.target_sets) or 'the target set'}: {_x(r.speedup_vs_eager)} vs eager, "
+            f"{_x(r.speedup_vs_compile)} vs torch.compile"
         )
     elif r.status is Status.correct:
         console.print("timings: not meaningful on this device (correctness only)")

@@ -194,7 +194,6 @@ class TrustedReport(BaseModel):
     containment: dict[str, Any] = Field(default_factory=dict)
     ncu_kernels: list[dict[str, Any]] = Field(default_factory=list)
     ncu_note: str = ""
-    ncu_seconds: float = 0.0
     target_sets: list[str] = Field(default_factory=list)
     output_bytes: dict[str, int] = Field(default_factory=dict, description="per input set")
 

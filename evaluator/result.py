@@ -128,9 +128,11 @@ class Profile(BaseModel):
 class PhaseSeconds(BaseModel):
     static: float = 0.0
     prepare: float = Field(
-        0.0, description="worker imports and CUDA/profiler start-up (hidden when pre-started)"
+        0.0,
+        description="the runner's own start-up: imports, CUDA, containment "
+        "(overlaps the wait for the job when pre-started)",
     )
-    startup: float = Field(0.0, description="from the job's arrival to the harness being ready")
+    startup: float = Field(0.0, description="from the job's arrival to the runner being ready")
     compile: float = 0.0
     correctness: float = 0.0
     timing: float = 0.0

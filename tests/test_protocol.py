@@ -1,0 +1,136 @@
+"""The channel between the trusted process and the runner: typed frames, descriptors, limits,
+and CPU shared memory (the GPU's CUDA IPC path is covered by the GPU tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from forge.evaluator import protocol
+from forge.evaluator.config import EvalConfig
+from forge.evaluator.host import job_deadline, limits_for
+from forge.evaluator.protocol import EvalJob, InputSetSpec, Reply, Request, TensorSpec, Value
+from forge.evaluator.shared import MappedBuffer, SharedBuffer
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_request_and_its_descriptors_arrive_intact(pair):
+    a, b = pair
+    buffer = SharedBuffer(7, 64, "cpu")
+    request = Request(
+        op="call",
+        what="forward on 'tiny'",
+        args=[
+            Value(tensor=TensorSpec(buffer=7, dtype="float32", shape=[4, 4])),
+            Value(json_value=3),
+        ],
+    )
+    protocol.send(a, request, [buffer.fd])
+    got, fds = protocol.receive(b, Request)
+    assert got == request
+    assert len(fds) == 1 and os.fstat(fds[0]).st_size == 64
+    os.close(fds[0])
+    buffer.release()
+
+
+def test_infinite_and_nan_errors_survive_the_frame(pair):
+    a, b = pair
+    protocol.send(a, Reply(device_ms=[float("inf"), 1.5]))
+    got, _ = protocol.receive(b, Reply)
+    assert got.device_ms[0] == float("inf") and got.device_ms[1] == 1.5
+
+
+def test_garbage_from_the_runner_is_a_protocol_error(pair):
+    a, b = pair
+    body = b'{"ok": "not a bool at all", "device_ms": "x"}'
+    a.sendall(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(protocol.ProtocolError, match="malformed message"):
+        protocol.receive(b, Reply)
+
+
+def test_an_oversized_frame_is_refused_before_it_is_read(pair):
+    a, b = pair
+    a.sendall(struct.pack("<Q", protocol.MAX_FRAME + 1))
+    with pytest.raises(protocol.ProtocolError, match="exceeds"):
+        protocol.receive(b, Reply)
+
+
+def test_a_closed_channel_is_reported(pair):
+    a, b = pair
+    a.sendall(struct.pack("<Q", 100) + b"{")
+    a.close()
+    with pytest.raises(protocol.ProtocolError, match="closed the channel"):
+        protocol.receive(b, Reply)
+
+
+def test_cpu_shared_memory_is_seen_by_another_process():
+    """The trusted side writes a memfd-backed tensor; a child maps the descriptor it inherited
+    (as the runner does after receiving it), doubles the values in place, and the trusted
+    side sees the change."""
+    buffer = SharedBuffer(0, 16, "cpu")
+    view = buffer.view(torch.float32, [4])
+    view.copy_(torch.arange(4, dtype=torch.float32))
+    child = textwrap.dedent(
+        f"""
+        import torch
+        from forge.evaluator.shared import MappedBuffer
+        mapped = MappedBuffer(16, "cpu", fd={buffer.fd})
+        mapped.view(torch.float32, [4]).mul_(2)
+        """
+    )
+    os.set_inheritable(buffer.fd, True)
+    subprocess.run([sys.executable, "-c", child], check=True, pass_fds=(buffer.fd,), timeout=120)
+    assert view.tolist() == [0.0, 2.0, 4.0, 6.0]
+    buffer.release()
+
+
+def test_a_mapped_view_never_reaches_past_its_buffer():
+    buffer = SharedBuffer(1, 8, "cpu")
+    mapped = MappedBuffer(8, "cpu", fd=os.dup(buffer.fd))
+    with pytest.raises(RuntimeError):
+        mapped.view(torch.float32, [4])  # 16 bytes asked of an 8-byte buffer
+    buffer.release()
+
+
+def test_deadlines_follow_the_backend_and_the_cap():
+    gpu = limits_for(EvalConfig(device="cuda"), "import triton", "triton")
+    inline = limits_for(EvalConfig(device="cuda"), "load_inline(...)", "cuda")
+    capped = limits_for(EvalConfig(device="cuda", timeout_s=5), "load_inline(...)", "cuda")
+    assert gpu.first_call_s <= 20 and gpu.call_s <= 10, "a hung kernel must cost under 30 s"
+    assert inline.load_s > gpu.load_s
+    assert max(capped.load_s, capped.first_call_s, capped.call_s) == 5
+    job = EvalJob(
+        device="cuda",
+        backend="triton",
+        problem_source="",
+        candidate_source="",
+        dtype="float32",
+        atol=1e-4,
+        rtol=1e-4,
+        distributions=["normal"],
+        input_sets=[InputSetSpec(name="a", constants={})],
+        seeds=[1, 2, 3],
+        timing_seed=4,
+        kernel_names=["k"],
+        trials=50,
+        warmup=5,
+        batch=10,
+        verify_per_batch=2,
+        baselines=["eager"],
+        limits=gpu,
+    )
+    assert job_deadline(job) > gpu.load_s + gpu.first_call_s
