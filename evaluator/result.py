@@ -38,7 +38,11 @@ class Check(BaseModel):
 
     input_set: str
     seed_index: int
-    phase: str = Field(description="before_reference | after_reference | timed | after_timing")
+    phase: str = Field(
+        description="before_reference | after_reference (the candidate's first and second call "
+        "on a seed's inputs; v1 names: the reference now runs in the trusted process) | timed | "
+        "after_timing"
+    )
     output_index: int = 0
     passed: bool
     max_abs_error: float = Field(description="over finite positions; inf when a NaN/inf mismatches")

@@ -106,10 +106,7 @@ class SharedBuffer:
             self.bytes = torch.frombuffer(self._map, dtype=torch.uint8)
 
     def view(self, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-        count = 1
-        for n in shape:
-            count *= n
-        return self.bytes[: count * _itemsize(dtype)].view(dtype).view(shape)
+        return typed_view(self.bytes, dtype, shape)
 
     def release(self) -> None:
         self.bytes = None
@@ -121,8 +118,14 @@ class SharedBuffer:
             self.fd = -1
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def typed_view(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """The first bytes of `raw` (uint8) as a tensor of `dtype` and `shape`; fails when the
+    buffer is too small rather than reaching past it."""
+    count = 1
+    for n in shape:
+        count *= n
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return raw[: count * itemsize].view(dtype).view(shape)
 
 
 class MappedBuffer:
@@ -145,7 +148,4 @@ class MappedBuffer:
             self.bytes = torch.frombuffer(self._map, dtype=torch.uint8)
 
     def view(self, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-        count = 1
-        for n in shape:
-            count *= n
-        return self.bytes[: count * _itemsize(dtype)].view(dtype).view(shape)
+        return typed_view(self.bytes, dtype, shape)

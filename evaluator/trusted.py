@@ -328,30 +328,25 @@ class Evaluation:
                     out_slots = self.share_like(cmp.flatten(expected))
                 if seed_index == 0:
                     self.note_degenerate(input_set.name, expected)
-                c0 = time.perf_counter()
-                first = self.check_call(
-                    input_set.name,
-                    seed_index,
-                    inputs,
-                    expected,
-                    in_slots,
-                    out_slots,
-                    "before_reference",
-                    watch=seed_index == 0,
-                )
-                if index == 0 and seed_index == 0:
-                    first_call_s = time.perf_counter() - c0
-                second = self.check_call(
-                    input_set.name,
-                    seed_index,
-                    inputs,
-                    expected,
-                    in_slots,
-                    out_slots,
-                    "after_reference",
-                    watch=False,
-                )
-                self.record_agreement(input_set.name, seed_index, first, second)
+                outputs = []
+                for phase in ("before_reference", "after_reference"):
+                    c0 = time.perf_counter()
+                    watch = seed_index == 0 and phase == "before_reference"
+                    outputs.append(
+                        self.check_call(
+                            input_set.name,
+                            seed_index,
+                            inputs,
+                            expected,
+                            in_slots,
+                            out_slots,
+                            phase,
+                            watch,
+                        )
+                    )
+                    if index == 0 and watch:
+                        first_call_s = time.perf_counter() - c0
+                self.record_agreement(input_set.name, seed_index, *outputs)
         self.report.phase_seconds["compile"] = (
             self.report.phase_seconds.get("compile", 0.0) + first_call_s
         )
