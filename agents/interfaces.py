@@ -12,20 +12,35 @@ from forge.evaluator.result import EvalResult
 
 
 class LLMOptions(BaseModel):
-    """Options of one LLM call."""
+    """Options of one LLM call.
 
-    temperature: float = 0.2
-    """Sampling temperature."""
-    max_tokens: int = 8192
-    """Upper bound on generated tokens."""
+    The sampling options (`SAMPLING_OPTIONS`) are sent only when set, and only where the model
+    takes them: litellm knows which parameters (and values) each model accepts, and a reasoning
+    model's refusal of, say, `temperature` drops it instead of failing the call. None leaves the
+    choice to the provider.
+    """
+
+    temperature: float | None = Field(None, ge=0)
+    """Sampling temperature (None: the provider's default)."""
+    top_p: float | None = Field(None, ge=0, le=1)
+    """Nucleus sampling mass (None: the provider's default)."""
+    reasoning_effort: str | None = None
+    """Reasoning effort of a reasoning model, e.g. `low`, `medium`, `high` (None: its default)."""
+    max_tokens: int | None = Field(8192, ge=1)
+    """Upper bound on generated tokens, reasoning tokens included (None: the provider's)."""
     timeout_s: float = 300.0
     """Per-call timeout."""
     retries: int = 4
-    """Retries on rate limits, 5xx and timeouts (exponential backoff)."""
+    """Retries on rate limits, 5xx, timeouts and lost connections (exponential backoff); a
+    request that cannot succeed (bad key, bad request, unknown model) is never retried."""
     backoff_s: float = 2.0
     """First backoff delay; doubles on each retry."""
     api_base: str | None = None
     """Base URL of an OpenAI-compatible server (`--api-base`)."""
+
+
+SAMPLING_OPTIONS = ("temperature", "top_p", "reasoning_effort", "max_tokens")
+"""The LLMOptions fields sent to the provider as request parameters of the same name."""
 
 
 class Message(BaseModel):

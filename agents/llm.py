@@ -2,10 +2,16 @@
 
 - `LiteLLMModel(model_id)`: any provider through litellm by model string (`openai/gpt-4o`,
   `anthropic/claude-...`, `ollama/llama3`, any OpenAI-compatible server with
-  `LLMOptions.api_base`). Our own retries with exponential backoff on rate limits, 5xx, timeouts
-  and connection errors (litellm's and the OpenAI SDK's retries are switched off so these are
-  the only ones, logged and counted); per-call timeout; tokens from the response's usage; cost
-  from litellm's local price map (0.0 for a model it has no price for).
+  `LLMOptions.api_base`). Sampling options are sent only when set and only where the model
+  takes them (litellm's list of the model's parameters, and `drop_params` for values a model
+  refuses, such as a reasoning model's temperature). Our own retries with exponential backoff
+  on rate limits, 5xx, timeouts and connection errors, never on a request that cannot succeed
+  (bad key, bad request, unknown model, or one the SDK refused to send); litellm's and the
+  OpenAI SDK's retries are switched off so these are the only ones, logged and counted. Per-call
+  timeout; tokens from the response's usage; cost from litellm's local price map (0.0, with
+  `cost_known` False, for a model it has no price for).
+- `check_credentials(model, api_base)`: before a run, the provider's key variables that
+  litellm finds missing, as one `MissingCredentials` error (a local server needs no key).
 - `ScriptedModel(path)`: replays answers from a JSON file, for tests and offline demos.
 - `RecordingModel(inner, store, run_id, role)`: logs every call, successful or not, to the
   database through `RunStore.record_llm_call`.
@@ -27,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from functools import cache
@@ -34,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from forge.agents.interfaces import LLM, LLMOptions, LLMResponse, Message
+from forge.agents.interfaces import LLM, SAMPLING_OPTIONS, LLMOptions, LLMResponse, Message
 from forge.db.redact import install_log_redaction, redact
 
 if TYPE_CHECKING:
@@ -53,6 +60,12 @@ PROVIDER_KEY_VARS = (
     "DEEPSEEK_API_KEY",
     "OPENROUTER_API_KEY",
 )
+SECRET_VARIABLE = re.compile(r"_(API_KEY|API_TOKEN|AUTH_TOKEN)$")
+"""Which of the variables litellm reports missing are keys. Others (OLLAMA_API_BASE, AWS_*,
+VERTEXAI_PROJECT) have defaults or credential files litellm's check does not see."""
+LOCAL_SERVER_KEY = "forge-local-server"
+"""Sent as the key to a server given by `api_base` when the provider's key variable is unset
+(the OpenAI SDK refuses to send a request without one; a local server ignores it)."""
 BACKOFF_JITTER = 0.25
 """Each backoff delay is stretched by up to this fraction at random, so parallel trajectories
 that hit a rate limit together do not retry in lockstep."""
@@ -143,6 +156,10 @@ class NoModelConfigured(ValueError):
     """Neither --model/--coder-model/--judge-model nor FORGE_MODEL names a model."""
 
 
+class MissingCredentials(ValueError):
+    """The provider's key is not in the environment (found before anything runs)."""
+
+
 # ----------------------------------------------------------------- responses
 
 
@@ -172,7 +189,8 @@ class ScriptedModel:
         {"role": "coder" | "judge",     # optional: only a model built for that role takes it
          "text": "...",                 # the answer; or instead:
          "error": "...",                # raise LLMError with this message (tests error paths)
-         "cost_usd": 0.0}               # optional: reported cost (tests dollar budgets)
+         "cost_usd": 0.0,               # optional: reported cost (tests dollar budgets)
+         "delay_s": 0.0}                # optional: seconds the call takes (tests Ctrl-C)
 
     Coder and Judge can share one file: `ScriptedModel(path, role="coder")` replays the items
     tagged `coder` (and untagged ones) in order with its own cursor, skipping those tagged
@@ -212,6 +230,7 @@ class ScriptedModel:
                 )
             entry = self._entries[self._next]
             self._next += 1
+        time.sleep(entry.get("delay_s", 0.0))
         if "error" in entry:
             raise LLMError(
                 f"{self.model_id}: scripted error: {entry['error']}",
@@ -259,8 +278,9 @@ def _read_script(path: Path) -> list[dict]:
             )
         if not isinstance(entry.get("text", entry.get("error")), str):
             raise ScriptError(f"{path}: item {i}: 'text' and 'error' must be strings")
-        if not isinstance(entry.get("cost_usd", 0.0), int | float):
-            raise ScriptError(f"{path}: item {i}: 'cost_usd' must be a number")
+        for number in ("cost_usd", "delay_s"):
+            if not isinstance(entry.get(number, 0.0), int | float):
+                raise ScriptError(f"{path}: item {i}: '{number}' must be a number")
         entries.append(entry)
     return entries
 
@@ -279,6 +299,34 @@ def _litellm() -> ModuleType:
 
 
 @cache
+def _permanent_errors() -> tuple[type[BaseException], ...]:
+    """litellm's exceptions for requests that fail the same way however often they are sent
+    (UnsupportedParamsError and ContextWindowExceededError are BadRequestErrors)."""
+    lm = _litellm()
+    return (lm.AuthenticationError, lm.PermissionDeniedError, lm.BadRequestError, lm.NotFoundError)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the OpenAI SDK refused to send the request (no key, a bad client setting):
+    litellm reports that as a 500, but there was no server to retry."""
+    import openai
+
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, openai.OpenAIError) and not isinstance(cause, openai.APIError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _transient_kind(exc: BaseException) -> type[LLMTransientError] | None:
+    """Our class for a litellm error worth retrying, None for one that cannot succeed."""
+    if isinstance(exc, _permanent_errors()) or _never_sent(exc):
+        return None
+    return next((ours for cls, ours in _transient_errors() if isinstance(exc, cls)), None)
+
+
+@cache
 def _transient_errors() -> tuple[tuple[type[BaseException], type[LLMTransientError]], ...]:
     """litellm's retryable exceptions and ours, most specific first."""
     lm = _litellm()
@@ -292,19 +340,53 @@ def _transient_errors() -> tuple[tuple[type[BaseException], type[LLMTransientErr
     )
 
 
+@cache
+def _supported_params(model_id: str) -> frozenset[str] | None:
+    lm = _litellm()
+    try:
+        model, provider, _, _ = lm.get_llm_provider(model=model_id)
+    except lm.BadRequestError:  # a model string litellm cannot place: the call will say so
+        return None
+    params = lm.get_supported_openai_params(model=model, custom_llm_provider=provider)
+    return frozenset(params) if params is not None else None
+
+
+def missing_credentials(model_id: str) -> list[str]:
+    """The key variables litellm's `validate_environment` finds missing for this model's
+    provider ([] when it needs none, or only settings with defaults: see SECRET_VARIABLE)."""
+    missing = _litellm().validate_environment(model=model_id)["missing_keys"]
+    return missing if any(SECRET_VARIABLE.search(name) for name in missing) else []
+
+
+def check_credentials(model_id: str, api_base: str | None) -> None:
+    """Raise MissingCredentials, naming the variables, when the provider's key is not set.
+    A scripted model and a server given by `api_base` need none."""
+    if model_id.startswith(SCRIPTED_PREFIX) or api_base is not None:
+        return
+    missing = missing_credentials(model_id)
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingCredentials(
+            f"{model_id}: {', '.join(missing)} {verb} not set (litellm's check of the "
+            "provider's credentials): export the key, or pass --api-base URL for a local "
+            "OpenAI-compatible server"
+        )
+
+
 class LiteLLMModel:
     """Any provider litellm knows, by model string."""
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
+        self.stop = threading.Event()
+        """Once set (Ctrl-C), a failed attempt is not retried: a retry is a new, paid call."""
 
     def complete(self, messages: list[Message], options: LLMOptions) -> LLMResult:
         lm = _litellm()
         import openai  # a litellm dependency: the base class of every provider error it raises
 
-        transient = _transient_errors()
-        retryable = tuple(cls for cls, _ in transient)
         payload = [m.model_dump() for m in messages]
+        params = self.request_params(options)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -313,17 +395,18 @@ class LiteLLMModel:
                 response = lm.completion(
                     model=self.model_id,
                     messages=payload,
-                    temperature=options.temperature,
-                    max_tokens=options.max_tokens,
                     timeout=options.timeout_s,
-                    api_base=options.api_base,
                     num_retries=0,
                     max_retries=0,
+                    drop_params=True,
+                    **params,
                 )
-            except retryable as exc:
-                ours = next(o for cls, o in transient if isinstance(exc, cls))
+            except openai.OpenAIError as exc:
                 status = getattr(exc, "status_code", None)
-                if attempt > options.retries:
+                ours = _transient_kind(exc)
+                if ours is None:
+                    raise LLMRequestError.after(self.model_id, attempt, status, str(exc)) from exc
+                if attempt > options.retries or self.stop.is_set():
                     raise ours.after(self.model_id, attempt, status, str(exc)) from exc
                 delay = (
                     options.backoff_s * 2 ** (attempt - 1) * (1 + BACKOFF_JITTER * random.random())
@@ -336,12 +419,41 @@ class LiteLLMModel:
                     options.retries + 1,
                     delay,
                 )
-                time.sleep(delay)
+                if self.stop.wait(delay):
+                    raise ours.after(self.model_id, attempt, status, str(exc)) from exc
                 continue
-            except openai.OpenAIError as exc:
-                status = getattr(exc, "status_code", None)
-                raise LLMRequestError.after(self.model_id, attempt, status, str(exc)) from exc
             return self._result(response, attempt, time.monotonic() - started)
+
+    def request_params(self, options: LLMOptions) -> dict[str, object]:
+        """The keyword arguments of `litellm.completion` besides model, messages and retries:
+        the sampling options that are set and that litellm lists for this model, the server,
+        and a placeholder key for a server given without one."""
+        wanted = {
+            k: getattr(options, k) for k in SAMPLING_OPTIONS if getattr(options, k) is not None
+        }
+        supported = self.supported_params()
+        if supported is not None:
+            for name in sorted(wanted.keys() - supported):
+                log.info("%s: not sending %s (the model does not take it)", self.model_id, name)
+                del wanted[name]
+        if options.api_base is not None:
+            wanted["api_base"] = options.api_base
+            if missing_credentials(self.model_id):
+                wanted["api_key"] = LOCAL_SERVER_KEY
+        return wanted
+
+    def supported_params(self) -> frozenset[str] | None:
+        """The OpenAI-style parameters litellm says this model takes (None: it cannot tell)."""
+        return _supported_params(self.model_id)
+
+    def priced(self) -> bool:
+        """Whether litellm's price map has this model (else its cost is unknown)."""
+        lm = _litellm()
+        try:
+            info = lm.get_model_info(model=self.model_id)
+        except lm.exceptions.ModelNotMappedError:
+            return False
+        return bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
 
     def _result(self, response, attempts: int, latency: float) -> LLMResult:  # noqa: ANN001 (litellm.ModelResponse)
         choices = response.choices or []
@@ -510,9 +622,27 @@ def resolve_models(
     )
 
 
+def _unwrapped(model: LLM) -> LLM:
+    return model.inner if isinstance(model, RecordingModel) else model
+
+
+def cost_known(model: LLM) -> bool:
+    """Whether the model's calls report what they cost: False for a litellm model without a
+    price in litellm's map (its cost shows as unknown and a dollar budget cannot stop it)."""
+    inner = _unwrapped(model)
+    return inner.priced() if isinstance(inner, LiteLLMModel) else True
+
+
+def stop_retries_on(model: LLM, event: threading.Event) -> None:
+    """Make a litellm model stop retrying once `event` is set (the loop's Ctrl-C)."""
+    inner = _unwrapped(model)
+    if isinstance(inner, LiteLLMModel):
+        inner.stop = event
+
+
 def resume_model(model: LLM, store: RunStore, run_id: int, role: str) -> None:
     """Before resuming a run: a scripted model skips the answers the run already consumed
     (`RunStore.consumed_calls`), so nothing is replayed twice. Other models keep no state."""
-    inner = model.inner if isinstance(model, RecordingModel) else model
+    inner = _unwrapped(model)
     if isinstance(inner, ScriptedModel):
         inner.fast_forward(store.consumed_calls(run_id, role))

@@ -5,6 +5,11 @@ last candidate: if it failed, the Judge diagnoses it and the Coder repairs it; i
 Judge reads its measurements and plans one optimisation, which the Coder implements. `width`
 trajectories run in threads (LLM calls in parallel, evaluations serialized by one device lock).
 
+Ctrl-C (or `stop_soon()`): the steps in flight finish and are recorded, and nothing new starts:
+no LLM call (no retry either) and no evaluation; the run ends `interrupted`. A second Ctrl-C
+(or `stop_now()`) stops at once: the run is marked `interrupted`, the sandboxed evaluations in
+flight are killed, and what the trajectories were doing is dropped unrecorded.
+
 Every LLM call, candidate and evaluation is committed as it happens. Resuming replays a
 trajectory from the database: recorded answers are used instead of new calls, stored candidates
 and evaluations instead of new ones, and the loop goes on from where the records end.
@@ -12,11 +17,13 @@ and evaluations instead of new ones, and the loop goes on from where the records
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -27,16 +34,20 @@ from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext
 from forge.agents.errors import Converged, FormatError, LimitReached, ResumeError, StopTrajectory
 from forge.agents.interfaces import LLM, Evaluator, JudgePlan, LLMOptions, Message
 from forge.agents.judge import Judge
-from forge.agents.llm import LLMError, RecordingModel, resume_model
-from forge.db.models import LLMCall, RunStatus
+from forge.agents.llm import LLMError, RecordingModel, cost_known, resume_model, stop_retries_on
+from forge.db.models import LLMCall, Run, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError, evaluate
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
-from forge.sandbox.local import LocalSandbox
+from forge.sandbox.local import LocalSandbox, kill_session
 
+log = logging.getLogger("forge.loop")
+
+STOPPING = "stopping after this step (Ctrl-C again to stop now)"
+STOPPING_NOW = "stopping now"
 UNUSABLE = "unusable answer: "
 PASSING = (Status.correct, Status.compiled)
 
@@ -73,8 +84,9 @@ class LoopConfig(BaseModel):
     coder: LLMOptions = Field(default_factory=LLMOptions)
     """LLM options of the Coder's calls."""
 
-    judge: LLMOptions = Field(default_factory=lambda: LLMOptions(temperature=0.0, max_tokens=2048))
-    """LLM options of the Judge's calls."""
+    judge: LLMOptions = Field(default_factory=LLMOptions)
+    """LLM options of the Judge's calls (the same token bound as the Coder's: a reasoning
+    model spends part of it thinking)."""
 
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     """How candidates are evaluated (device, trials, timeouts ...)."""
@@ -148,6 +160,7 @@ class Event(BaseModel):
     detail: str = ""
     replayed: bool = False
     cost_usd: float = 0.0
+    cost_known: bool = True
     tokens: int = 0
 
 
@@ -163,6 +176,7 @@ class Outcome(BaseModel):
     best_speedup_vs_eager: float | None
     best_speedup_vs_compile: float | None
     cost_usd: float
+    cost_known: bool = True
     prompt_tokens: int
     completion_tokens: int
 
@@ -201,6 +215,7 @@ class OptimizeLoop:
         gpu: GpuSpec | None = None,
         evaluator: Evaluator | None = None,
         on_event: Callable[[Event], None] | None = None,
+        on_interrupt: Callable[[str], None] | None = None,
     ):
         self.run_id = run_id
         self.problem = problem
@@ -222,30 +237,78 @@ class OptimizeLoop:
             evaluate, config=config.evaluation, sandbox=self.sandbox
         )
         self.on_event = on_event or (lambda event: None)
+        self.on_interrupt = on_interrupt or log.warning
         self.device_lock = threading.Lock()
         self.totals_lock = threading.Lock()
         self.cost_usd = 0.0
+        self.cost_known = cost_known(coder_model) and cost_known(judge_model)
         self.tokens = 0
         self.best: Evaluated | None = None
         self.interrupt = threading.Event()
+        """Set by the first Ctrl-C (`stop_soon`): nothing new starts."""
+        self.aborted = threading.Event()
+        """Set by the second (`stop_now`): the trajectories' threads are abandoned."""
+        for model in (coder_model, judge_model):
+            stop_retries_on(model, self.interrupt)
         self.started = time.monotonic()
 
     def run(self) -> Outcome:
-        """Play every trajectory to its end. Ctrl-C lets the steps in flight finish and be
-        recorded, then ends the run as `interrupted` (a second Ctrl-C stops at once)."""
+        """Play every trajectory to its end. A first Ctrl-C lets the steps in flight finish and
+        be recorded and starts nothing new; a second stops at once. Either way the run ends as
+        `interrupted`."""
         self.started = time.monotonic()
-        pool = ThreadPoolExecutor(max_workers=self.config.width, thread_name_prefix="trajectory")
-        futures = [pool.submit(self.run_trajectory, index) for index in range(self.config.width)]
+        futures = [Future() for _ in range(self.config.width)]
+        for index, future in enumerate(futures):
+            threading.Thread(
+                target=self._play, args=(index, future), name=f"trajectory-{index}", daemon=True
+            ).start()
         try:
-            wait(futures)
+            try:
+                self._wait(futures)
+            except KeyboardInterrupt:
+                self.stop_soon()
+                self._wait(futures)
         except KeyboardInterrupt:
-            self.interrupt.set()
-            wait(futures)
+            return self.stop_now()
         finally:
-            pool.shutdown()
-            if self.sandbox is not None:
+            if self.sandbox is not None and not self.aborted.is_set():
                 self.sandbox.close()
         return self.finish([f.result() for f in futures])
+
+    def _play(self, index: int, future: Future) -> None:
+        """A trajectory's thread (a daemon: a second Ctrl-C must not wait for it)."""
+        try:
+            future.set_result(self.run_trajectory(index))
+        except BaseException as exc:  # noqa: BLE001 (handed to the main thread, re-raised there)
+            future.set_exception(exc)
+
+    @staticmethod
+    def _wait(futures: list[Future]) -> None:
+        """Wait for the trajectories, in short slices so that Ctrl-C is seen at once."""
+        for future in futures:
+            while not future.done():
+                try:
+                    future.exception(timeout=0.1)
+                except TimeoutError:
+                    continue
+
+    def stop_soon(self) -> None:
+        """The first Ctrl-C: finish the steps in flight, start nothing new."""
+        if not self.interrupt.is_set():
+            self.interrupt.set()
+            self.on_interrupt(STOPPING)
+
+    def stop_now(self) -> Outcome:
+        """The second Ctrl-C: mark the run interrupted and kill the evaluations in flight; the
+        trajectories' threads are left to die with the process, recording nothing more."""
+        self.interrupt.set()
+        self.aborted.set()
+        self.on_interrupt(STOPPING_NOW)
+        kill_sandbox_sessions()
+        if self.sandbox is not None:
+            self.sandbox.close()
+        run = self.store.finish_run(self.run_id, RunStatus.interrupted, "")
+        return self.outcome(run, {})
 
     def run_trajectory(self, index: int) -> Trajectory:
         traj = self.restore(index)
@@ -279,6 +342,11 @@ class OptimizeLoop:
         if self.config.patience is not None and traj.rounds_without_gain >= self.config.patience:
             raise Converged("patience", f"no new best in {traj.rounds_without_gain} rounds")
         self.check_spending()
+
+    def check_interrupt(self) -> None:
+        """Before anything that costs money or device time: nothing new after Ctrl-C."""
+        if self.interrupt.is_set():
+            raise StopTrajectory("interrupted")
 
     def check_spending(self) -> None:
         if self.config.budget_usd is not None and self.cost_usd >= self.config.budget_usd:
@@ -362,12 +430,15 @@ class OptimizeLoop:
         if traj.journal:
             answer = self.replay(traj, role)
         else:
+            self.check_interrupt()
             self.check_spending()
             model = self.models[role].bind(
                 trajectory=traj.index, round=traj.round, candidate_id=candidate_id
             )
             options = self.config.coder if role == "coder" else self.config.judge
             result = model.complete(messages, options)
+            if not result.cost_known:
+                self.cost_known = False
             tokens = result.prompt_tokens + result.completion_tokens
             answer = Answer(result.call_id, result.text, result.cost_usd, tokens, replayed=False)
         with self.totals_lock:
@@ -393,6 +464,7 @@ class OptimizeLoop:
         stored = traj.stored.pop(traj.round, None)
         parent = traj.current.candidate_id if traj.current else None
         if stored is None:
+            self.check_interrupt()  # the Coder's answer is recorded: a resume evaluates it
             candidate_id = self.store.add_candidate(
                 self.run_id,
                 traj.index,
@@ -416,7 +488,10 @@ class OptimizeLoop:
         self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed)
         if result is None:
             with self.device_lock:
+                self.check_interrupt()
                 result = self.evaluator(self.problem, source)
+            if self.aborted.is_set():  # its sandbox was killed under it: not a verdict
+                raise StopTrajectory("interrupted")
             self.store.add_evaluation(candidate_id, result)
             self.store.update_run_totals(self.run_id)
         return Evaluated(candidate_id, traj.round, traj.kind, source, result, traj.plan, replayed)
@@ -476,6 +551,7 @@ class OptimizeLoop:
             best = self.best
             totals = {
                 "cost_usd": self.cost_usd,
+                "cost_known": self.cost_known,
                 "tokens": self.tokens,
                 "best_candidate_id": best.candidate_id if best else None,
                 "best_speedup": best.speedup if best else None,
@@ -486,13 +562,16 @@ class OptimizeLoop:
         stops = {t.index: str(t.stop) for t in trajectories}
         reasons = {t.stop.reason for t in trajectories}
         failures = [str(t.stop) for t in trajectories if t.stop.reason.endswith("_error")]
-        if "interrupted" in reasons:
+        if "interrupted" in reasons or self.interrupt.is_set():
             status = RunStatus.interrupted
         elif failures:
             status = RunStatus.failed
         else:
             status = RunStatus.finished
         run = self.store.finish_run(self.run_id, status, "; ".join(failures))
+        return self.outcome(run, stops)
+
+    def outcome(self, run: Run, stops: dict[int, str]) -> Outcome:
         return Outcome(
             run_id=self.run_id,
             status=run.status,
@@ -503,9 +582,27 @@ class OptimizeLoop:
             best_speedup_vs_eager=run.best_speedup_vs_eager,
             best_speedup_vs_compile=run.best_speedup_vs_compile,
             cost_usd=run.cost_usd,
+            cost_known=self.cost_known,
             prompt_tokens=run.prompt_tokens,
             completion_tokens=run.completion_tokens,
         )
+
+
+def kill_sandbox_sessions() -> None:
+    """Kill the sandboxed evaluations this process started: each runs in a session of its own
+    (so a terminal's Ctrl-C does not reach it), led by a child of this process."""
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid, parent, session = int(entry.name), int(fields[1]), int(fields[3])
+        if parent == me and session == pid:
+            kill_session(session)
 
 
 def start(

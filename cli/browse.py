@@ -1,13 +1,17 @@
-"""`forge runs`, `forge show`, `forge diff`: read what the optimize loop recorded.
+"""`forge runs`, `forge show`, `forge diff`: read what the optimize loop recorded (the database
+is opened read-only); `forge delete`: remove a run.
 
 References: `run:3` or `r3` is run 3, `cand:12`, `candidate:12` or `c12` is candidate 12. A plain
 number is a run for `forge show` and a candidate for `forge diff`.
+
+`--json` prints machine-readable output with stable keys (`run_json`, `candidate_json`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import sys
 from typing import Annotated
@@ -22,8 +26,14 @@ from rich.table import Table
 from forge.cli.errors import fail
 
 PIPE_WIDTH = 160
-"""Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
-console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+"""Output that is not a terminal (a pipe, a log file) is laid out this wide (unless $COLUMNS
+says otherwise)."""
+console = Console(
+    highlight=False,
+    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH,
+)
+WIDE = 110
+"""From this many columns on, `forge runs` shows every column; below, a compact table."""
 
 REFERENCE = re.compile(r"^(?:(?P<kind>run|r|candidate|cand|c):?)?(?P<id>\d+)$", re.IGNORECASE)
 DbOption = Annotated[
@@ -43,83 +53,202 @@ def parse_reference(text: str, default: str) -> tuple[str, int]:
     return ("run" if kind in ("run", "r") else "candidate"), int(match["id"])
 
 
-def _store(db: str | None):  # noqa: ANN202 (RunStore, imported lazily)
+def _store(db: str | None, *, read_only: bool = True):  # noqa: ANN202 (RunStore, lazily)
     from forge.db.store import RunStore
 
-    return RunStore(db)
+    return RunStore(db, read_only=read_only)
 
 
 def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
-def runs(
-    limit: Annotated[int, typer.Option(min=1, help="newest runs to list")] = 20,
-    db: DbOption = None,
-) -> None:
-    """List recorded optimize runs, newest first."""
+def _when(value) -> str | None:  # noqa: ANN001 (datetime | None)
+    from forge.db.store import ensure_datetime
+
+    value = ensure_datetime(value)
+    return value.isoformat() if value is not None else None
+
+
+def run_json(run) -> dict:  # noqa: ANN001 (Run)
+    """A run as `--json` prints it (stable keys)."""
+    return {
+        "id": run.id,
+        "op": run.op,
+        "status": run.status,
+        "backend": run.backend,
+        "device": run.device,
+        "gpu_name": run.gpu_name,
+        "coder_model": run.coder_model,
+        "judge_model": run.judge_model,
+        "rounds_done": run.rounds_done,
+        "best_candidate_id": run.best_candidate_id,
+        "best_speedup_vs_eager": run.best_speedup_vs_eager,
+        "best_speedup_vs_compile": run.best_speedup_vs_compile,
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "cost_usd": run.cost_usd,
+        "started_at": _when(run.started_at),
+        "finished_at": _when(run.finished_at),
+        "error": run.error,
+    }
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, allow_nan=False, default=str))
+
+
+def _models(run) -> str:  # noqa: ANN001 (Run)
+    if run.coder_model == run.judge_model:
+        return run.coder_model
+    return f"{run.coder_model} / {run.judge_model}"
+
+
+def runs_table(rows: list, width: int) -> Table:
+    """Every column from `WIDE` columns on; below, a compact table that fits 80 columns: the
+    backend and device go, the best candidate and its speedup share a column, the date is
+    shorter, and the models column (last) wraps."""
+    wide = width >= WIDE
+    if wide:
+        headers = ["run", "op", "status", "backend", "rounds", "best", "vs eager", "cost"]
+        headers += ["started", "models"]
+    else:
+        headers = ["run", "op", "status", "rnd", "best", "cost", "started", "models"]
     table = Table(
-        "run",
-        "op",
-        "status",
-        "backend",
-        "rounds",
-        "best",
-        "vs eager",
-        "cost",
-        "started",
-        "models",
+        *headers,
         box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0) if not wide else (0, 1),
     )
     for column in table.columns[:-1]:
         column.no_wrap = True
     table.columns[-1].overflow = "fold"
-    table.columns[-1].min_width = 16
-    for run in _store(db).list_runs(limit):
-        models = (
-            run.coder_model
-            if run.coder_model == run.judge_model
-            else f"{run.coder_model} / {run.judge_model}"
+    table.columns[-1].min_width = 12
+    table.columns[-1].ratio = 1
+    for run in rows:
+        best = f"c{run.best_candidate_id}" if run.best_candidate_id else "-"
+        cost = f"${run.cost_usd:.4f}"
+        if wide:
+            cells = [str(run.id), run.op, run.status, f"{run.backend}/{run.device}"]
+            cells += [str(run.rounds_done), best.replace("c", "cand:", 1)]
+            cells += [_x(run.best_speedup_vs_eager), cost, f"{run.started_at:%m-%d %H:%M}"]
+        else:
+            if run.best_candidate_id:
+                best += f" {_x(run.best_speedup_vs_eager)}"
+            cells = [str(run.id), run.op, run.status, str(run.rounds_done), best, cost]
+            cells += [f"{run.started_at:%m-%d}"]
+        table.add_row(*cells, escape(_models(run)))
+    return table
+
+
+def runs(
+    limit: Annotated[int, typer.Option(min=1, help="newest runs to list")] = 20,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON (stable keys)")] = False,
+    db: DbOption = None,
+) -> None:
+    """List recorded optimize runs, newest first."""
+    rows = _store(db).list_runs(limit)
+    if json_:
+        _print_json([run_json(run) for run in rows])
+        return
+    if not rows:
+        console.print("no runs yet: `forge optimize OP` starts one")
+        return
+    console.print(runs_table(rows, console.width))
+    if console.width < WIDE:
+        console.print(
+            "best: candidate cN and its speedup vs eager (`forge show cand:N`); "
+            f"{WIDE}+ columns show backend and time too"
         )
-        table.add_row(
-            str(run.id),
-            run.op,
-            run.status,
-            f"{run.backend}/{run.device}",
-            str(run.rounds_done),
-            f"cand:{run.best_candidate_id}" if run.best_candidate_id else "-",
-            _x(run.best_speedup_vs_eager),
-            f"${run.cost_usd:.4f}",
-            f"{run.started_at:%m-%d %H:%M}",
-            escape(models),
-        )
-    console.print(table)
 
 
 def show(
     ref: Annotated[str, typer.Argument(help="run:ID, cand:ID, or a plain ID (a run)")],
+    json_: Annotated[bool, typer.Option("--json", help="print JSON (stable keys)")] = False,
     db: DbOption = None,
 ) -> None:
-    """Show a run (its candidates and totals) or a candidate (code, verdict, timings, profile, Judge notes)."""
+    """Show a run (its candidates and totals) or a candidate (code, verdict, timings, profile,
+    Judge notes)."""
     from forge.db.store import RecordNotFound
 
     try:
         kind, ident = parse_reference(ref, "run")
         store = _store(db)
+        if json_:
+            _print_json((run_detail_json if kind == "run" else candidate_json)(store, ident))
+            return
         (show_run if kind == "run" else show_candidate)(store, ident)
     except (ValueError, RecordNotFound) as exc:
         fail(str(exc))
+
+
+def run_detail_json(store, run_id: int) -> dict:  # noqa: ANN001 (RunStore)
+    """`forge show RUN --json`: the run, its settings, its candidates, its LLM call counts."""
+    run = store.get_run(run_id)
+    calls = store.llm_calls(run_id)
+    candidates = []
+    for step in store.history(run_id):
+        c, e = step.candidate, step.evaluation
+        candidates.append(
+            {
+                "id": c.id,
+                "trajectory": c.trajectory,
+                "round": c.round,
+                "kind": c.kind,
+                "parent_id": c.parent_id,
+                "status": e.status if e else None,
+                "suspicious": e.suspicious if e else None,
+                "speedup_vs_eager": e.speedup_vs_eager if e else None,
+                "speedup_vs_compile": e.speedup_vs_compile if e else None,
+                "median_ms": e.median_ms if e else None,
+            }
+        )
+    return {
+        "run": run_json(run),
+        "config": json.loads(run.config_json or "{}"),
+        "candidates": candidates,
+        "llm_calls": {"count": len(calls), "failed": sum(1 for c in calls if c.error)},
+    }
+
+
+def candidate_json(store, candidate_id: int) -> dict:  # noqa: ANN001 (RunStore)
+    """`forge show cand:N --json`: the candidate, its source, plan, evaluation, Judge notes."""
+    c = store.candidate(candidate_id)
+    result = store.evaluation_for(c.id)
+    notes = [
+        {"round": call.round, "text": call.response_text}
+        for call in store.llm_calls(c.run_id, role="judge")
+        if call.candidate_id == c.id and not call.error
+    ]
+    return {
+        "candidate": {
+            "id": c.id,
+            "run_id": c.run_id,
+            "trajectory": c.trajectory,
+            "round": c.round,
+            "kind": c.kind,
+            "backend": c.backend,
+            "parent_id": c.parent_id,
+            "created_at": _when(c.created_at),
+            "plan": json.loads(c.plan_json) if c.plan_json else None,
+            "source": c.source,
+        },
+        "evaluation": json.loads(result.model_dump_json()) if result is not None else None,
+        "judge_notes": notes,
+    }
 
 
 def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     run = store.get_run(run_id)
     config = json.loads(run.config_json or "{}")
     console.print(
-        f"[bold]run {run.id}[/]: {run.op}  [bold]{run.status}[/]  {run.backend} on {run.gpu_name or run.device}"
+        f"[bold]run {run.id}[/]: {run.op}  [bold]{run.status}[/]  {run.backend} on "
+        f"{run.gpu_name or run.device}"
     )
     console.print(
         escape(
-            f"coder {run.coder_model}, judge {run.judge_model}; started {run.started_at:%Y-%m-%d %H:%M:%S}"
+            f"coder {run.coder_model}, judge {run.judge_model}; "
+            f"started {run.started_at:%Y-%m-%d %H:%M:%S}"
         )
     )
     limits = {
@@ -127,7 +256,8 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     }
     console.print("settings: " + ", ".join(f"{k}={v}" for k, v in limits.items()))
     console.print(
-        f"rounds done {run.rounds_done}; {run.prompt_tokens} prompt + {run.completion_tokens} completion tokens; ${run.cost_usd:.4f}"
+        f"rounds done {run.rounds_done}; {run.prompt_tokens} prompt + "
+        f"{run.completion_tokens} completion tokens; ${run.cost_usd:.4f}"
     )
     if run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
@@ -174,7 +304,8 @@ def show_candidate(store, candidate_id: int) -> None:  # noqa: ANN001 (RunStore)
 
     c = store.candidate(candidate_id)
     console.print(
-        f"[bold]candidate {c.id}[/]: run {c.run_id}, trajectory {c.trajectory}, round {c.round}, {c.kind}, "
+        f"[bold]candidate {c.id}[/]: run {c.run_id}, trajectory {c.trajectory}, "
+        f"round {c.round}, {c.kind}, "
         f"{c.backend}" + (f", from candidate {c.parent_id}" if c.parent_id else "")
     )
     if c.plan_json:
@@ -204,7 +335,10 @@ def _judge_note(text: str) -> str:
         plan = parse_plan(text)
     except InvalidPlan:
         return text
-    return f"diagnosis: {plan.diagnosis}\nbottleneck: {plan.bottleneck or '-'}\nplan: {plan.plan}\nexpected gain: {plan.expected_gain or '-'}"
+    return (
+        f"diagnosis: {plan.diagnosis}\nbottleneck: {plan.bottleneck or '-'}\n"
+        f"plan: {plan.plan}\nexpected gain: {plan.expected_gain or '-'}"
+    )
 
 
 def diff(
@@ -236,7 +370,37 @@ def diff(
         typer.echo(text, nl=False)
 
 
+def delete(
+    ref: Annotated[str, typer.Argument(help="run to delete (run:ID or a plain ID)")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="delete without asking")] = False,
+    db: DbOption = None,
+) -> None:
+    """Delete a run with its candidates, evaluations and LLM calls (cannot be undone; library
+    entries promoted from it stay)."""
+    from forge.db.store import RecordNotFound
+
+    try:
+        kind, ident = parse_reference(ref, "run")
+        if kind != "run":
+            raise ValueError("forge delete removes runs: use run:ID or a plain ID")
+        store = _store(db, read_only=False)
+        run = store.get_run(ident)
+        what = f"run {run.id} ({run.op}, {run.status}, {len(store.candidates(run.id))} candidates)"
+        if not yes:
+            if not sys.stdin.isatty():
+                fail(f"deleting {what} cannot be undone: add --yes to confirm")
+            if not typer.confirm(f"delete {what}? This cannot be undone", default=False):
+                fail("nothing deleted", code=1)
+        counts = store.delete_run(ident)
+    except (ValueError, RecordNotFound) as exc:
+        fail(str(exc))
+    console.print(
+        f"deleted {what}: {counts['evaluations']} evaluations, {counts['llm_calls']} LLM calls"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("runs")(runs)
     app.command("show")(show)
     app.command("diff")(diff)
+    app.command("delete")(delete)

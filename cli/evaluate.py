@@ -1,9 +1,19 @@
-"""`forge eval` and `forge ops`."""
+"""`forge eval` and `forge ops`.
+
+While `forge eval` works, a terminal on stderr shows what it is doing: the static check, then
+the sandboxed run (compile/load, correctness per input set, timing, profile: the host learns
+their durations only when the sandbox answers, so that stretch is one phase with its elapsed
+time), then the seconds each phase took. Nothing is printed there when stderr is not a terminal.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,19 +22,81 @@ from rich.table import Table
 from forge.cli.errors import fail
 
 console = Console()
+progress_console = Console(stderr=True, highlight=False)
+"""Where `forge eval` shows its phases (only when it is a terminal)."""
+T = TypeVar("T")
 
 
-def ops() -> None:
+def ops(
+    json_: Annotated[bool, typer.Option("--json", help="print JSON (stable keys)")] = False,
+) -> None:
     """List the operator catalogue."""
     from forge.evaluator.problem import catalogue_names, resolve_problem
 
+    problems = [resolve_problem(name) for name in catalogue_names()]
+    if json_:
+        rows = [
+            {
+                "name": p.name,
+                "dtype": p.dtype,
+                "description": p.description,
+                "input_sets": [
+                    {"name": s.name, "constants": dict(s.constants), "cpu": s.cpu}
+                    for s in p.input_sets
+                ],
+            }
+            for p in problems
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
     table = Table("operator", "dtype", "input sets", "description")
-    for name in catalogue_names():
-        p = resolve_problem(name)
+    for p in problems:
         sets = ", ".join(f"{s.name}{'*' if s.cpu else ''}" for s in p.input_sets)
-        table.add_row(name, p.dtype, sets, p.description)
+        table.add_row(p.name, p.dtype, sets, p.description)
     console.print(table)
     console.print("* usable with --device cpu")
+
+
+def with_status(label: str, work: Callable[[], T]) -> T:
+    """Run `work`; on a terminal, show `label` with the elapsed seconds while it runs."""
+    if not progress_console.is_terminal:
+        return work()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 (handed to the main thread as is)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="forge-eval", daemon=True)
+    started = time.monotonic()
+    with progress_console.status(label) as status:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+            status.update(f"{label} [dim]{time.monotonic() - started:.0f} s[/]")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _sandbox_label(device: str, sets: int, profile: bool) -> str:
+    if device == "cpu":
+        return f"sandboxed run: load/compile, correctness on {sets} input sets (CPU)"
+    steps = f"compile/load, correctness on {sets} input sets, timing"
+    return f"sandboxed run: {steps}" + (", profile" if profile else "")
+
+
+def _report_phases(result) -> None:  # noqa: ANN001 (EvalResult)
+    if not progress_console.is_terminal:
+        return
+    p = result.phase_seconds
+    progress_console.print(
+        f"[dim]evaluated in {p.total:.1f} s: static check {p.static:.2f}, startup "
+        f"{p.startup:.2f}, compile {p.compile:.2f}, correctness {p.correctness:.2f}, timing "
+        f"{p.timing:.2f}, profile {p.profiling:.2f}[/]"
+    )
 
 
 def eval_command(
@@ -42,28 +114,57 @@ def eval_command(
     sandbox: Annotated[str, typer.Option(help="local | docker")] = "local",
     trials: Annotated[int, typer.Option(help="timed calls per input set (>= 50)")] = 50,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="skip Nsight Compute")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            metavar="SECONDS",
+            help="cap every per-step deadline (import, first call with its compile, each call)",
+        ),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="print the EvalResult as JSON")] = False,
 ) -> None:
     """Verify, time and profile a candidate kernel against a problem."""
     from pydantic import ValidationError
 
     from forge.evaluator import EvalConfig, EvaluatorError, ProblemError, evaluate, resolve_problem
+    from forge.evaluator.host import model_init_params
     from forge.evaluator.problem import parse_overrides
+    from forge.evaluator.static import check_source
 
     if not candidate.is_file():
         fail(f"candidate file '{candidate}' does not exist")
     try:
         config = EvalConfig(
-            device=device, backend=backend, sandbox=sandbox, trials=trials, profile=not no_profile
+            device=device,
+            backend=backend,
+            sandbox=sandbox,
+            trials=trials,
+            profile=not no_profile,
+            timeout_s=timeout,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"--{first['loc'][0]}: {first['msg']}")
+    errors: tuple[type[Exception], ...] = (ProblemError, EvaluatorError)
+    if config.sandbox == "docker":
+        from forge.sandbox.docker import DockerUnavailable
+
+        errors = (*errors, DockerUnavailable)
     try:
         prob = resolve_problem(problem, parse_overrides(set_ or []))
-        result = evaluate(prob, candidate.read_text(), config)
-    except (ProblemError, EvaluatorError) as exc:
+        source = candidate.read_text()
+        with_status(
+            f"evaluating {prob.name}: static check",
+            lambda: check_source(source, config.backend, model_init_params(prob.source)),
+        )
+        label = _sandbox_label(config.device, len(prob.sets_for(config.device)), config.profile)
+        result = with_status(
+            f"evaluating {prob.name}: {label}", lambda: evaluate(prob, source, config)
+        )
+    except errors as exc:
         fail(str(exc))
+    _report_phases(result)
     if json_:
         print(result.model_dump_json(indent=2))
     else:

@@ -33,10 +33,12 @@ DbOption = Annotated[
 CANDIDATE = re.compile(r"^(?:(?:candidate|cand|c):?)?(\d+)$", re.IGNORECASE)
 
 
-def _store(db: str | None):  # noqa: ANN202 (RunStore, imported lazily)
+def _store(db: str | None, *, read_only: bool = False):  # noqa: ANN202 (RunStore, lazily)
+    """The database; `read_only` for commands that only look (opened `mode=ro`, not migrated,
+    a missing database reads as empty)."""
     from forge.db.store import RunStore
 
-    return RunStore(db)
+    return RunStore(db, read_only=read_only)
 
 
 def _x(value: float | None) -> str:
@@ -74,7 +76,7 @@ def list_command(
     """List library entries: key, served shape buckets, speedups."""
     from forge.db.library import content_id, list_entries
 
-    rows = list_entries(_store(db), op, include_inactive=all_)
+    rows = list_entries(_store(db, read_only=True), op, include_inactive=all_)
     if json_:
         print(json.dumps([_row_summary(r, content_id(r)) for r in rows], indent=2))
         return
@@ -185,7 +187,7 @@ def show(
     """One entry: key, per-input-set speedups, verification details."""
     from forge.db.library import record_from_row
 
-    store = _store(db)
+    store = _store(db, read_only=True)
     row = _resolve_entry(store, entry)
     record = record_from_row(row)
     m = record.meta
@@ -285,7 +287,7 @@ def export(
     from forge.db.library import export_library, publish
     from forge.kernels_library.storage import LibraryError
 
-    store = _store(db)
+    store = _store(db, read_only=True)
     try:
         written = export_library(store, directory, op) if directory is not None else publish(store)
     except LibraryError as exc:
@@ -338,13 +340,19 @@ def verify(
     db: DbOption = None,
 ) -> None:
     """Re-verify entries from other GPUs or versions here (passing ones are added for this machine)."""
-    from forge.db.library import verify_entries
+    from forge.db.library import list_entries, verify_entries
     from forge.evaluator.host import EvaluatorError
     from forge.kernels_library.storage import LibraryError
 
     if device not in ("cuda", "cpu"):
         fail(f"--device must be cuda or cpu, got '{device}'")
     store = _store(db)
+    if not entries and not list_entries(store):
+        console.print(
+            "nothing to verify: the library has no active entries (`forge library promote` or "
+            "`forge library import` adds some)"
+        )
+        return
     ids = [_resolve_entry(store, e).id for e in entries] if entries else None
     try:
         outcomes = verify_entries(store, ids, device=device, threshold=threshold, everything=all_)
@@ -392,7 +400,7 @@ def bench(
         else:
             from forge.db.library import list_entries, record_from_row
 
-            records = [record_from_row(r) for r in list_entries(_store(db), op)]
+            records = [record_from_row(r) for r in list_entries(_store(db, read_only=True), op)]
     except LibraryError as exc:
         fail(str(exc))
     records = [r for r in records if (op is None or r.meta.op == op)]

@@ -37,6 +37,11 @@ def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "n/a"
 
 
+def _usd(value: float, known: bool) -> str:
+    """A cost, or `$?` when litellm has no price for a model in use (0.0 would be a lie)."""
+    return f"${value:.4f}" if known else "$?"
+
+
 class Progress:
     """One line per step of the loop, printed as it happens."""
 
@@ -53,7 +58,8 @@ class Progress:
             if event.best_candidate_id
             else "none yet"
         )
-        totals = f"best {best} | {event.tokens / 1000:.1f}k tokens | ${event.cost_usd:.4f}"
+        cost = _usd(event.cost_usd, event.cost_known)
+        totals = escape(f"best {best} | {event.tokens / 1000:.1f}k tokens | {cost}")
         detail = escape(redact(event.detail))
         if event.kind == "plan":
             line = f"{head} judge: {detail[:110]}"
@@ -87,11 +93,13 @@ def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.O
     table.add_row(
         "tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion"
     )
-    table.add_row("cost", f"${outcome.cost_usd:.4f}")
+    cost = _usd(outcome.cost_usd, outcome.cost_known)
+    unknown = "" if outcome.cost_known else " (litellm has no price for a model in use)"
+    table.add_row("cost", escape(cost + unknown))
     for index, stop in sorted(outcome.stops.items()):
-        table.add_row(f"trajectory {index}", stop)
+        table.add_row(f"trajectory {index}", escape(redact(stop)))
     if outcome.error:
-        table.add_row("error", outcome.error)
+        table.add_row("error", escape(redact(outcome.error)))
     return table
 
 
@@ -124,10 +132,39 @@ def optimize(
         int | None, typer.Option(min=1, help="independent trajectories run at once [default: 1]")
     ] = None,
     budget_usd: Annotated[
-        float | None, typer.Option(min=0.0, help="stop once the LLM cost reaches this many dollars")
+        float | None,
+        typer.Option(help="stop once the LLM cost reaches this many dollars (> 0; omit: no limit)"),
     ] = None,
     time_limit: Annotated[
-        float | None, typer.Option(min=0.0, help="stop starting rounds after this many seconds")
+        float | None,
+        typer.Option(help="stop starting rounds after this many seconds (> 0; omit: no limit)"),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="sampling temperature, where the model takes one [default: the provider's]",
+        ),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="nucleus sampling, where the model takes it [default: the provider's]",
+        ),
+    ] = None,
+    reasoning_effort: Annotated[
+        str | None,
+        typer.Option(
+            help="a reasoning model's effort (low, medium, high ...) [default: the model's]"
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="bound on generated tokens per call, thinking included [default: 8192]"
+        ),
     ] = None,
     patience: Annotated[
         int | None,
@@ -156,7 +193,15 @@ def optimize(
     from forge.agents import loop
     from forge.agents.coder import detect_gpu
     from forge.agents.errors import ResumeError
-    from forge.agents.llm import NoModelConfigured, ScriptError, get_model, resolve_models
+    from forge.agents.llm import (
+        MissingCredentials,
+        NoModelConfigured,
+        ScriptError,
+        check_credentials,
+        cost_known,
+        get_model,
+        resolve_models,
+    )
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
     from forge.evaluator.problem import ProblemError, resolve_problem
@@ -170,6 +215,10 @@ def optimize(
         "--time-limit": time_limit,
         "--patience": patience,
         "--device": device,
+        "--temperature": temperature,
+        "--top-p": top_p,
+        "--reasoning-effort": reasoning_effort,
+        "--max-tokens": max_tokens,
     }
     if (op is None) == (resume is None):
         fail(
@@ -178,32 +227,45 @@ def optimize(
     if resume is not None and any(v is not None for v in settings.values()):
         given = ", ".join(k for k, v in settings.items() if v is not None)
         fail(f"--resume continues run {resume} with its stored settings: drop {given}")
+    for flag, limit in (("--budget-usd", budget_usd), ("--time-limit", time_limit)):
+        if limit is not None and limit <= 0:
+            fail(f"{flag} must be greater than 0 (leave it out for no limit), got {limit:g}")
+    sampling = {
+        "temperature": temperature,
+        "top_p": top_p,
+        "reasoning_effort": reasoning_effort,
+        "max_tokens": max_tokens,
+    }
+    lease = None
     try:
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
             config = new_config(
-                backend, api_base, rounds, width, budget_usd, time_limit, patience, device
+                backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
             )
             problem.sets_for(config.evaluation.device)
+            check_credentials(coder_name, config.coder.api_base)
+            check_credentials(judge_name, config.judge.api_base)
             store = RunStore(db)
         else:
             store = RunStore(db)
             run = store.get_run(resume)
+            lease = store.acquire_run_lease(resume)  # refused while another process runs it
             coder_name = coder_model or model or run.coder_model
             judge_name = judge_model or model or run.judge_model
             config = loop.LoopConfig.model_validate(store.run_config(resume))
+            check_credentials(coder_name, config.coder.api_base)
+            check_credentials(judge_name, config.judge.api_base)
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
         gpu = detect_gpu() if config.evaluation.device == "cuda" else None
+        hooks = {"gpu": gpu, "on_event": Progress(console), "on_interrupt": notice}
         if resume is None:
-            runner = loop.start(
-                problem, config, coder_llm, judge_llm, store, gpu=gpu, on_event=Progress(console)
-            )
+            runner = loop.start(problem, config, coder_llm, judge_llm, store, **hooks)
         else:
-            runner = loop.resume(
-                resume, coder_llm, judge_llm, store, gpu=gpu, on_event=Progress(console)
-            )
+            runner = loop.resume(resume, coder_llm, judge_llm, store, **hooks)
     except (
+        MissingCredentials,
         NoModelConfigured,
         ProblemError,
         ScriptError,
@@ -211,22 +273,45 @@ def optimize(
         ResumeError,
         EvaluatorError,
     ) as exc:
+        if lease is not None:
+            lease.release()
         fail(str(exc))
+    cfg = runner.config
     console.print(
-        f"run {runner.run_id}: {runner.problem.name} ({runner.config.backend}, {runner.config.evaluation.device}), "
-        f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, {runner.config.rounds} rounds x {runner.config.width}"
+        escape(
+            f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}), "
+            f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, "
+            f"{cfg.rounds} rounds x {cfg.width}"
+        )
     )
-    outcome = runner.run()
-    console.print(summary(outcome, runner.config.evaluation.device))
+    if cfg.budget_usd is not None and not runner.cost_known:
+        unpriced = [m.model_id for m in (coder_llm, judge_llm) if not cost_known(m)]
+        notice(
+            f"litellm has no price for {', '.join(dict.fromkeys(unpriced))}: the cost shows as "
+            f"$? and --budget-usd {cfg.budget_usd:g} cannot stop the run (--rounds and "
+            "--time-limit still do)"
+        )
+    with lease or store.acquire_run_lease(runner.run_id):
+        outcome = runner.run()
+    console.print(summary(outcome, cfg.evaluation.device))
     if outcome.status != "finished":
-        err.print(
-            f"run {outcome.run_id} {outcome.status}: continue with `forge optimize --resume {outcome.run_id}`"
+        notice(
+            f"run {outcome.run_id} {outcome.status}: continue with "
+            f"`forge optimize --resume {outcome.run_id}`"
         )
     raise typer.Exit(EXIT_CODES[outcome.status])
 
 
-def new_config(backend, api_base, rounds, width, budget_usd, time_limit, patience, device):  # noqa: ANN001, ANN201
+def notice(message: str) -> None:
+    """One line on stderr, printed as is (markup-safe)."""
+    err.print(escape(message))
+
+
+def new_config(
+    backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
+):  # noqa: ANN001, ANN201
     """The LoopConfig of a new run: the flags given, LoopConfig's defaults for the rest."""
+    from forge.agents.interfaces import LLMOptions
     from forge.agents.loop import LoopConfig
     from forge.evaluator.config import EvalConfig
 
@@ -235,13 +320,14 @@ def new_config(backend, api_base, rounds, width, budget_usd, time_limit, patienc
         chosen["patience"] = patience or None
     backend_name = (backend or Backend.triton).value
     defaults = LoopConfig()
+    given = {k: v for k, v in sampling.items() if v is not None}
     return LoopConfig(
         backend=backend_name,
-        coder=defaults.coder.model_copy(update={"api_base": api_base}),
-        judge=defaults.judge.model_copy(update={"api_base": api_base}),
+        coder=LLMOptions(**{**defaults.coder.model_dump(), **given, "api_base": api_base}),
+        judge=LLMOptions(**{**defaults.judge.model_dump(), **given, "api_base": api_base}),
         evaluation=EvalConfig(device=(device or Device.cuda).value, backend=backend_name),
-        budget_usd=budget_usd or None,
-        time_limit_s=time_limit or None,
+        budget_usd=budget_usd,
+        time_limit_s=time_limit,
         **chosen,
     )
 

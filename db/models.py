@@ -2,9 +2,10 @@
 
 Every column has an explicit SQLAlchemy type that SQLite and PostgreSQL both accept, and the
 initial Alembic revision (`forge/db/migrations/versions/0001_initial.py`) creates exactly these
-(a test compares the migrated schema with this metadata). Times are UTC. JSON payloads are
-stored as text (`*_json` columns) so that any SQLAlchemy backend works; the key columns a query
-filters or sorts on are copied out of them and indexed.
+(later revisions add to them: 0002 the run leases; a test compares the migrated schema with this
+metadata). Times are UTC. JSON payloads are stored as text (`*_json` columns) so that any
+SQLAlchemy backend works; the key columns a query filters or sorts on are copied out of them
+and indexed.
 
 Ids are integer autoincrement: users type them (`forge show 12`).
 
@@ -89,6 +90,22 @@ class Run(SQLModel, table=True):
     best_candidate_id: int | None = None
     best_speedup_vs_eager: float | None = None
     best_speedup_vs_compile: float | None = None
+
+
+class RunLease(SQLModel, table=True):
+    """Which process runs a run now (`RunStore.acquire_run_lease`): one row per held run, taken
+    atomically, kept alive by heartbeats, free again once `expires_at` has passed. Added by
+    revision 0002."""
+
+    __tablename__ = "run_lease"
+
+    run_id: int = Field(
+        foreign_key="run.id", primary_key=True, sa_column_kwargs={"autoincrement": False}
+    )
+    holder: str = Field(sa_type=NAME)
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    expires_at: datetime = Field(sa_type=WHEN, index=True)
 
 
 class Candidate(SQLModel, table=True):
@@ -200,4 +217,4 @@ class LibraryEntry(SQLModel, table=True):
     active: bool = Field(default=True, index=True)
 
 
-TABLES = (ProblemRow, Run, Candidate, Evaluation, LLMCall, LibraryEntry)
+TABLES = (ProblemRow, Run, RunLease, Candidate, Evaluation, LLMCall, LibraryEntry)

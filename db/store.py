@@ -20,31 +20,44 @@ round, and for a round in flight which of its steps exist:
 `consumed_calls(run_id, role)` counts the calls that took an answer from the model, so a
 scripted model can be fast-forwarded past the answers already used
 (`forge.agents.llm.resume_model`).
+
+One process at a time runs a run: `acquire_run_lease(run_id)` takes the run's lease (a row of
+`run_lease`, taken by one conditional statement, so two processes cannot both win) or raises
+`RunLeased` naming the holder; the holder heartbeats (`Lease.heartbeat`, or a background thread
+inside `with lease:`) and releases it at the end. A lease whose heartbeat is older than its TTL
+has expired, so the run of a crashed (or killed) holder can be resumed after at most `ttl_s`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import secrets
+import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pydantic import BaseModel
-from sqlalchemy import case, func, literal, update
+from sqlalchemy import case, delete, func, literal, or_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from forge.db.engine import get_engine, migrate
+from forge.db.engine import DatabaseError, get_engine, migrate, open_read_only
 from forge.db.models import (
     Candidate,
     CandidateKind,
     Evaluation,
+    LibraryEntry,
     LLMCall,
     ProblemRow,
     Role,
     Run,
+    RunLease,
     RunStatus,
     utcnow,
 )
@@ -52,9 +65,93 @@ from forge.db.redact import redact
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult, Status
 
+log = logging.getLogger(__name__)
+
+LEASE_TTL_S = 60.0
+"""A run's lease expires this long after its last heartbeat (a crashed holder's run can then be
+resumed); holders heartbeat every third of it."""
+
 
 class RecordNotFound(LookupError):
     """A run or candidate id that is not in the database."""
+
+
+class RunLeased(DatabaseError):
+    """Another process holds the run's lease (it is running the run now)."""
+
+
+def lease_holder_id() -> str:
+    """`host:pid:random`: who holds a lease (random, so two stores of one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Lease:
+    """This process's hold on one run (`RunStore.acquire_run_lease`). `heartbeat()` extends it,
+    `release()` gives it up; `with lease:` heartbeats from a daemon thread every `ttl_s / 3` and
+    releases at the end. `lost` turns True when a heartbeat finds the lease taken over (this
+    process stalled past the TTL and another took the run): the holder should stop."""
+
+    def __init__(self, store: RunStore, run_id: int, holder: str, ttl_s: float) -> None:
+        self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
+        self.lost = False
+        self.released = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def heartbeat(self) -> bool:
+        """Extend the lease by `ttl_s` from now; False (and `lost`) when it is no longer ours."""
+        if self.released or self.lost:
+            return False
+        now = utcnow()
+        with self.store._session() as s:
+            result = s.exec(
+                update(RunLease)
+                .where(col(RunLease.run_id) == self.run_id, col(RunLease.holder) == self.holder)
+                .values(heartbeat_at=now, expires_at=now + timedelta(seconds=self.ttl_s))
+            )
+            s.commit()
+        if result.rowcount != 1:
+            self.lost = True
+            log.warning("lost the lease of run %s (another process took it)", self.run_id)
+        return not self.lost
+
+    def release(self) -> None:
+        """Stop heartbeating and give the run up (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.released:
+            return
+        self.released = True
+        with self.store._session() as s:
+            s.exec(
+                delete(RunLease).where(
+                    col(RunLease.run_id) == self.run_id, col(RunLease.holder) == self.holder
+                )
+            )
+            s.commit()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.heartbeat():
+                    return
+            except DatabaseError as exc:  # a locked database: try again at the next beat
+                log.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+
+    def start_heartbeat(self) -> Lease:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._beat, name=f"forge-lease-run-{self.run_id}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> Lease:
+        return self.start_heartbeat()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 def source_hash(text: str) -> str:
@@ -127,14 +224,25 @@ class RunStore:
     """Runs, candidates, evaluations and LLM calls in one database.
 
     `RunStore(url)` connects to `database_url(url)` and migrates it to the newest schema
-    (`migrate_schema=False` to skip, e.g. for a read-only replica). Thread-safe: each method uses its
-    own session, so parallel trajectories may share one store.
+    (`migrate_schema=False` to skip). `read_only=True` opens it read-only (SQLite `mode=ro`), never
+    migrates or writes, and reads a missing database as empty: for commands that only look.
+    Thread-safe: each method uses its own session, so parallel trajectories may share one store.
+    Problems of the database itself raise `forge.db.engine.DatabaseError` (one-line message).
     """
 
-    def __init__(self, url: str | Engine | None = None, *, migrate_schema: bool = True) -> None:
-        self.engine = url if isinstance(url, Engine) else get_engine(url)
-        if migrate_schema:
-            migrate(self.engine)
+    def __init__(
+        self,
+        url: str | Engine | None = None,
+        *,
+        migrate_schema: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        if read_only:
+            self.engine = url if isinstance(url, Engine) else open_read_only(url)
+        else:
+            self.engine = url if isinstance(url, Engine) else get_engine(url)
+            if migrate_schema:
+                migrate(self.engine)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -242,6 +350,85 @@ class RunStore:
             )
             s.commit()
         return self.get_run(run_id)
+
+    def delete_run(self, run_id: int) -> dict[str, int]:
+        """Delete a run with its candidates, evaluations and LLM calls (its problem row stays;
+        library entries promoted from it keep their kernel and lose the link). Refused with
+        `RunLeased` while another process runs it. Counts of the rows deleted, by table."""
+        self.get_run(run_id)
+        with self.acquire_run_lease(run_id, ttl_s=LEASE_TTL_S):
+            candidates = select(Candidate.id).where(col(Candidate.run_id) == run_id)
+            with self._session() as s:
+                s.exec(
+                    update(LibraryEntry)
+                    .where(col(LibraryEntry.candidate_id).in_(candidates))
+                    .values(candidate_id=None)
+                )
+                counts = {
+                    "llm_calls": s.exec(
+                        delete(LLMCall).where(col(LLMCall.run_id) == run_id)
+                    ).rowcount,
+                    "evaluations": s.exec(
+                        delete(Evaluation).where(col(Evaluation.candidate_id).in_(candidates))
+                    ).rowcount,
+                }
+                s.exec(
+                    update(Candidate).where(col(Candidate.run_id) == run_id).values(parent_id=None)
+                )
+                counts["candidates"] = s.exec(
+                    delete(Candidate).where(col(Candidate.run_id) == run_id)
+                ).rowcount
+                s.exec(delete(RunLease).where(col(RunLease.run_id) == run_id))
+                counts["runs"] = s.exec(delete(Run).where(col(Run.id) == run_id)).rowcount
+                s.commit()
+        return counts
+
+    # ------------------------------------------------------------- leases
+
+    def acquire_run_lease(
+        self, run_id: int, *, ttl_s: float = LEASE_TTL_S, holder: str | None = None
+    ) -> Lease:
+        """Take the run's lease for this process, or raise `RunLeased` (one line naming the
+        holder and its last heartbeat) while another holder's lease has not expired. Atomic:
+        an INSERT (the primary key lets one process win) or, when a row exists, one UPDATE
+        conditional on that lease having expired (or being ours already)."""
+        self.get_run(run_id)
+        holder = holder or lease_holder_id()
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        with self._session() as s:
+            try:
+                s.add(RunLease(run_id=run_id, holder=holder, heartbeat_at=now, expires_at=expires))
+                s.commit()
+                return Lease(self, run_id, holder, ttl_s)
+            except IntegrityError:
+                s.rollback()
+            result = s.exec(
+                update(RunLease)
+                .where(
+                    col(RunLease.run_id) == run_id,
+                    or_(col(RunLease.expires_at) < now, col(RunLease.holder) == holder),
+                )
+                .values(holder=holder, heartbeat_at=now, expires_at=expires, acquired_at=now)
+            )
+            s.commit()
+            if result.rowcount == 1:
+                return Lease(self, run_id, holder, ttl_s)
+            current = s.get(RunLease, run_id)
+        if current is None:  # released between the two statements: try once more
+            return self.acquire_run_lease(run_id, ttl_s=ttl_s, holder=holder)
+        beat = ensure_datetime(current.heartbeat_at) or now
+        age = max(0.0, (utcnow() - beat).total_seconds())
+        left = max(0.0, ((ensure_datetime(current.expires_at) or now) - utcnow()).total_seconds())
+        raise RunLeased(
+            f"run {run_id} is being run by {current.holder} (heartbeat {age:.0f} s ago); wait or "
+            f"stop it (if that process is gone, its lease expires in {left:.0f} s)"
+        )
+
+    def run_lease(self, run_id: int) -> RunLease | None:
+        """The run's lease row, expired or not (None: nobody holds it)."""
+        with self._session() as s:
+            return s.get(RunLease, run_id)
 
     def set_run_gpu(self, run_id: int, gpu_name: str) -> None:
         with self._session() as s:

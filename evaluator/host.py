@@ -255,7 +255,10 @@ def _from_outcome(
 def _containment_fields(applied: dict) -> dict:
     from forge.evaluator.result import SandboxInfo
 
-    return {k: v for k, v in applied.items() if k in SandboxInfo.model_fields}
+    fields = {k: v for k, v in applied.items() if k in SandboxInfo.model_fields}
+    if fields.get("runner_uid") not in (None, 0):
+        fields["privileges_dropped"] = True  # started unprivileged (e.g. a container's user)
+    return fields
 
 
 def _add_timings(result: EvalResult, trusted: TrustedReport, problem: Problem) -> None:

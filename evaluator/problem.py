@@ -125,18 +125,24 @@ def _int_constants(literals: dict[str, object]) -> dict[str, int]:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, int]:
-    """`["batch_size=8"]` -> `{"batch_size": 8}`."""
+    """`["batch_size=8"]` -> `{"batch_size": 8}`. Values are sizes: positive integers (zero or
+    a negative size is refused here, before anything runs)."""
     out: dict[str, int] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ProblemError(f"--set expects NAME=INT, got '{pair}'")
         try:
-            out[key.strip()] = int(value)
+            number = int(value)
         except ValueError as exc:
             raise ProblemError(
                 f"--set {key.strip()} needs an integer value, got '{value}'"
             ) from exc
+        if number < 1:
+            raise ProblemError(
+                f"--set {key.strip()} needs a positive integer (a size), got {number}"
+            )
+        out[key.strip()] = number
     return out
 
 

@@ -108,7 +108,9 @@ class RunnerProcess:
             cwd=workdir,
             env=env,
             pass_fds=(child.fileno(),),
-            start_new_session=True,
+            # its own process group (killed whole on a deadline) in the worker's session, which
+            # the sandbox backend kills whole when the job ends
+            preexec_fn=os.setpgrp,
         )
         log.close()
         child.close()

@@ -79,7 +79,8 @@ class RuntimeConfig(BaseModel):
 @dataclass
 class EnableReport:
     """What `enable` did: operators registered (with their entry counts), operators left to
-    PyTorch and why, and entries skipped and why."""
+    PyTorch and why, and entries skipped and why. `enabled` is True only when at least one
+    operator is dispatched to the library (as `enabled()` and `stats()["enabled"]`)."""
 
     enabled: bool
     registered: dict[str, int] = field(default_factory=dict)
@@ -607,6 +608,9 @@ def enable(
             _unregister(state)
             raise
         _STATE = state
+        # the same answer as `enabled()` / `stats()["enabled"]`: True only when something is
+        # dispatched to the library (`not_registered` says why nothing is)
+        state.report.enabled = enabled()
         return state.report
 
 
@@ -620,6 +624,8 @@ def disable() -> None:
 
 
 def enabled() -> bool:
+    """Whether any operator is dispatched to the library now (what `enable`'s report and
+    `stats()["enabled"]` say too)."""
     return _STATE is not None and bool(_STATE.ops)
 
 

@@ -77,6 +77,15 @@ def decode_message(token: str, data: bytes) -> dict:
         raise ChannelError(f"result channel tampered: {exc}") from exc
 
 
+RUNNER_AHEAD = "FORGE_WORKER_RUNNER"
+"""Set for workers that will evaluate a candidate: they start its runner (and, on a GPU host,
+the Nsight Compute runner) while they wait for the job, before restricting themselves."""
+
+
+def evaluates_candidate(job: SandboxJob) -> bool:
+    return job.payload.get("kind") == "evaluate"
+
+
 class SandboxJob(BaseModel):
     payload: dict = Field(description="JSON the worker reads on stdin (its 'job' part)")
     timeout_s: float = Field(

@@ -39,10 +39,12 @@ from docker.utils import parse_repository_tag
 
 from forge.evaluator.result import SandboxInfo
 from forge.sandbox.base import (
+    RUNNER_AHEAD,
     ChannelError,
     SandboxJob,
     SandboxOutcome,
     decode_message,
+    evaluates_candidate,
     scrubbed_environment,
 )
 from forge.sandbox.policy import NOBODY, SandboxConfig, cache_environment
@@ -252,6 +254,7 @@ class DockerSandbox:
                 **scrubbed_environment(),
                 **self.config.extra_env,
                 **cache_environment(Path(CACHE_DIR), Path(WORK_DIR)),
+                **({RUNNER_AHEAD: "1"} if evaluates_candidate(job) else {}),
             }
             spec = {
                 "token": token,

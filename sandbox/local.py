@@ -15,14 +15,17 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from forge.evaluator.result import SandboxInfo
 from forge.sandbox.base import (
+    RUNNER_AHEAD,
     ChannelError,
     SandboxJob,
     SandboxOutcome,
     decode_message,
+    evaluates_candidate,
     scrubbed_environment,
 )
 from forge.sandbox.policy import (
@@ -100,7 +103,7 @@ class LocalSandbox:
     def _prepare_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
-    def _launch(self, gpu: bool, argv_prefix: list[str]) -> _Launched:
+    def _launch(self, gpu: bool, argv_prefix: list[str], evaluates: bool) -> _Launched:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         name = secrets.token_hex(16)
         cache = self.cache_dir / f"uid-{os.geteuid()}"
@@ -113,6 +116,7 @@ class LocalSandbox:
             **self.config.extra_env,
             **cache_environment(cache, workdir),
             "FORGE_WORKER_DEVICE": "cuda" if gpu else "cpu",
+            **({RUNNER_AHEAD: "1"} if evaluates else {}),
         }
         read_fd, write_fd = os.pipe()
         cgroup = PidsCgroup.create(f"forge-{name}", self.config.max_processes)
@@ -134,18 +138,20 @@ class LocalSandbox:
         drains = [_Drain(proc.stdout), _Drain(proc.stderr), _Drain(os.fdopen(read_fd, "rb"))]
         for d in drains:
             d.start()
-        return _Launched(proc, drains, tmp, workdir, cache, write_fd, cgroup, gpu, isolate_pids)
+        return _Launched(
+            proc, drains, tmp, workdir, cache, write_fd, cgroup, gpu, isolate_pids, evaluates
+        )
 
     def _take(self, job: SandboxJob) -> _Launched:
         """The pre-started worker when it fits the job; wrapped jobs (ncu) always start their own."""
-        spare = self._spare
+        spare, evaluates = self._spare, evaluates_candidate(job)
         if job.argv_prefix or spare is None:
-            return self._launch(job.gpu, job.argv_prefix)
+            return self._launch(job.gpu, job.argv_prefix, evaluates)
         self._spare = None
-        if spare.gpu == job.gpu and spare.proc.poll() is None:
+        if spare.gpu == job.gpu and spare.evaluates == evaluates and spare.proc.poll() is None:
             return spare
         spare.discard()
-        return self._launch(job.gpu, job.argv_prefix)
+        return self._launch(job.gpu, job.argv_prefix, evaluates)
 
     def close(self) -> None:
         """Stop the pre-started worker, if any."""
@@ -159,12 +165,10 @@ class LocalSandbox:
         spec = {
             "token": token,
             "channel": {"kind": "fd", "fd": worker.channel_fd},
-            # /tmp: Nsight Compute's lock file (the runner gets a private /tmp of its own)
             "writable": [
                 str(worker.workdir),
                 str(worker.cache),
                 "/dev",
-                "/tmp",
                 *job.writable_dirs,
             ],
             "restrict_writes": self.config.restrict_writes,
@@ -185,7 +189,7 @@ class LocalSandbox:
         worker.discard()
         wall = time.perf_counter() - start
         if self.prestart and not job.argv_prefix and self._spare is None:
-            self._spare = self._launch(job.gpu, [])
+            self._spare = self._launch(job.gpu, [], evaluates_candidate(job))
         stdout, stderr, channel = (bytes(d.data) for d in worker.drains)
         message, channel_error = None, ""
         if channel:
@@ -221,23 +225,20 @@ class LocalSandbox:
         )
 
 
+@dataclass
 class _Launched:
     """A worker process, started (possibly ahead of its job) with its pipes being drained."""
 
-    def __init__(self, proc, drains, tmp, workdir, cache, channel_fd, cgroup, gpu, isolate_pids):
-        self.proc, self.drains, self.tmp, self.workdir, self.cache = (
-            proc,
-            drains,
-            tmp,
-            workdir,
-            cache,
-        )
-        self.channel_fd, self.cgroup, self.gpu, self.isolate_pids = (
-            channel_fd,
-            cgroup,
-            gpu,
-            isolate_pids,
-        )
+    proc: subprocess.Popen
+    drains: list[_Drain]
+    tmp: tempfile.TemporaryDirectory
+    workdir: Path
+    cache: Path
+    channel_fd: int
+    cgroup: PidsCgroup | None
+    gpu: bool
+    isolate_pids: bool
+    evaluates: bool
 
     @property
     def process_limit(self) -> str:

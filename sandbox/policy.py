@@ -233,9 +233,7 @@ def default_readable() -> list[str]:
     return sorted(set(places))
 
 
-def restrict_filesystem(
-    writable: list[str], readable: list[str] | None = None, deny_tcp: bool = True
-) -> dict[str, bool]:
+def restrict_filesystem(writable: list[str], readable: list[str] | None = None) -> dict[str, bool]:
     """Landlock for this process and its children: writes only beneath `writable`; when
     `readable` is given, reads only beneath it and `writable` (a root worker cannot read ~/.aws
     or another job's files); TCP connect/bind denied when the ABI allows. Returns what applied."""
@@ -247,7 +245,7 @@ def restrict_filesystem(
     )
     read_rights = _FS_READ_FILE | _FS_READ_DIR if readable is not None else 0
     fs_rights = write_rights | read_rights
-    net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 and deny_tcp else 0
+    net_rights = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0
     if abi >= 6:
         attr = struct.pack("QQQ", fs_rights, net_rights, 0)
     elif abi >= 4:

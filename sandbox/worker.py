@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from forge.sandbox.base import encode_message
+from forge.sandbox.base import RUNNER_AHEAD, encode_message
 from forge.sandbox.policy import default_readable, restrict_filesystem
 
 
@@ -97,9 +97,10 @@ def prepare(device: str) -> None:
     behind it: the runner's start (its imports and CUDA start-up run meanwhile), then this
     process's imports and CUDA context. CUDA starts before Landlock: the driver's start-up
     needs writes that Landlock forbids (seen on an H200 host: error 304)."""
-    from forge.evaluator import trusted
+    if os.environ.get(RUNNER_AHEAD):
+        from forge.evaluator import trusted
 
-    trusted.prestart_runner(device)
+        trusted.prestart_runner(device)
     if device == "cuda":
         import torch
 
@@ -125,9 +126,7 @@ def main() -> None:
             if spec.get("restrict_reads", False)
             else None
         )
-        # TCP stays open to the trusted process (its network namespace is empty anyway): Nsight
-        # Compute's frontend, which it starts, talks to the profiled runner over loopback TCP.
-        applied = restrict_filesystem(spec.get("writable", []), readable, deny_tcp=False)
+        applied = restrict_filesystem(spec.get("writable", []), readable)
     del spec
     try:
         payload = run(job)

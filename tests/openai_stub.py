@@ -5,7 +5,9 @@
         assert len(stub.requests) == 2
 
 Each POST to /v1/chat/completions takes the next scripted `Reply`; when the script runs out the
-last reply repeats. Every request (path, headers, JSON body) is kept in `stub.requests`; its
+last reply repeats. Reasoning-style models (`REASONING_MODELS`, or the `reasoning_models` given)
+refuse `temperature` as OpenAI's reasoning models refuse one they do not take: HTTP 400 with
+OpenAI's error body, `param: "temperature"`, without taking a reply. Every request (path, headers, JSON body) is kept in `stub.requests`; its
 headers are looked up case-insensitively, as HTTP headers are (clients differ in the case they
 send: `Authorization` or `authorization`).
 """
@@ -18,6 +20,25 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+REASONING_MODELS = frozenset({"gpt-5", "gpt-5-mini", "o3", "stub-reasoner"})
+"""Model names (as sent in the request body) that answer a `temperature` with a 400. The first
+three are ones litellm knows as reasoning models; `stub-reasoner` is one it does not know."""
+
+
+def unsupported_temperature(model: str) -> Reply:
+    """OpenAI's answer to a reasoning model asked for a temperature."""
+    payload = {
+        "error": {
+            "message": (
+                f"Unsupported parameter: 'temperature' is not supported with this model ({model})."
+            ),
+            "type": "invalid_request_error",
+            "param": "temperature",
+            "code": "unsupported_parameter",
+        }
+    }
+    return Reply(400, json.dumps(payload).encode())
 
 
 class Headers(Mapping[str, str]):
@@ -112,8 +133,11 @@ class Reply:
 
 
 class OpenAIStub:
-    def __init__(self, replies: list[Reply]) -> None:
+    def __init__(
+        self, replies: list[Reply], reasoning_models: Iterable[str] = REASONING_MODELS
+    ) -> None:
         self.replies = list(replies)
+        self.reasoning_models = frozenset(reasoning_models)
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -147,10 +171,11 @@ class OpenAIStub:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     def _take(self, path: str, headers: Headers, body: bytes) -> Reply:
+        request = json.loads(body or b"{}")
         with self._lock:
-            self.requests.append(
-                {"path": path, "headers": headers, "json": json.loads(body or b"{}")}
-            )
+            self.requests.append({"path": path, "headers": headers, "json": request})
+            if "temperature" in request and request.get("model") in self.reasoning_models:
+                return unsupported_temperature(request["model"])
             return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
 
     @property

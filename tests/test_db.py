@@ -636,3 +636,202 @@ def test_session_commits_and_datetimes_are_utc(store: RunStore, problem) -> None
     run = store.get_run(run_id)
     assert run.rounds_done == 7
     assert ensure_datetime(run.started_at).tzinfo is timezone.utc
+
+
+# ------------------------------------------------------------------ run leases
+
+LEASED = r"run \d+ is being run by [^ ]+:\d+:[0-9a-f]{6} \(heartbeat \d+ s ago\); wait or stop it"
+
+
+def test_a_run_lease_has_one_holder_at_a_time(db_url: str, problem) -> None:
+    from forge.db.store import RunLeased
+
+    first, second = RunStore(db_url), RunStore(get_engine(db_url))  # two engines, one file
+    run_id = first.create_run(problem, {}, "a", "b", "triton", "cuda")
+    lease = first.acquire_run_lease(run_id, ttl_s=30)
+    with pytest.raises(RunLeased, match=LEASED):
+        second.acquire_run_lease(run_id)
+    assert lease.holder in str(first.run_lease(run_id).holder)
+    assert lease.heartbeat() and not lease.lost
+    lease.release()
+    assert first.run_lease(run_id) is None
+    with second.acquire_run_lease(run_id, ttl_s=30):
+        with pytest.raises(RunLeased):
+            first.acquire_run_lease(run_id)
+    first.acquire_run_lease(run_id).release()
+    with pytest.raises(RecordNotFound):
+        first.acquire_run_lease(run_id + 100)
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(db_url: str, problem) -> None:
+    first, second = RunStore(db_url), RunStore(get_engine(db_url))
+    run_id = first.create_run(problem, {}, "a", "b", "triton", "cuda")
+    crashed = first.acquire_run_lease(run_id, ttl_s=0.2)  # its holder stops heartbeating
+    time.sleep(0.3)
+    taken = second.acquire_run_lease(run_id, ttl_s=30)
+    assert not crashed.heartbeat() and crashed.lost
+    crashed.release()  # releases nothing: the lease is not its own any more
+    assert first.run_lease(run_id).holder == taken.holder
+    taken.release()
+
+
+def test_the_heartbeat_thread_keeps_a_lease_alive(db_url: str, problem) -> None:
+    from forge.db.store import RunLeased
+
+    first, second = RunStore(db_url), RunStore(get_engine(db_url))
+    run_id = first.create_run(problem, {}, "a", "b", "triton", "cuda")
+    with first.acquire_run_lease(run_id, ttl_s=0.3) as lease:
+        time.sleep(0.8)  # more than two TTLs: only the heartbeats keep it
+        with pytest.raises(RunLeased):
+            second.acquire_run_lease(run_id)
+        assert not lease.lost
+    second.acquire_run_lease(run_id).release()
+
+
+CONTENDER = """
+import sys, time
+from pathlib import Path
+from forge.db.store import RunLeased, RunStore
+store = RunStore(sys.argv[1], migrate_schema=False)
+go = Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+try:
+    lease = store.acquire_run_lease(int(sys.argv[2]), ttl_s=30)
+except RunLeased as exc:
+    print("refused", exc, flush=True)
+else:
+    print("won", flush=True)
+    time.sleep(1.0)
+    lease.release()
+"""
+
+
+def test_processes_racing_for_a_lease_have_one_winner(db_url: str, problem, tmp_path: Path) -> None:
+    store = RunStore(db_url)
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, db_url, str(run_id), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(2.0)  # let them import and wait at the line
+    go.touch()
+    outputs = [p.communicate(timeout=120) for p in racers]
+    verdicts = [out.split()[0] if out else err for out, err in outputs]
+    assert sorted(verdicts) == ["refused", "refused", "refused", "won"], outputs
+    assert store.run_lease(run_id) is None
+
+
+def test_delete_run_removes_its_rows_and_waits_for_no_holder(
+    store: RunStore, problem, db_url: str
+) -> None:
+    from forge.db.store import RunLeased
+
+    keep = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    kept = store.add_candidate(keep, 0, 0, SOURCE, "triton", "initial")
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    parent = store.add_candidate(run_id, 0, 0, SOURCE, "triton", "initial")
+    child = store.add_candidate(run_id, 0, 1, SOURCE + "#", "triton", "optimize", parent_id=parent)
+    store.add_evaluation(child, make_result())
+    store.record_llm_call(run_id, "coder", "m", [], "x", 1, 1, 0.0, 0.1, candidate_id=child)
+    other = RunStore(store.engine)
+    holder = other.acquire_run_lease(run_id, ttl_s=30)
+    with pytest.raises(RunLeased):
+        store.delete_run(run_id)
+    holder.release()
+    counts = store.delete_run(run_id)
+    assert counts == {"llm_calls": 1, "evaluations": 1, "candidates": 2, "runs": 1}
+    with pytest.raises(RecordNotFound):
+        store.get_run(run_id)
+    assert [c.id for c in store.candidates(keep)] == [kept]
+    assert store.run_lease(run_id) is None
+
+
+# ------------------------------------------------- read-only use, environment errors
+
+
+def test_read_only_store_reads_without_migrating_or_writing(tmp_path: Path, problem) -> None:
+    from forge.db.engine import DatabaseError
+
+    missing = tmp_path / "none" / "forge.db"
+    assert RunStore(f"sqlite:///{missing}", read_only=True).list_runs() == []
+    assert not missing.parent.exists()  # nothing created
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    migrate(url, "0001")  # a database an older Forge wrote
+    RunStore(get_engine(url), migrate_schema=False).create_run(problem, {}, "a", "b", "t", "c")
+    reader = RunStore(url, read_only=True)
+    assert [r.op for r in reader.list_runs()] == ["softmax"]
+    assert current_revision(get_engine(url)) == "0001"  # not migrated
+    with pytest.raises(DatabaseError, match=f"the database {path} is read-only"):
+        reader.create_run(problem, {}, "a", "b", "triton", "cuda")
+    (tmp_path / "blank.db").touch()
+    assert RunStore(f"sqlite:///{tmp_path / 'blank.db'}", read_only=True).list_runs() == []
+
+
+def test_environment_errors_are_one_line_database_errors(tmp_path: Path, monkeypatch) -> None:
+    from forge.db.engine import DatabaseError
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all " * 10)
+    for read_only in (False, True):
+        with pytest.raises(DatabaseError, match=f"{garbage} is not a Forge database.*move it"):
+            RunStore(f"sqlite:///{garbage}", read_only=read_only)
+    assert garbage.read_bytes() == b"not a database at all " * 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.db"]
+    blocker = tmp_path / "file"
+    blocker.touch()
+    with pytest.raises(DatabaseError, match=f"cannot create the folder {blocker}/home.*FORGE_HOME"):
+        RunStore(f"sqlite:///{blocker}/home/forge.db")
+    with pytest.raises(DatabaseError, match=r"pip install 'opforge\[postgres\]'"):
+        RunStore("postgresql+psycopg://forge@localhost/forge")
+    with pytest.raises(DatabaseError, match="not a database URL"):
+        RunStore("no-such-scheme:::")
+    with pytest.raises(DatabaseError, match=f"{db_engine.BUSY_TIMEOUT_ENV}='soon'"):
+        monkeypatch.setenv(db_engine.BUSY_TIMEOUT_ENV, "soon")
+        RunStore(f"sqlite:///{tmp_path / 'x.db'}")
+
+
+LOCKER = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA locking_mode=EXCLUSIVE")
+c.execute("BEGIN EXCLUSIVE")
+c.execute("CREATE TABLE IF NOT EXISTS lock_holder (x INTEGER)")
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_locked_database_is_reported_after_the_busy_timeout(
+    db_url: str, tmp_path: Path, problem, monkeypatch
+) -> None:
+    from forge.db.engine import DatabaseError
+
+    writer = RunStore(db_url)
+    writer.create_run(problem, {}, "a", "b", "triton", "cuda")
+    writer.engine.dispose()  # the locker takes an exclusive lock: no other connection open
+    monkeypatch.setenv(db_engine.BUSY_TIMEOUT_ENV, "0.3")
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(tmp_path / "forge.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        for read_only in (True, False):
+            started = time.monotonic()
+            with pytest.raises(DatabaseError, match=r"forge.db is locked by another process"):
+                RunStore(db_url, read_only=read_only).list_runs()
+            assert time.monotonic() - started < 10
+    finally:
+        locker.stdin.close()
+        locker.wait(timeout=30)
+    assert len(RunStore(db_url, read_only=True).list_runs()) == 1

@@ -142,3 +142,10 @@ def test_verify_rejects_a_bad_device(db, env):
         2,
         "--device must be cuda or cpu",
     )
+
+
+def test_verify_on_an_empty_library_says_there_are_no_entries(tmp_path, env):
+    out = library("verify", "--device", "cpu", "--db", f"sqlite:///{tmp_path / 'e.db'}", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "the library has no active entries" in out.stdout
+    assert "every active entry is verified" not in out.stdout

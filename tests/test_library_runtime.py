@@ -432,3 +432,13 @@ def test_a_library_that_cannot_be_read_leaves_the_current_state(lib, tmp_path, e
         kl.enable(path=bad, devices=CPU)
     torch.softmax(torch.randn(7, 127), -1)
     assert op_stats("softmax")["library_calls"] == 1
+
+
+def test_enable_report_and_stats_agree_on_enabled(lib, tmp_path):
+    report = kl.enable(["softmax"], path=lib, devices=CPU)
+    assert report.enabled and kl.enabled() and kl.stats()["enabled"]
+    empty = tmp_path / "empty-library"
+    empty.mkdir()
+    report = kl.enable(path=empty, devices=CPU)
+    assert not report.enabled and not kl.enabled() and not kl.stats()["enabled"]
+    assert report.not_registered["softmax"] == "no entry in the library"

@@ -254,3 +254,80 @@ def test_what_counts_as_an_improvement():
     assert not better(_timed(1.21), _timed(1.2), 0.02)  # within min_gain: noise, not progress
     assert not better(_timed(None), _timed(None), 0.02)  # cpu: no timings, the earlier one stays
     assert not better(_timed(50.0, suspicious=True), _timed(1.2), 0.02)
+
+
+class Interrupting:
+    """A model that answers from a script and plays Ctrl-C during its `at`-th call (1-based):
+    `stop_soon` once, or `stop_now` too when `twice`."""
+
+    def __init__(self, name: str, role: str, at: int) -> None:
+        self.inner = get_model(name, role)
+        self.model_id = self.inner.model_id
+        self.at = at
+        self.calls = 0
+        self.runner: loop.OptimizeLoop | None = None
+
+    def complete(self, messages, options):  # noqa: ANN001, ANN201
+        self.calls += 1
+        if self.calls == self.at:
+            self.runner.stop_soon()
+        return self.inner.complete(messages, options)
+
+
+def test_first_interrupt_finishes_the_call_in_flight_and_starts_nothing(store, tmp_path):
+    """Ctrl-C during the Judge's call: its answer is recorded; no Coder call, no evaluation."""
+    name = script(tmp_path, [coder("C0"), judge("J1"), coder("C1"), judge("J2"), coder("C2")])
+    coder_model, judge_model = Interrupting(name, "coder", 0), Interrupting(name, "judge", 1)
+    notices: list[str] = []
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=3),
+        coder_model,
+        judge_model,
+        store,
+        on_interrupt=notices.append,
+    )
+    judge_model.runner = runner
+    outcome = runner.run()
+    assert outcome.status == "interrupted" and outcome.stops == {0: "interrupted"}
+    assert notices == ["stopping after this step (Ctrl-C again to stop now)"]
+    calls = store.llm_calls(outcome.run_id)
+    assert [(c.role, c.round) for c in calls] == [("coder", 0), ("judge", 1)]
+    assert (coder_model.calls, judge_model.calls) == (1, 1)
+    assert [s.candidate.round for s in store.history(outcome.run_id)] == [0]
+
+    # resumed, the run goes on from the recorded Judge answer
+    resumed = loop.resume(outcome.run_id, get_model(name, "coder"), get_model(name, "judge"), store)
+    assert resumed.run().status == "finished"
+    assert tags(store, outcome.run_id) == ["C0", "J1", "C1", "J2", "C2"]
+
+
+def test_interrupt_during_the_coder_call_skips_the_evaluation(store, tmp_path):
+    name = script(tmp_path, [coder("C0"), judge("J1"), coder("C1")])
+    coder_model = Interrupting(name, "coder", 2)
+    runner = loop.start(
+        resolve_problem("softmax"), config(rounds=3), coder_model, get_model(name, "judge"), store
+    )
+    coder_model.runner = runner
+    outcome = runner.run()
+    assert outcome.status == "interrupted"
+    assert [(c.role, c.round) for c in store.llm_calls(outcome.run_id)] == [
+        ("coder", 0),
+        ("judge", 1),
+        ("coder", 1),
+    ]
+    assert [s.candidate.round for s in store.history(outcome.run_id)] == [0]  # C1 not evaluated
+
+
+def test_budget_with_an_unpriced_model_is_unknown_cost(store, tmp_path):
+    from forge.agents.llm import LiteLLMModel
+
+    name = script(tmp_path, [coder("C0")])
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=1, budget_usd=1.0),
+        LiteLLMModel("openai/stub-unpriced"),
+        get_model(name, "judge"),
+        store,
+    )
+    assert not runner.cost_known

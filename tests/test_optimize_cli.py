@@ -245,6 +245,19 @@ def test_bad_input_is_one_line_and_nonzero(search, args, message):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_resume_of_a_run_another_process_holds_is_refused(search):
+    """A run is held by one process at a time: while another holder's lease is fresh,
+    `--resume` is one line naming the holder, exit 2, and nothing is recorded."""
+    store, run_id = search["store"], search["store"].list_runs()[0].id
+    calls_before = len(store.llm_calls(run_id))
+    with store.acquire_run_lease(run_id, ttl_s=60):
+        result = search["runner"].invoke(forge_app(), ["optimize", "--resume", str(run_id)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and f"run {run_id} is being run by" in line, line
+    assert len(store.llm_calls(run_id)) == calls_before
+
+
 def test_no_model_configured_stops_at_once(tmp_path):
     runner = CliRunner(env={"FORGE_HOME": str(tmp_path), "FORGE_MODEL": None})
     started = time.monotonic()

@@ -49,6 +49,9 @@ def test_parse_overrides():
         parse_overrides(["batch_size"])
     with pytest.raises(ProblemError, match="integer"):
         parse_overrides(["batch_size=eight"])
+    for bad in ("0", "-1"):
+        with pytest.raises(ProblemError, match=f"--set batch_size needs a positive integer.*{bad}"):
+            parse_overrides([f"batch_size={bad}"])
 
 
 def test_extended_softmax_declares_sets_dtype_and_tolerances():
