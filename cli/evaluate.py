@@ -1,9 +1,9 @@
 """`forge eval` and `forge ops`.
 
 While `forge eval` works, a terminal on stderr shows what it is doing: the static check, then
-the sandboxed run (compile/load, correctness per input set, timing, profile: the host learns
-their durations only when the sandbox answers, so that stretch is one phase with its elapsed
-time), then the seconds each phase took. Nothing is printed there when stderr is not a terminal.
+the sandboxed run's phases as the trusted process reaches them (compile/load, correctness per
+input set, timing, profile), with the elapsed time, then the seconds each phase took. Nothing
+is printed there when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from forge.cli.errors import fail
@@ -57,10 +58,12 @@ def ops(
     console.print("* usable with --device cpu")
 
 
-def with_status(label: str, work: Callable[[], T]) -> T:
-    """Run `work`; on a terminal, show `label` with the elapsed seconds while it runs."""
+def with_status(label: str, work: Callable[[], T], phase: dict | None = None) -> T:
+    """Run `work`; on a terminal, show `label` (and `phase["now"]` once set, as the work
+    reports its phases) with the elapsed seconds while it runs."""
     if not progress_console.is_terminal:
         return work()
+    phase = phase if phase is not None else {}
     outcome: dict = {}
 
     def target() -> None:
@@ -75,7 +78,8 @@ def with_status(label: str, work: Callable[[], T]) -> T:
         thread.start()
         while thread.is_alive():
             thread.join(0.2)
-            status.update(f"{label} [dim]{time.monotonic() - started:.0f} s[/]")
+            now = f": {phase['now']}" if phase.get("now") else ""
+            status.update(f"{label}{escape(now)} [dim]{time.monotonic() - started:.0f} s[/]")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -112,7 +116,7 @@ def eval_command(
         list[str] | None, typer.Option("--set", help="override an integer constant: NAME=INT")
     ] = None,
     sandbox: Annotated[str, typer.Option(help="local | docker")] = "local",
-    trials: Annotated[int, typer.Option(help="timed calls per input set (>= 50)")] = 50,
+    trials: Annotated[int, typer.Option(help="timed calls per timed input set (>= 20)")] = 50,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="skip Nsight Compute")] = False,
     timeout: Annotated[
         float | None,
@@ -159,8 +163,11 @@ def eval_command(
             lambda: check_source(source, config.backend, model_init_params(prob.source)),
         )
         label = _sandbox_label(config.device, len(prob.sets_for(config.device)), config.profile)
+        phase = {"now": label}
         result = with_status(
-            f"evaluating {prob.name}: {label}", lambda: evaluate(prob, source, config)
+            f"evaluating {prob.name}",
+            lambda: evaluate(prob, source, config, on_phase=lambda p: phase.update(now=p)),
+            phase,
         )
     except errors as exc:
         fail(str(exc))

@@ -11,6 +11,7 @@ import ast
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
@@ -112,8 +113,14 @@ def job_deadline(job: EvalJob) -> float:
 
 
 def evaluate(
-    problem: Problem, source: str, config: EvalConfig | None = None, sandbox=None
+    problem: Problem,
+    source: str,
+    config: EvalConfig | None = None,
+    sandbox=None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> EvalResult:
+    """The verdict on `source` for `problem`. `on_phase` hears the phases as the sandboxed run
+    reaches them (backends that stream its log: local)."""
     config = config or EvalConfig()
     started = time.perf_counter()
     report = check_source(source, config.backend, model_init_params(problem.source))
@@ -172,11 +179,11 @@ def evaluate(
     from forge.sandbox.base import SandboxJob
 
     deadline = job_deadline(job)
-    outcome = sandbox.run(
-        SandboxJob(
-            payload=job.model_dump(mode="json"), timeout_s=deadline, gpu=config.device == "cuda"
-        )
+    sandbox_job = SandboxJob(
+        payload=job.model_dump(mode="json"), timeout_s=deadline, gpu=config.device == "cuda"
     )
+    progress = {"on_phase": on_phase} if on_phase is not None else {}
+    outcome = sandbox.run(sandbox_job, **progress)
     result = _from_outcome(outcome, base, env, deadline, problem)
     result.phase_seconds.static = static_s
     result.phase_seconds.total = time.perf_counter() - started

@@ -19,6 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 MAX_FRAME = 16 << 20
+PHASE_MARK = b"FORGE-PHASE "
+"""Starts a line the trusted process writes on its stderr when it reaches a phase (progress
+only, for the host's display: the verdict travels on the result channel)."""
 MAX_FDS = 64
 
 

@@ -51,6 +51,14 @@ WALL_SLACK_MS = 5.0
 WALL_SLACK_RATIO = 1.3
 
 
+def announce(phase: str) -> None:
+    """Tell the host which phase the evaluation is in (a line on this process's stderr, which
+    the runner cannot write to)."""
+    sys.stderr.flush()
+    sys.stderr.buffer.write(protocol.PHASE_MARK + phase.encode() + b"\n")
+    sys.stderr.buffer.flush()
+
+
 class Verdict(Exception):
     """Evaluation ends here with this status and reason."""
 
@@ -303,6 +311,7 @@ class Evaluation:
 
     def load(self) -> None:
         t0 = time.perf_counter()
+        announce("compile/load")
         request = Request(
             op="load", source=self.job.candidate_source, kernel_names=self.job.kernel_names
         )
@@ -314,6 +323,7 @@ class Evaluation:
         t0 = time.perf_counter()
         first_call_s = 0.0
         for index, input_set in enumerate(self.job.input_sets):
+            announce(f"correctness on '{input_set.name}'")
             ref = self.build(input_set)
             in_slots = out_slots = None
             for seed_index, seed in enumerate(self.job.seeds):
@@ -653,6 +663,7 @@ class Evaluation:
         self.cycles_per_ms = timing.sleep_cycles_per_ms()
         self.flush = timing.L2Flush()
         for input_set in [*targets, *extra]:
+            announce(f"timing on '{input_set.name}'")
             raw = SetTimer(self, input_set).run()
             raw.target = input_set in targets
             self.report.timings.append(raw)
@@ -666,6 +677,7 @@ class Evaluation:
             self.report.ncu_note = "Nsight Compute (ncu) not found: torch.profiler durations only"
             return
         t0 = time.perf_counter()
+        announce("profile (Nsight Compute)")
         log = _ncu_log()
         profiled = _SPARE.pop("profiled", None) or RunnerProcess(
             self.device, Path.cwd() / "profiled", profiling.ncu_command(log)

@@ -117,4 +117,7 @@ class SandboxOutcome(BaseModel):
 class Sandbox(Protocol):
     name: str
 
-    def run(self, job: SandboxJob) -> SandboxOutcome: ...
+    def run(self, job: SandboxJob) -> SandboxOutcome:
+        """Run the job to its end; a backend that streams the worker's log may also take
+        `on_phase`, a callback for the phases the worker announces."""
+        ...

@@ -15,9 +15,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from forge.evaluator.protocol import PHASE_MARK
 from forge.evaluator.result import SandboxInfo
 from forge.sandbox.base import (
     RUNNER_AHEAD,
@@ -44,16 +46,34 @@ WORKER = ["-P", "-m", "forge.sandbox.worker"]
 
 
 class _Drain(threading.Thread):
-    """Reads a pipe to EOF, keeping at most `cap` bytes (a chatty candidate cannot fill memory)."""
+    """Reads a pipe to EOF, keeping at most `cap` bytes (a chatty candidate cannot fill memory).
+    With `on_phase` set, the worker's phase lines (`PHASE_MARK name`) are passed on as they come
+    and left out of the kept bytes."""
 
     def __init__(self, stream, cap: int = OUTPUT_CAP):
         super().__init__(daemon=True)
         self.stream, self.cap, self.data = stream, cap, bytearray()
+        self.on_phase: Callable[[str], None] | None = None
+        self._partial = b""
 
     def run(self) -> None:
-        while chunk := self.stream.read(65536):
-            if len(self.data) < self.cap:
-                self.data += chunk[: self.cap - len(self.data)]
+        while chunk := self.stream.read1(65536):
+            for piece in self._lines(chunk):
+                if len(self.data) < self.cap:
+                    self.data += piece[: self.cap - len(self.data)]
+        self.data += self._partial[: max(0, self.cap - len(self.data))]
+
+    def _lines(self, chunk: bytes) -> list[bytes]:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        kept = []
+        for line in lines:
+            if line.startswith(PHASE_MARK):
+                if self.on_phase is not None:
+                    self.on_phase(line[len(PHASE_MARK) :].decode(errors="replace").strip())
+                continue
+            kept.append(line + b"\n")
+        return kept
 
 
 def kill_session(session_id: int) -> None:
@@ -159,8 +179,10 @@ class LocalSandbox:
         if spare is not None:
             spare.discard()
 
-    def run(self, job: SandboxJob) -> SandboxOutcome:
+    def run(self, job: SandboxJob, on_phase: Callable[[str], None] | None = None) -> SandboxOutcome:
+        """`on_phase` hears the evaluation's phases as the worker reaches them."""
         worker = self._take(job)
+        worker.drains[1].on_phase = on_phase
         token = secrets.token_hex(16)
         spec = {
             "token": token,

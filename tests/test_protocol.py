@@ -134,3 +134,17 @@ def test_deadlines_follow_the_backend_and_the_cap():
         limits=gpu,
     )
     assert job_deadline(job) > gpu.load_s + gpu.first_call_s
+
+
+def test_phases_reach_the_host_as_they_happen_and_stay_out_of_the_logs(forge_cache_dir):
+    from pathlib import Path
+
+    from forge.evaluator import evaluate, resolve_problem
+
+    legit = Path(__file__).parent / "fixtures" / "legit" / "triton_softmax.py"
+    seen: list[str] = []
+    config = EvalConfig(device="cpu", cache_dir=forge_cache_dir)
+    result = evaluate(resolve_problem("softmax"), legit.read_text(), config, on_phase=seen.append)
+    assert result.status.value == "correct", result.reasons
+    assert seen == ["compile/load", "correctness on 'tiny'", "correctness on 'odd'"]
+    assert "FORGE-PHASE" not in result.stderr
