@@ -77,7 +77,8 @@ class Progress:
             self.console.print(line)
 
 
-def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.Outcome)
+def summary(outcome, device: str, promotion: str = "") -> Table:  # noqa: ANN001 (loop.Outcome)
+    """The run's closing table; `promotion` says what entered the kernel library, or why not."""
     table = Table(title=f"run {outcome.run_id}: {outcome.status}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -100,6 +101,7 @@ def summary(outcome, device: str) -> Table:  # noqa: ANN001 (forge.agents.loop.O
         table.add_row(f"trajectory {index}", escape(redact(stop)))
     if outcome.error:
         table.add_row("error", escape(redact(outcome.error)))
+    table.add_row("library", escape(promotion or "nothing promoted: the run did not finish"))
     return table
 
 
@@ -202,6 +204,7 @@ def optimize(
         get_model,
         resolve_models,
     )
+    from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
     from forge.evaluator.problem import ProblemError, resolve_problem
@@ -293,7 +296,8 @@ def optimize(
         )
     with lease or store.acquire_run_lease(runner.run_id):
         outcome = runner.run()
-    console.print(summary(outcome, cfg.evaluation.device))
+    promotion = promote_best(store, outcome.run_id).reason if outcome.status == "finished" else ""
+    console.print(summary(outcome, cfg.evaluation.device, promotion))
     if outcome.status != "finished":
         notice(
             f"run {outcome.run_id} {outcome.status}: continue with "

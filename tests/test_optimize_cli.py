@@ -85,6 +85,16 @@ def search(tmp_path_factory):
     }
 
 
+def test_the_run_ends_by_saying_what_entered_the_library(search):
+    """A CPU run verifies but cannot time, so nothing qualifies; the summary says why."""
+    result = search["result"]
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "library" in line)
+    assert "promotion needs timings" in row or "timings" in row, row
+    listed = search["runner"].invoke(forge_app(), ["library", "list", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+
+
 def test_search_records_every_step(search):
     result, store = search["result"], search["store"]
     assert result.exit_code == 0, result.output
@@ -443,9 +453,19 @@ def test_gpu_search_keeps_the_fastest_and_shows_the_judge_the_profile(tmp_path):
         "the live progress and the summary disagree on the best"
     )
     judge_prompt = json.loads(store.llm_calls(run.id, role="judge")[0].messages_json)[1]["content"]
-    assert "| large |" in judge_prompt and "Geometric mean speedup" in judge_prompt
+    assert "| large (target) |" in judge_prompt and "Speedup at the target set" in judge_prompt
     assert "SMs" in judge_prompt and "Profile (" in judge_prompt
     (tmp_path / "judge_prompt_round1.md").write_text(judge_prompt)
     shown = runner.invoke(forge_app(), ["show", f"run:{run.id}"])
     (tmp_path / "show_run.out").write_text(shown.output)
     assert f"{run.best_speedup_vs_eager:.2f}x" in result.stdout
+    # the run ends by promoting its best under the library's rules, and says so
+    from forge.db.library import list_entries
+    from forge.kernels_library.promotion import DEFAULT_THRESHOLD
+
+    entries = list_entries(store)
+    if run.best_speedup_vs_eager >= DEFAULT_THRESHOLD:
+        assert [e.candidate_id for e in entries] == [run.best_candidate_id]
+        assert f"candidate {run.best_candidate_id} promoted as library entry" in result.stdout
+    else:
+        assert entries == [] and "library" in result.stdout
