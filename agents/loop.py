@@ -38,11 +38,12 @@ from forge.agents.llm import LLMError, RecordingModel, cost_known, resume_model,
 from forge.db.models import LLMCall, Run, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
-from forge.evaluator import EvaluatorError, evaluate
+from forge.evaluator import EvaluatorError
 from forge.evaluator.config import EvalConfig
+from forge.evaluator.executors import Executor, make_executor
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
-from forge.sandbox.local import LocalSandbox, kill_session
+from forge.sandbox.local import kill_session
 
 log = logging.getLogger("forge.loop")
 
@@ -230,12 +231,11 @@ class OptimizeLoop:
         )
         self.coder = Coder(context)
         self.judge = Judge(context)
-        self.sandbox = None
-        if evaluator is None and config.evaluation.sandbox == "local":
-            self.sandbox = LocalSandbox(cache_dir=config.evaluation.cache_dir, prestart=True)
-        self.evaluator = evaluator or partial(
-            evaluate, config=config.evaluation, sandbox=self.sandbox
-        )
+        self.executor: Executor | None = None
+        if evaluator is None:  # where `config.evaluation.executor` says: local, queue:DIR ...
+            self.executor = make_executor(config.evaluation)
+            evaluator = partial(self.executor.evaluate, config=config.evaluation)
+        self.evaluator = evaluator
         self.on_event = on_event or (lambda event: None)
         self.on_interrupt = on_interrupt or log.warning
         self.device_lock = threading.Lock()
@@ -271,8 +271,8 @@ class OptimizeLoop:
         except KeyboardInterrupt:
             return self.stop_now()
         finally:
-            if self.sandbox is not None and not self.aborted.is_set():
-                self.sandbox.close()
+            if self.executor is not None and not self.aborted.is_set():
+                self.executor.close()
         return self.finish([f.result() for f in futures])
 
     def _play(self, index: int, future: Future) -> None:
@@ -305,8 +305,8 @@ class OptimizeLoop:
         self.aborted.set()
         self.on_interrupt(STOPPING_NOW)
         kill_sandbox_sessions()
-        if self.sandbox is not None:
-            self.sandbox.close()
+        if self.executor is not None:
+            self.executor.close()
         run = self.store.finish_run(self.run_id, RunStatus.interrupted, "")
         return self.outcome(run, {})
 

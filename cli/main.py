@@ -107,12 +107,13 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import browse, evaluate, library, optimize
+    from forge.cli import browse, evaluate, library, optimize, worker
 
     evaluate.register(app)
     optimize.register(app)
     browse.register(app)
     library.register(app)
+    worker.register(app)
 
 
 _register()

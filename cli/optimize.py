@@ -180,6 +180,13 @@ def optimize(
             help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter [default: cuda]"
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="where evaluations run: local, or queue:DIR for `forge worker --queue DIR` on "
+            "a GPU host sharing DIR [default: local]"
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
@@ -207,6 +214,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
+    from forge.evaluator.executors import ExecutorSpecError, check_spec
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -222,6 +230,7 @@ def optimize(
         "--top-p": top_p,
         "--reasoning-effort": reasoning_effort,
         "--max-tokens": max_tokens,
+        "--executor": executor,
     }
     if (op is None) == (resume is None):
         fail(
@@ -247,6 +256,8 @@ def optimize(
             config = new_config(
                 backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
             )
+            if executor is not None:
+                config.evaluation.executor = check_spec(executor)
             problem.sets_for(config.evaluation.device)
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
@@ -261,7 +272,8 @@ def optimize(
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
-        gpu = detect_gpu() if config.evaluation.device == "cuda" else None
+        here = config.evaluation.device == "cuda" and config.evaluation.executor == "local"
+        gpu = detect_gpu() if here else None  # a queue's GPU is elsewhere: prompts go without
         hooks = {"gpu": gpu, "on_event": Progress(console), "on_interrupt": notice}
         if resume is None:
             runner = loop.start(problem, config, coder_llm, judge_llm, store, **hooks)
@@ -275,6 +287,7 @@ def optimize(
         RecordNotFound,
         ResumeError,
         EvaluatorError,
+        ExecutorSpecError,
     ) as exc:
         if lease is not None:
             lease.release()
@@ -285,6 +298,7 @@ def optimize(
             f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}), "
             f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, "
             f"{cfg.rounds} rounds x {cfg.width}"
+            + ("" if cfg.evaluation.executor == "local" else f", via {cfg.evaluation.executor}")
         )
     )
     if cfg.budget_usd is not None and not runner.cost_known:

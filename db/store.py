@@ -85,6 +85,22 @@ def lease_holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def holder_is_gone(holder: str) -> bool:
+    """Whether `holder` is a process of this host that no longer exists (killed, crashed): its
+    lease need not be waited out. Holders on other hosts are only ever judged by expiry."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Lease:
     """This process's hold on one run (`RunStore.acquire_run_lease`). `heartbeat()` extends it,
     `release()` gives it up; `with lease:` heartbeats from a daemon thread every `ttl_s / 3` and
@@ -391,7 +407,8 @@ class RunStore:
         """Take the run's lease for this process, or raise `RunLeased` (one line naming the
         holder and its last heartbeat) while another holder's lease has not expired. Atomic:
         an INSERT (the primary key lets one process win) or, when a row exists, one UPDATE
-        conditional on that lease having expired (or being ours already)."""
+        conditional on that lease having expired, being ours already, or being held by a process
+        of this host that no longer exists (a `kill -9`ed run resumes at once)."""
         self.get_run(run_id)
         holder = holder or lease_holder_id()
         now = utcnow()
@@ -403,13 +420,18 @@ class RunStore:
                 return Lease(self, run_id, holder, ttl_s)
             except IntegrityError:
                 s.rollback()
+            current = s.get(RunLease, run_id)
+            takeable = [holder] + (
+                [current.holder] if current and holder_is_gone(current.holder) else []
+            )
             result = s.exec(
                 update(RunLease)
                 .where(
                     col(RunLease.run_id) == run_id,
-                    or_(col(RunLease.expires_at) < now, col(RunLease.holder) == holder),
+                    or_(col(RunLease.expires_at) < now, col(RunLease.holder).in_(takeable)),
                 )
                 .values(holder=holder, heartbeat_at=now, expires_at=expires, acquired_at=now)
+                .execution_options(synchronize_session=False)
             )
             s.commit()
             if result.rowcount == 1:

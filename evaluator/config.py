@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 def forge_home() -> Path:
@@ -61,6 +61,15 @@ class EvalConfig(BaseModel):
     sandbox: Literal["local", "docker"] = "local"
     """Where the worker runs: a fresh local process, or a Docker container."""
 
+    executor: str = "local"
+    """Where evaluations run (`forge.evaluator.executors`): `local` (this machine), or
+    `queue:DIR` (job files in DIR, evaluated by `forge worker --queue DIR` on a GPU host that
+    shares the directory). A queue directory is stored as an absolute path."""
+
+    queue_wait_s: float = Field(900.0, gt=0)
+    """`queue:DIR`: how long the controller waits for a worker to take a job before it fails the
+    evaluation; once a worker holds it, the wait is the evaluation's own deadline plus a margin."""
+
     static_checks: bool = True
     """Reject forbidden code before running it. Only tests of the sandbox itself turn this off."""
 
@@ -69,3 +78,10 @@ class EvalConfig(BaseModel):
 
     cache_dir: Path = Field(default_factory=lambda: forge_home() / "cache")
     """Compiler caches (Triton, torch extensions, cupy) shared by evaluations."""
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, spec: str) -> str:
+        from forge.evaluator.executors import check_spec
+
+        return check_spec(spec)

@@ -66,7 +66,7 @@ def _sandbox(config: EvalConfig):
     return LocalSandbox(cache_dir=config.cache_dir)
 
 
-def _require_gpu() -> None:
+def require_gpu() -> None:
     import torch
 
     if not torch.cuda.is_available():
@@ -112,6 +112,53 @@ def job_deadline(job: EvalJob) -> float:
     )
 
 
+def build_job(
+    problem: Problem,
+    source: str,
+    config: EvalConfig,
+    backend: str,
+    kernel_names: list[str],
+    secret: int,
+) -> EvalJob:
+    """The sandboxed job that evaluates `source`, its seeds derived from `secret`."""
+    return EvalJob(
+        device=config.device,
+        backend=backend,
+        problem_source=problem.source,
+        candidate_source=source,
+        dtype=problem.dtype,
+        atol=problem.atol,
+        rtol=problem.rtol,
+        distributions=problem.distributions,
+        input_sets=[
+            InputSetSpec(name=s.name, constants=s.constants)
+            for s in problem.sets_for(config.device)
+        ],
+        target_sets=problem.target_sets,
+        seeds=_derive_seeds(secret, config.seeds, 1),
+        timing_seed=_derive_seeds(secret, 1, 2)[0],
+        kernel_names=kernel_names,
+        trials=config.trials,
+        warmup=config.warmup,
+        batch=config.batch,
+        verify_per_batch=config.verify_per_batch,
+        baselines=list(config.baselines),
+        timing_sets=list(config.timing_sets),
+        profile=config.profile and config.device == "cuda",
+        compile_only=config.device == "cpu" and backend == "cuda",
+        limits=limits_for(config, source, backend),
+        reuse_baselines=config.reuse_compile_baseline,
+    )
+
+
+def deadline_for(problem: Problem, source: str, config: EvalConfig) -> float:
+    """The wall-clock backstop `evaluate` puts on the sandboxed run of `source` (what an executor
+    that waits for an evaluation elsewhere can allow it)."""
+    report = check_source(source, config.backend, model_init_params(problem.source))
+    backend = config.backend or report.backend or "triton"
+    return job_deadline(build_job(problem, source, config, backend, report.kernel_names, 0))
+
+
 def evaluate(
     problem: Problem,
     source: str,
@@ -145,37 +192,9 @@ def evaluate(
             **base,
         )
     if config.device == "cuda":
-        _require_gpu()
+        require_gpu()
     sandbox = sandbox or _sandbox(config)
-    secret = secrets.randbits(62)
-    job = EvalJob(
-        device=config.device,
-        backend=backend,
-        problem_source=problem.source,
-        candidate_source=source,
-        dtype=problem.dtype,
-        atol=problem.atol,
-        rtol=problem.rtol,
-        distributions=problem.distributions,
-        input_sets=[
-            InputSetSpec(name=s.name, constants=s.constants)
-            for s in problem.sets_for(config.device)
-        ],
-        target_sets=problem.target_sets,
-        seeds=_derive_seeds(secret, config.seeds, 1),
-        timing_seed=_derive_seeds(secret, 1, 2)[0],
-        kernel_names=report.kernel_names,
-        trials=config.trials,
-        warmup=config.warmup,
-        batch=config.batch,
-        verify_per_batch=config.verify_per_batch,
-        baselines=list(config.baselines),
-        timing_sets=list(config.timing_sets),
-        profile=config.profile and config.device == "cuda",
-        compile_only=config.device == "cpu" and backend == "cuda",
-        limits=limits_for(config, source, backend),
-        reuse_baselines=config.reuse_compile_baseline,
-    )
+    job = build_job(problem, source, config, backend, report.kernel_names, secrets.randbits(62))
     from forge.sandbox.base import SandboxJob
 
     deadline = job_deadline(job)

@@ -675,6 +675,27 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(db_url: str
     taken.release()
 
 
+def test_a_lease_of_a_process_gone_from_this_host_is_taken_at_once(db_url: str, problem) -> None:
+    """A `kill -9`ed holder on this host left a fresh lease: no need to wait for it to expire.
+    A live holder's is still refused."""
+    from forge.db.store import RunLeased
+
+    store = RunStore(db_url)
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
+    holder = (
+        "import os, sys\n"
+        "from forge.db.store import RunStore\n"
+        "RunStore(sys.argv[1], migrate_schema=False).acquire_run_lease(int(sys.argv[2]), ttl_s=600)\n"
+        "os._exit(0)  # gone without releasing, as after kill -9\n"
+    )
+    subprocess.run([sys.executable, "-c", holder, db_url, str(run_id)], check=True, timeout=120)
+    left = store.run_lease(run_id)
+    assert left is not None and left.holder.split(":")[1] != str(os.getpid())
+    with store.acquire_run_lease(run_id, ttl_s=30):
+        with pytest.raises(RunLeased):
+            RunStore(get_engine(db_url)).acquire_run_lease(run_id)
+
+
 def test_the_heartbeat_thread_keeps_a_lease_alive(db_url: str, problem) -> None:
     from forge.db.store import RunLeased
 

@@ -1,0 +1,306 @@
+"""The `queue:DIR` executor's directory, and the worker that answers it (`forge worker`).
+
+Layout of DIR (every file is written under `tmp/` and renamed into place, so nobody reads a
+partial one; a rename within one filesystem is atomic, on NFS too):
+
+    pending/<id>.json           jobs waiting for a worker (QueueJob); <id> starts with the device
+    claimed/<worker>/<id>.json  jobs a worker holds: it took them by renaming them out of
+                                pending/, which succeeds for exactly one worker
+    claimed/<worker>/heartbeat  touched every few seconds while the worker lives
+    results/<id>.json           answers (QueueResult); the controller deletes one once read
+
+A worker whose heartbeat is older than the stale limit is dead: whoever sees it (a worker or a
+controller) moves its jobs back to pending/. A worker writes a result only while it still holds
+the job, and the controller forgets a job once answered (a late duplicate is deleted unread), so
+a result is never applied twice. Clocks of the hosts sharing DIR must roughly agree (NTP): the
+heartbeat's age is the file's modification time against the reader's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from forge.evaluator.config import EvalConfig
+from forge.evaluator.host import EvaluatorError
+from forge.evaluator.problem import Problem, ProblemError
+from forge.evaluator.result import EvalResult
+
+STALE_S = 30.0
+"""A worker whose heartbeat is older than this is taken for dead and its jobs are retried."""
+HEARTBEAT = "heartbeat"
+
+
+class QueueJob(BaseModel):
+    """One evaluation waiting in (or taken from) a queue directory."""
+
+    id: str
+    """`<device>-<submission time, ns>-<random>`: workers pick jobs of their device, oldest first."""
+    problem: Problem
+    """The problem, as the controller resolved it (the worker needs no catalogue or file)."""
+    source: str
+    """The candidate's source."""
+    config: EvalConfig
+    """How to evaluate it; the worker uses its own compiler cache."""
+    submitted_by: str = ""
+    """`host:pid` of the controller, for the worker's log."""
+
+    @classmethod
+    def create(cls, problem: Problem, source: str, config: EvalConfig) -> QueueJob:
+        job_id = f"{config.device}-{time.time_ns():020d}-{secrets.token_hex(4)}"
+        return cls(
+            id=job_id,
+            problem=problem,
+            source=source,
+            config=config.model_copy(update={"executor": "local"}),
+            submitted_by=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+
+class QueueResult(BaseModel):
+    """A worker's answer to one job."""
+
+    id: str
+    """The job's id."""
+    worker: str
+    """The worker that answered."""
+    result: EvalResult | None = None
+    """The verdict; None when the evaluation could not be run (see `error`)."""
+    error: str = ""
+    """Why there is no verdict (no GPU on the worker, an unreadable job ...)."""
+
+    def to_json(self) -> str:
+        """JSON that round-trips infinities (an error can be inf), as the database stores it."""
+        return json.dumps(self.model_dump(mode="python"), allow_nan=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> QueueResult:
+        return cls.model_validate(json.loads(text))
+
+
+class Queue:
+    """A queue directory (created if missing)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        for sub in ("tmp", "pending", "claimed", "results"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def _write(self, path: Path, text: str) -> None:
+        tmp = self.root / "tmp" / f"{path.name}.{secrets.token_hex(6)}"
+        tmp.write_text(text)
+        os.rename(tmp, path)
+
+    # the controller's side
+
+    def submit(self, job: QueueJob) -> None:
+        self._write(self.root / "pending" / f"{job.id}.json", job.model_dump_json())
+
+    def where(self, job_id: str) -> str | None:
+        """`pending`, the id of the worker holding the job, or None (answered or gone)."""
+        name = f"{job_id}.json"
+        if (self.root / "pending" / name).exists():
+            return "pending"
+        for worker in self._workers():
+            if (worker / name).exists():
+                return worker.name
+        return None
+
+    def take_result(self, job_id: str) -> QueueResult | None:
+        """The job's result, removed from the directory; None while there is none."""
+        path = self.root / "results" / f"{job_id}.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        path.unlink(missing_ok=True)
+        try:
+            return QueueResult.from_json(text)
+        except ValueError as exc:  # not JSON, or not a result
+            first = str(exc).splitlines()[0]
+            raise EvaluatorError(f"unreadable result file {path}: {first}") from exc
+
+    def forget(self, job_id: str) -> None:
+        """Remove every trace of the job that is not held by a worker: a copy put back in the
+        queue, a result. A worker holding it discards its result when it finds it gone."""
+        name = f"{job_id}.json"
+        (self.root / "pending" / name).unlink(missing_ok=True)
+        (self.root / "results" / name).unlink(missing_ok=True)
+        for worker in self._workers():
+            (worker / name).unlink(missing_ok=True)
+
+    def drop_results(self, consumed: Iterable[str]) -> None:
+        """Delete late duplicate results of jobs already answered."""
+        done = {f"{job_id}.json" for job_id in consumed}
+        for name in set(os.listdir(self.root / "results")) & done:
+            (self.root / "results" / name).unlink(missing_ok=True)
+
+    # shared
+
+    def _workers(self) -> list[Path]:
+        return [p for p in (self.root / "claimed").iterdir() if p.is_dir()]
+
+    def requeue_stale(self, stale_s: float) -> list[tuple[str, str]]:
+        """Put the jobs of dead workers (heartbeat older than `stale_s`) back in the queue;
+        returns (job id, worker) for each job moved."""
+        moved = []
+        now = time.time()
+        for worker in self._workers():
+            beat = worker / HEARTBEAT
+            try:
+                last = beat.stat().st_mtime
+            except FileNotFoundError:  # starting, or being removed
+                try:
+                    last = worker.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+            if now - last <= stale_s:
+                continue
+            for job in worker.glob("*.json"):
+                try:
+                    os.rename(job, self.root / "pending" / job.name)
+                except FileNotFoundError:  # another process moved it first
+                    continue
+                moved.append((job.stem, worker.name))
+            beat.unlink(missing_ok=True)
+            try:
+                worker.rmdir()
+            except OSError:  # not empty or gone: left to the next look
+                pass
+        return moved
+
+    # the worker's side
+
+    def register(self, worker_id: str) -> Path:
+        claims = self.root / "claimed" / worker_id
+        claims.mkdir(parents=True, exist_ok=True)
+        (claims / HEARTBEAT).touch()
+        return claims
+
+    def claim(self, worker_id: str, device: str) -> Path | None:
+        """Take the oldest pending job of `device`; None when there is none."""
+        claims = self.register(worker_id)
+        for name in sorted(os.listdir(self.root / "pending")):
+            if not (name.startswith(f"{device}-") and name.endswith(".json")):
+                continue
+            try:
+                os.rename(self.root / "pending" / name, claims / name)
+            except FileNotFoundError:  # another worker took it
+                continue
+            return claims / name
+        return None
+
+    def answer(self, claim: Path, answer: QueueResult) -> bool:
+        """Write the result if the job is still ours (not put back, not withdrawn), then let
+        go of it; False when the result was discarded."""
+        if not claim.exists():
+            return False
+        self._write(self.root / "results" / claim.name, answer.to_json())
+        claim.unlink(missing_ok=True)
+        return True
+
+    def release(self, claim: Path) -> None:
+        """Put a job back in the queue, unanswered (the worker is stopping)."""
+        try:
+            os.rename(claim, self.root / "pending" / claim.name)
+        except FileNotFoundError:
+            pass
+
+    def unregister(self, worker_id: str) -> None:
+        claims = self.root / "claimed" / worker_id
+        (claims / HEARTBEAT).unlink(missing_ok=True)
+        try:
+            claims.rmdir()
+        except OSError:  # gone, or a job still in it (left for requeue_stale)
+            pass
+
+
+class Worker:
+    """Takes jobs of one device from a queue directory and evaluates them here, one at a time,
+    heartbeating its claim; `log` hears one line per job (and per dead worker's job put back)."""
+
+    def __init__(
+        self,
+        root: Path,
+        device: str,
+        stale_s: float = STALE_S,
+        poll_s: float = 0.5,
+        log: Callable[[str], None] = print,
+    ):
+        from forge.evaluator.executors import LocalExecutor
+
+        self.queue = Queue(root)
+        self.device = device
+        self.stale_s = stale_s
+        self.poll_s = poll_s
+        self.log = log
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.config = EvalConfig(device=device)
+        self.executor = LocalExecutor(self.config)
+        self.claim: Path | None = None
+        self._stop = threading.Event()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(2.0, self.stale_s / 4)):
+            try:
+                os.utime(self.queue.root / "claimed" / self.id / HEARTBEAT)
+            except FileNotFoundError:  # taken for dead meanwhile: be seen alive again
+                self.queue.register(self.id)
+
+    def run(self, drain: bool) -> int:
+        """Serve until interrupted, or with `drain` until no job of this device is pending;
+        returns the number of jobs answered."""
+        self.queue.register(self.id)
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        done = 0
+        try:
+            while True:
+                for job_id, worker in self.queue.requeue_stale(self.stale_s):
+                    self.log(f"{job_id}: put back in the queue (worker {worker} stopped answering)")
+                self.claim = self.queue.claim(self.id, self.device)
+                if self.claim is None:
+                    if drain:
+                        return done
+                    time.sleep(self.poll_s)
+                    continue
+                self._process(self.claim)
+                self.claim = None
+                done += 1
+        finally:
+            self._stop.set()
+            if self.claim is not None:  # interrupted mid-job: another worker will do it
+                self.queue.release(self.claim)
+            self.queue.unregister(self.id)
+            self.executor.close()
+
+    def _process(self, claim: Path) -> None:
+        started = time.monotonic()
+        job_id, label = claim.stem, claim.stem
+        try:
+            job = QueueJob.model_validate_json(claim.read_text())
+        except (ValidationError, OSError) as exc:
+            answer = QueueResult(id=job_id, worker=self.id, error=f"unreadable job file: {exc}")
+        else:
+            label = f"{job_id} {job.problem.name} from {job.submitted_by}"
+            config = job.config.model_copy(update={"cache_dir": self.config.cache_dir})
+            try:
+                answer = QueueResult(
+                    id=job_id,
+                    worker=self.id,
+                    result=self.executor.evaluate(job.problem, job.source, config),
+                )
+            except (EvaluatorError, ProblemError) as exc:
+                answer = QueueResult(id=job_id, worker=self.id, error=str(exc))
+        verdict = answer.result.status.value if answer.result else f"error: {answer.error}"
+        kept = self.queue.answer(claim, answer)
+        note = "" if kept else " (discarded: the job was withdrawn or given to another worker)"
+        self.log(f"{label}: {verdict} in {time.monotonic() - started:.1f} s{note}")
