@@ -6,26 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forge_process import run_forge as forge
 
 from forge.db.store import RunStore
 from forge.evaluator.problem import resolve_problem
 
 LONG_MODEL = "anthropic/claude-sonnet-4-5-20250929"
-
-
-def forge(*args: str, env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "forge.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        input=stdin,
-    )
 
 
 @pytest.fixture

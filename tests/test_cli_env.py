@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from forge_process import run_forge
 
 from forge.db.store import RunStore
 from forge.evaluator.problem import resolve_problem
@@ -20,15 +21,8 @@ from forge.evaluator.problem import resolve_problem
 LEGIT_SOFTMAX = Path(__file__).parent / "fixtures" / "legit" / "triton_softmax.py"
 
 
-def forge(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "forge.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd="/",
-    )
+def forge(*args: str, env: dict):
+    return run_forge(*args, env=env, cwd="/")
 
 
 def one_line_error(out: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:

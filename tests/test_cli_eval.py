@@ -2,23 +2,13 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forge_process import run_forge as forge
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGIT_SOFTMAX = FIXTURES / "legit" / "triton_softmax.py"
-
-
-def forge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "forge.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
 
 
 def test_ops_lists_the_catalogue():
