@@ -104,12 +104,8 @@ class Runner:
     # ---- handlers ----------------------------------------------------------------------------
     def load(self, request: Request, fds: list[int]) -> Reply:
         from forge.evaluator.integrity import IdentitySnapshot
-        from forge.evaluator.monitor import AtenMonitor
 
         self.kernel_names = request.kernel_names
-        # the monitor's first use rebinds torch.manual_seed: settle that before the snapshot
-        with AtenMonitor():
-            self.torch.empty(1).fill_(0)
         self.identity = IdentitySnapshot(self)
         self.identity.take()
         path = Path.cwd() / "forge_candidate.py"
@@ -467,9 +463,11 @@ def prepare(device: str) -> None:
     import torch
 
     import forge.evaluator.integrity  # noqa: F401
-    import forge.evaluator.monitor  # noqa: F401
     import forge.evaluator.shared  # noqa: F401
     import forge.evaluator.timing  # noqa: F401
+    from forge.evaluator.monitor import warm_monitor
+
+    warm_monitor()
 
     try:
         import triton  # noqa: F401

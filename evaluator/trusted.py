@@ -212,11 +212,14 @@ def prestart_runner(device: str) -> None:
     second runner starts under ncu for the profile: both must start before this process is put
     under Landlock, which the CUDA driver's start-up in a new process does not survive (seen on
     an H200 host: error 304)."""
+    from forge.evaluator.monitor import warm_monitor
+
     _SPARE[device] = RunnerProcess(device, Path.cwd() / "runner")
     if device == "cuda" and profiling.ncu_path():
         _SPARE["profiled"] = RunnerProcess(
             device, Path.cwd() / "profiled", profiling.ncu_command(_ncu_log())
         )
+    warm_monitor()  # the reference runs under it once per evaluation
 
 
 def _ncu_log() -> Path:
