@@ -7,7 +7,7 @@ the worker process started ahead of its job. Each evaluation is a fresh sandboxe
 waiting for the runner's own start-up, `prepare`, where it was not done ahead) + compile +
 correctness.
 
-    python bench/eval_latency.py [--json out.json] [--repeats 2]
+    python bench/eval_latency.py [--json out.json] [--device cpu --flavours triton]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--op", default="softmax")
     parser.add_argument("--flavours", default=",".join(CANDIDATES))
     parser.add_argument("--baselines", default="eager,compile")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu (Triton interpreter)")
     parser.add_argument(
         "--idle", type=float, default=15.0, help="seconds the pre-started worker gets to prepare"
     )
@@ -48,7 +49,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="forge-bench-cache-") as cache:
             os.chmod(cache, 0o755)
             config = EvalConfig(
-                device="cuda", cache_dir=Path(cache), baselines=args.baselines.split(",")
+                device=args.device, cache_dir=Path(cache), baselines=args.baselines.split(",")
             )
             prestarted = LocalSandbox(cache_dir=Path(cache), prestart=True)
             for state in ("cold", "warm", "warm-prestarted"):
