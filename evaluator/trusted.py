@@ -44,9 +44,13 @@ from forge.evaluator.protocol import (
     Value,
 )
 from forge.evaluator.shared import DTYPES, SharedBuffer, dtype_name
+from forge.sandbox.policy import NOBODY
 
-NOBODY = 65534
+# A batch the host cannot queue within this much sleep is launch-bound beyond what device time
+# can measure without the host in series (20 ms per call at the default batch of 10).
 MAX_SLEEP_MS = 200.0
+# The trusted clock's allowance over a batch's sleep + fixed work + reported calls: the request,
+# the reply and the final device synchronize, on a host that may be busy compiling elsewhere.
 WALL_SLACK_MS = 5.0
 WALL_SLACK_RATIO = 1.3
 
