@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device run: the steps named in STEPS (latency sweep repro gputests library), after a sandbox
+# Device run: the steps named in STEPS (latency agreement sweep repro gputests library), after a sandbox
 # diagnosis that turns off any containment measure that stops CUDA on this host.
 set -u -o pipefail
 source bench/gpu_setup.sh || exit 1
@@ -7,9 +7,10 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -c "import torch, triton; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/log"; nvidia-smi --query-gpu=driver_version --format=csv,noheader | tee -a "$OUT/log"; ncu --version | tail -1 | tee -a "$OUT/log"
 apply_sandbox_diagnosis "$OUT/sandbox_diag.txt"
-for step in ${STEPS:-latency sweep gputests}; do
+for step in ${STEPS:-latency agreement sweep gputests}; do
   case $step in
     latency) timeout ${LATENCY_T:-400} python3 bench/eval_latency.py --json "$OUT/eval_latency.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
+    agreement) timeout ${AGREEMENT_T:-400} python3 bench/timing_agreement.py --json "$OUT/agreement.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     sweep) timeout ${SWEEP_T:-300} python3 bench/legit_sweep.py --json "$OUT/legit_sweep.json" ${SWEEP_ARGS:-} 2>"$OUT/sweep.err" | tee -a "$OUT/log" ;;
     repro) timeout ${REPRO_T:-200} python3 bench/reproducibility.py --runs 5 ${REPRO_ARGS:-} --json "$OUT/reproducibility.json" 2>/dev/null | tee -a "$OUT/log" ;;
     gputests) timeout ${GPU_T:-300} python3 -m pytest -m gpu -q -rP -p no:cacheprovider --basetemp=/tmp/pt ${GPU_TESTS:-tests} > "$OUT/gputests.txt" 2>&1; tail -40 "$OUT/gputests.txt" | tee -a "$OUT/log" ;;
