@@ -8,7 +8,6 @@ flags are computed here from the trusted process's raw samples.
 from __future__ import annotations
 
 import ast
-import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
 from forge.evaluator.problem import Problem
 from forge.evaluator.profiling import kernel_base_name
-from forge.evaluator.protocol import EvalJob, InputSetSpec, Limits, TrustedReport
+from forge.evaluator.protocol import EvalJob, InputSetSpec, Limits, TrustedReport, derive_seed
 from forge.evaluator.result import (
     Check,
     Environment,
@@ -49,11 +48,7 @@ def model_init_params(problem_source: str) -> list[str] | None:
 
 
 def _derive_seeds(secret: int, count: int, salt: int) -> list[int]:
-    """Test seeds from the secret per-evaluation seed through SHA-256: one seed reveals no other."""
-    return [
-        int.from_bytes(hashlib.sha256(f"{secret}:{salt}:{i}".encode()).digest()[:8], "little") >> 2
-        for i in range(count)
-    ]
+    return [derive_seed(secret, salt, i) for i in range(count)]
 
 
 def _sandbox(config: EvalConfig):

@@ -11,6 +11,7 @@ but cannot run code in the trusted process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import struct
@@ -23,6 +24,13 @@ PHASE_MARK = b"FORGE-PHASE "
 """Starts a line the trusted process writes on its stderr when it reaches a phase (progress
 only, for the host's display: the verdict travels on the result channel)."""
 MAX_FDS = 64
+
+
+def derive_seed(secret: int, salt: object, index: int) -> int:
+    """A test seed from the secret per-evaluation seed through SHA-256: one seed reveals no
+    other, nor the secret."""
+    digest = hashlib.sha256(f"{secret}:{salt}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
 
 
 class InputSetSpec(BaseModel):

@@ -333,8 +333,10 @@ class Runner:
         return out
 
     def judge_monitor(self, monitor, out, reply: Reply) -> None:
+        from forge.evaluator.compare import flatten
+
         reply.host_to_device_bytes = monitor.host_to_device_bytes
-        produced = sum(t.numel() * t.element_size() for t in _flatten(out))
+        produced = sum(t.numel() * t.element_size() for t in flatten(out))
         if self.device == "cuda" and produced and monitor.host_to_device_bytes >= produced // 2:
             reply.provenance_gap = (
                 f"{monitor.host_to_device_bytes} bytes were copied host-to-device during forward for an output of "
@@ -348,13 +350,15 @@ class Runner:
             )
         reply.library_ops = sorted(set(getattr(monitor, "library", [])))
         if reply.library_ops and hasattr(monitor, "output_from_library"):
-            reply.output_from_library = any(monitor.output_from_library(t) for t in _flatten(out))
+            reply.output_from_library = any(monitor.output_from_library(t) for t in flatten(out))
 
     def deliver(self, out, specs: list, reply: Reply) -> None:
         """Copy the outputs into the trusted process's slots, after describing what they are
         (the trusted side compares the description and the values)."""
+        from forge.evaluator.compare import flatten
+
         torch = self.torch
-        flat = _flatten(out)
+        flat = flatten(out)
         reply.structure = (
             "tensor"
             if isinstance(out, torch.Tensor)
@@ -422,16 +426,6 @@ class Runner:
 SUPPORTING_KERNEL = re.compile(
     r"Fill|[Cc]opy|[Mm]emset|Memcpy|gemm|cutlass|cublas|xmma|cudnn|conv|sm\d+_", re.I
 )
-
-
-def _flatten(out) -> list:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, tuple | list):
-        return [t for item in out for t in _flatten(item)]
-    return []
 
 
 def environment(device: str) -> dict:

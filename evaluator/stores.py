@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from forge.evaluator.compare import flatten
+
 
 class StoreRecorder:
     def __init__(self) -> None:
@@ -60,7 +62,7 @@ class StoreRecorder:
 
     def uncovered(self, out: object) -> str:
         """'' when each output tensor holds exactly what kernel stores last wrote to it."""
-        for index, t in enumerate(_flat(out)):
+        for index, t in enumerate(flatten(out)):
             if t.numel() == 0 or t.dtype == torch.bool:
                 continue
             if problem := self._check(t):
@@ -85,29 +87,18 @@ class StoreRecorder:
             for k in range(item):
                 shadow[offsets + k] = raw[:, k]
                 written[offsets + k] = True
+        atomic_bytes = np.zeros(span, dtype=bool)
         for addresses in self.atomic:
             inside = (addresses >= base) & (addresses < base + span)
             offsets = (addresses[inside] - base).astype(np.int64)
             for k in range(item):
-                written[offsets + k] = True
+                atomic_bytes[offsets + k] = True
+        written |= atomic_bytes
         if not written.all():
             missing = int((~written).sum()) // item
             return f"{missing} of {t.numel()} elements were never stored by a kernel"
         actual = t.detach().reshape(-1).view(torch.uint8).numpy()
-        atomic_bytes = np.zeros(span, dtype=bool)
-        for addresses in self.atomic:
-            inside = (addresses >= base) & (addresses < base + span)
-            for k in range(item):
-                atomic_bytes[(addresses[inside] - base).astype(np.int64) + k] = True
         differs = (actual != shadow) & ~atomic_bytes
         if differs.any():
             return f"{int(differs.sum()) // item or 1} elements differ from what the kernels stored"
         return ""
-
-
-def _flat(out: object) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, tuple | list):
-        return [t for item in out for t in _flat(item)]
-    return []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -967,11 +968,7 @@ class SetTimer:
 
 
 def _derive(secret: int, salt: str):
-    counter = 0
-    while True:
-        digest = hashlib.sha256(f"{secret}:{salt}:{counter}".encode()).digest()
-        yield int.from_bytes(digest[:8], "little") >> 2
-        counter += 1
+    return (protocol.derive_seed(secret, salt, i) for i in itertools.count())
 
 
 def _load_problem(source: str):
