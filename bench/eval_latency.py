@@ -81,6 +81,11 @@ def main() -> None:
                     + " ".join(f"{p}={row[p]:.2f}" for p in PHASES),
                     flush=True,
                 )
+                print(
+                    "  detail: "
+                    + " ".join(f"{k}={v:.2f}" for k, v in sorted(row["detail"].items())),
+                    flush=True,
+                )
             prestarted.close()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

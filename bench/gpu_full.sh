@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device run: the steps named in STEPS (latency agreement sweep repro gputests library), after a sandbox
+# Device run: the steps named in STEPS (GPU_K: a pytest -k selection for gputests; *_T: seconds per step) (latency agreement sweep repro gputests library), after a sandbox
 # diagnosis that turns off any containment measure that stops CUDA on this host.
 set -u -o pipefail
 source bench/gpu_setup.sh || exit 1
@@ -9,11 +9,11 @@ python3 -c "import torch, triton; print(torch.cuda.get_device_name(), 'torch', t
 apply_sandbox_diagnosis "$OUT/sandbox_diag.txt"
 for step in ${STEPS:-latency agreement sweep gputests}; do
   case $step in
-    latency) timeout ${LATENCY_T:-400} python3 bench/eval_latency.py --json "$OUT/eval_latency.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
+    latency) timeout ${LATENCY_T:-400} python3 bench/eval_latency.py --json "$OUT/eval_latency.json" ${LATENCY_ARGS:-} 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     agreement) timeout ${AGREEMENT_T:-400} python3 bench/timing_agreement.py --json "$OUT/agreement.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     sweep) timeout ${SWEEP_T:-300} python3 bench/legit_sweep.py --json "$OUT/legit_sweep.json" ${SWEEP_ARGS:-} 2>"$OUT/sweep.err" | tee -a "$OUT/log" ;;
     repro) timeout ${REPRO_T:-200} python3 bench/reproducibility.py --runs 5 ${REPRO_ARGS:-} --json "$OUT/reproducibility.json" 2>/dev/null | tee -a "$OUT/log" ;;
-    gputests) timeout ${GPU_T:-300} python3 -m pytest -m gpu -q -rP -p no:cacheprovider --basetemp=/tmp/pt ${GPU_TESTS:-tests} > "$OUT/gputests.txt" 2>&1; tail -40 "$OUT/gputests.txt" | tee -a "$OUT/log" ;;
+    gputests) timeout -s INT -k 30 ${GPU_T:-300} python3 -m pytest -m gpu -q -rA --tb=short ${GPU_K:+-k "$GPU_K"} -p no:cacheprovider --basetemp=/tmp/pt --ignore=tests/test_sandbox_docker.py ${GPU_TESTS:-tests} > "$OUT/gputests.txt" 2>&1; tail -40 "$OUT/gputests.txt" | tee -a "$OUT/log" ;;
     library) timeout ${LIB_T:-300} python3 bench/library_bench.py --json "$OUT/library_bench.json" 2>&1 | tail -30 | tee -a "$OUT/log" ;;
   esac
 done

@@ -183,6 +183,9 @@ class RawTiming(BaseModel):
     compiled_from_cache: bool = False
     persisting_l2_reset: bool = False
     target: bool = False
+    host_in_series: bool = Field(
+        False, description="the candidate's calls block the host: timed without a sleep head"
+    )
 
 
 class TrustedReport(BaseModel):
@@ -199,6 +202,9 @@ class TrustedReport(BaseModel):
     work: dict[str, dict[str, float]] = Field(default_factory=dict)
     environment: dict[str, Any] = Field(default_factory=dict)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
+    phase_detail: dict[str, float] = Field(
+        default_factory=dict, description="seconds per kind of step, across phases"
+    )
     notes: list[str] = Field(default_factory=list)
     compile_log: str = ""
     runner_stderr: str = ""

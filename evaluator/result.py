@@ -111,6 +111,11 @@ class SetTiming(BaseModel):
     floor_ms: float | None = Field(None, description="roofline floor: max(bytes/bw, flops/peak)")
     roofline_fraction: float | None = Field(None, description="floor_ms / candidate median")
     rechecks: int = Field(0, description="timed calls whose outputs were re-verified")
+    host_in_series: bool = Field(
+        False,
+        description="the candidate's calls block the host (a synchronize or .item() in forward), "
+        "so its device time includes its own host overhead",
+    )
 
 
 class KernelProfile(BaseModel):
@@ -142,6 +147,11 @@ class PhaseSeconds(BaseModel):
     timing: float = 0.0
     profiling: float = 0.0
     total: float = 0.0
+    detail: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per kind of step across phases (runner requests by op, reference, "
+        "inputs, comparison; 'sandbox' is the host's total less the worker's)",
+    )
 
 
 class SandboxInfo(BaseModel):

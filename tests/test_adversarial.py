@@ -459,3 +459,46 @@ def test_api_key_in_the_hosts_initial_environment_does_not_leak(
     assert key not in proc.stdout, (
         f"the host's OPENAI_API_KEY leaked into the EvalResult: {result.reasons[0][:200]}"
     )
+
+
+_WRONG_THEN_HANGS = """
+import time
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _exp_kernel(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    x = tl.load(x_ptr + row * n_cols + offs, mask=mask, other=0.0)
+    tl.store(y_ptr + row * n_cols + offs, tl.exp(x), mask=mask)  # never normalized
+
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        if x.shape[1] > 500:
+            time.sleep(600)
+        y = torch.empty_like(x)
+        _exp_kernel[(x.shape[0],)](x, y, x.shape[1], BLOCK=triton.next_power_of_2(x.shape[1]))
+        return y
+"""
+
+
+def test_a_hang_on_a_later_set_keeps_the_mismatch_seen_before(
+    forge_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Wrong on 'tiny', then hung on 'odd': the verdict stays `incorrect` with the mismatch
+    first, and the timeout follows as a reason (on the H200 a hang on 'wide' had replaced it)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from forge.evaluator import evaluate
+
+    config = EvalConfig(device="cpu", cache_dir=forge_cache_dir, timeout_s=20, static_checks=False)
+    result = evaluate(resolve_problem("softmax"), _WRONG_THEN_HANGS, config)
+    assert result.status is Status.incorrect, result.reasons
+    assert result.reasons[0].startswith("mismatch on input set 'tiny'"), result.reasons
+    assert any("wall-clock limit" in r and "'odd'" in r for r in result.reasons), result.reasons

@@ -216,10 +216,8 @@ def test_gpu_device_time_agrees_with_nsight_compute(legit_profiled: EvalResult):
 
 
 @pytest.fixture(scope="module")
-def legit_profiled(tmp_path_factory) -> EvalResult:
-    return run_gpu(
-        LEGIT / "triton_softmax.py", tmp_path_factory.mktemp("legit-profiled"), profile=True
-    )
+def legit_profiled(forge_cache_dir: Path) -> EvalResult:
+    return run_gpu(LEGIT / "triton_softmax.py", forge_cache_dir, profile=True)
 
 
 # ---- row 19: persisting L2 is reset before timing -----------------------------------------------

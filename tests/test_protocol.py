@@ -112,6 +112,7 @@ def test_deadlines_follow_the_backend_and_the_cap():
     capped = limits_for(EvalConfig(device="cuda", timeout_s=5), "load_inline(...)", "cuda")
     assert gpu.first_call_s <= 20 and gpu.call_s <= 10, "a hung kernel must cost under 30 s"
     assert inline.load_s > gpu.load_s
+    assert inline.first_call_s == inline.load_s, "a load_inline build may be deferred to forward"
     assert max(capped.load_s, capped.first_call_s, capped.call_s) == 5
     job = EvalJob(
         device="cuda",
