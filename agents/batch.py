@@ -60,7 +60,7 @@ from forge.evaluator.executors import shares_device
 from forge.evaluator.problem import Problem, ProblemError, load_problem
 from forge.kernels_library.storage import LibraryError
 
-STOPPED_BY_CTRL_C = "interrupted (Ctrl-C)"
+STOPPED_BY_CTRL_C = "Ctrl-C"
 FINAL = (ItemStatus.finished.value, ItemStatus.failed.value)
 
 

@@ -139,11 +139,17 @@ def batch(
     ] = None,
     until: Annotated[
         str | None,
-        typer.Option(help="start nothing new after this local time (next occurrence), e.g. 07:00"),
+        typer.Option(
+            help="stop the batch at this local time (its next occurrence), e.g. 07:00: nothing "
+            "new starts, items in flight stop after their current step (resumable)"
+        ),
     ] = None,
     time_limit: Annotated[
         str | None,
-        typer.Option(help="start nothing new after this long, e.g. 8h, 90m, 3600 (seconds)"),
+        typer.Option(
+            help="stop the batch after this long, e.g. 8h, 90m, 3600 (seconds); with --until, "
+            "the earlier wins"
+        ),
     ] = None,
     concurrency: Annotated[
         int | None,

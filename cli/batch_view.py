@@ -55,6 +55,8 @@ class ItemState:
         self.round: int | None = None
         self.best: float | None = None
         self.has_best = False
+        self.cost: float | None = None
+        """The run's cost as its loop last reported it (while it runs)."""
 
 
 class LineDisplay(BatchDisplay):
@@ -71,7 +73,8 @@ class LineDisplay(BatchDisplay):
 
     def item_changed(self, item: BatchItem) -> None:
         with self.lock:
-            if self.statuses.get(item.id) == (item.status, item.run_id):
+            starting = item.status == "running" and item.run_id is None
+            if starting or self.statuses.get(item.id) == (item.status, item.run_id):
                 return
             self.statuses[item.id] = (item.status, item.run_id)
             done = sum(status in FINAL for status, _ in self.statuses.values())
@@ -149,7 +152,7 @@ class LiveDisplay(BatchDisplay):
                     _status(item.status),
                     str(state.round) if state.round is not None else "-",
                     _x(state.best) if state.has_best else "-",
-                    f"${item.cost_usd:.4f}",
+                    f"${state.cost if state.cost is not None and item.status == 'running' else item.cost_usd:.4f}",
                 )
         return Group(table, self.progress)
 
@@ -162,7 +165,7 @@ class LiveDisplay(BatchDisplay):
     def event(self, item: BatchItem, event) -> None:  # noqa: ANN001 (loop.Event)
         with self.lock:
             state = self.states[item.id]
-            state.round = event.round
+            state.round, state.cost = event.round, event.cost_usd
             if event.best_candidate_id:
                 state.has_best, state.best = True, event.best_speedup
 

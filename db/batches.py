@@ -8,7 +8,7 @@ One process at a time runs a batch (`acquire_lease`, the same lease as a run's).
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import inspect, update
 from sqlmodel import Session, col, select
 
 from forge.db.models import Batch, BatchItem, BatchLease, ProblemRow, Run
@@ -21,6 +21,11 @@ class BatchStore:
 
     def __init__(self, runs: RunStore) -> None:
         self.runs = runs
+
+    def _migrated(self) -> bool:
+        """Whether the database has the batch tables (a database of an older Forge, opened
+        read-only and so not migrated, has none: it holds no batch)."""
+        return inspect(self.runs.engine).has_table(Batch.__tablename__)
 
     def _session(self) -> Session:
         return Session(self.runs.engine, expire_on_commit=False)
@@ -38,8 +43,10 @@ class BatchStore:
         return batch
 
     def get(self, batch_id: int) -> Batch:
-        with self._session() as s:
-            batch = s.get(Batch, batch_id)
+        batch = None
+        if self._migrated():
+            with self._session() as s:
+                batch = s.get(Batch, batch_id)
         if batch is None:
             raise RecordNotFound(
                 f"no batch {batch_id} in the database (`forge batches` lists them)"
@@ -48,6 +55,8 @@ class BatchStore:
 
     def list(self, limit: int = 50) -> list[Batch]:
         """Newest first."""
+        if not self._migrated():
+            return []
         query = select(Batch).order_by(col(Batch.id).desc()).limit(limit)
         with self._session() as s:
             return list(s.exec(query).all())

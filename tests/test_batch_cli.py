@@ -16,18 +16,22 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from test_library_helpers import make_result
 from typer.testing import CliRunner
 
 from forge.agents.suite import SuiteError, parse_duration, parse_selection
 from forge.cli.batch import until_deadline
 from forge.cli.main import app
 from forge.db.batches import BatchStore
+from forge.db.library import list_entries
 from forge.db.store import RunStore
+from forge.evaluator.job_queue import Queue, QueueJob, QueueResult
 
 PROBLEMS = Path(__file__).parent / "fixtures" / "batch"
 
@@ -260,6 +264,58 @@ model = "{one}"
     assert all(c["gpu_budget_s"] == 7200 for c in configs.values())
     assert {i.label: r.coder_model for i, r in rows}["scale"] == one
     assert [r.rounds_done for _, r in rows] == [1, 2, 1]
+
+
+class StandInGpuWorker(threading.Thread):
+    """A `forge worker` on a GPU host, as far as the queue directory can tell: it claims each
+    job and answers with a verdict made like the library tests' GPU results (correct, with
+    timings at every input set; the speedup vs eager of the n-th job is `speedups[n]`)."""
+
+    def __init__(self, queue: Path, speedups: list[float]):
+        super().__init__(daemon=True)
+        self.queue, self.speedups, self.stop = Queue(queue), speedups, threading.Event()
+
+    def run(self) -> None:
+        answered = 0
+        while not self.stop.wait(0.05):
+            claim = self.queue.claim("stand-in-gpu", "cuda")
+            if claim is None:
+                continue
+            job = QueueJob.model_validate_json(claim.read_text())
+            speedup = self.speedups[answered]
+            result = make_result(job.problem, {s.name: speedup for s in job.problem.input_sets})
+            self.queue.answer(claim, QueueResult(id=job.id, worker="stand-in-gpu", result=result))
+            answered += 1
+
+
+def test_each_item_ends_by_promoting_its_verified_winner_under_the_library_rules(forge, tmp_path):
+    """GPU verdicts through `queue:DIR`: the faster item's kernel enters the library, the
+    other's (slower than eager) is refused by the promotion rules; each item says which."""
+    source = (Path(__file__).parent / "fixtures" / "legit" / "triton_softmax.py").read_text()
+    model = script(tmp_path, "softmax", [coder(f"```python\n{source}\n```\n", "S0")])
+    (tmp_path / "suite.toml").write_text(
+        '[[item]]\nop = "softmax"\nname = "slow"\n\n'
+        '[[item]]\nop = "softmax"\nname = "fast"\npriority = 1\n'
+    )
+    worker = StandInGpuWorker(tmp_path / "queue", speedups=[1.5, 0.8])
+    worker.start()
+    try:
+        result = forge(
+            "batch", tmp_path / "suite.toml", "--device", "cuda", "--model", model,
+            "--executor", f"queue:{tmp_path / 'queue'}", "--rounds", 1,
+        )  # fmt: skip
+    finally:
+        worker.stop.set()
+        worker.join()
+    assert result.exit_code == 0, result.output
+    slow, fast = forge.batches().items(1)
+    entries = list_entries(forge.batches().runs)
+    assert [e.id for e in entries] == [fast.library_entry_id] and slow.library_entry_id is None
+    assert entries[0].speedup_vs_eager == pytest.approx(1.5)
+    assert "promoted as library entry" in fast.promotion
+    assert "not promoted" in slow.promotion and "0.80x" in slow.promotion
+    assert f"entry {fast.library_entry_id}" in result.stdout
+    assert "1 promoted to the library" in result.stdout
 
 
 # ------------------------------------------------------------- limits
@@ -511,6 +567,53 @@ def test_kill_9_then_resume_repeats_nothing(tmp_path):
     ]
     assert tags == ["C0", "J1", "C1"]  # each answer once: C0 recorded before the kill
     assert batches.get(1).status == "finished"
+
+
+def test_ctrl_c_stops_after_the_step_in_flight_and_resume_finishes(tmp_path):
+    home = tmp_path / "home"
+    suite = suite_dir(tmp_path / "suite", "scale", "shift")
+    items = [coder(FALLBACK, "C0"), judge("J1", delay_s=1.5), coder(FALLBACK, "C1")]
+    model = script(tmp_path, "slow", items)
+    env = {**os.environ, "FORGE_HOME": str(home)}
+    for name in ("FORGE_DB_URL", "FORGE_MODEL"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forge.cli.main", "batch", str(suite), "--device", "cpu"]
+        + ["--model", model, "--rounds", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while "r0 candidate 1: rejected" not in (line := proc.stdout.readline()):
+        assert line and time.monotonic() < deadline, proc.communicate()
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)  # the first item's Judge call (1.5 s) is in flight
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "continue with `forge batch --resume 1`" in stderr
+    forge = Forge(home)
+    batches = forge.batches()
+    assert (batches.get(1).status, statuses(forge)) == ("interrupted", ["interrupted", "pending"])
+    run = batches.items(1)[0].run_id
+    assert [(c.role, c.round) for c in batches.runs.llm_calls(run)] == [("coder", 0), ("judge", 1)]
+    result = forge("batch", "--resume", 1)
+    assert result.exit_code == 0, result.output
+    assert statuses(forge) == ["finished", "finished"]
+    assert [c.round for c in batches.runs.candidates(run)] == [0, 1]
+
+
+def test_batches_on_a_database_from_before_batches(forge, tmp_path):
+    """A database of an older Forge, opened read-only (not migrated), holds no batch."""
+    from forge.db.engine import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0002")
+    listed = forge("batches", "--json", "--db", url)
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+    one = forge("batches", 1, "--db", url)
+    assert one.exit_code == 2 and "no batch 1" in one.stderr
 
 
 # ------------------------------------------------------------- bad input
