@@ -42,7 +42,8 @@ from sqlmodel import Session, col, select
 from forge.agents import loop
 from forge.agents.coder import GpuSpec
 from forge.agents.errors import ResumeError
-from forge.agents.llm import ScriptError, get_model
+from forge.agents.llm import ScriptError, check_credentials, get_model, resolve_models
+from forge.agents.suite import ItemSettings, Suite
 from forge.db.batches import BatchStore
 from forge.db.library import promote_best
 from forge.db.models import (
@@ -54,7 +55,7 @@ from forge.db.models import (
     RunStatus,
     utcnow,
 )
-from forge.db.store import RecordNotFound, RunLeased, ensure_datetime
+from forge.db.store import Lease, RecordNotFound, RunLeased, ensure_datetime
 from forge.evaluator import EvaluatorError
 from forge.evaluator.executors import shares_device
 from forge.evaluator.problem import Problem, ProblemError, load_problem
@@ -96,6 +97,111 @@ class PlannedItem:
     coder_model: str
     judge_model: str
     priority: int = 0
+
+
+class BatchError(ValueError):
+    """A batch that cannot be run or resumed as asked; the message names the fix."""
+
+
+@dataclass
+class Models:
+    """Model names from the command line (None: not given)."""
+
+    model: str | None = None
+    coder_model: str | None = None
+    judge_model: str | None = None
+
+    def choose(self, stored: dict) -> tuple[str, str]:
+        """(coder, judge) of an item whose stored config names its models: these replace them."""
+        return (
+            self.coder_model or self.model or stored["coder_model"],
+            self.judge_model or self.model or stored["judge_model"],
+        )
+
+    def for_item(self, settings: ItemSettings) -> tuple[str, str]:
+        """(coder, judge) of a new item: its own, else these, else $FORGE_MODEL."""
+        return resolve_models(
+            self.model,
+            settings.coder_model or settings.model or self.coder_model,
+            settings.judge_model or settings.model or self.judge_model,
+        )
+
+
+def check_models(names: list[tuple[str, str]], api_base: str | None) -> None:
+    """Each (model, role) usable: its provider's key present, a scripted file readable."""
+    for name, role in dict.fromkeys(names):
+        check_credentials(name, api_base)
+        get_model(name, role)
+
+
+def plan_items(suite: Suite, options: dict, models: Models) -> list[PlannedItem]:
+    """Each item's run settings: the item's own (a TOML suite), else `options` (the command
+    line's `LoopConfig.from_options` arguments), else Forge's defaults. Problems must fit the
+    device and models be usable (checked here, before anything is stored)."""
+    planned = []
+    for entry in suite.entries:
+        s = entry.settings
+        own = {
+            "backend": s.backend,
+            "rounds": s.rounds,
+            "width": s.width,
+            "patience": s.patience,
+            "budget_usd": s.budget_usd,
+            "gpu_budget_s": s.budget_gpu_hours * 3600 if s.budget_gpu_hours else None,
+            "time_limit_s": s.time_limit,
+        }
+        chosen = {k: v for k, v in own.items() if v is not None}
+        config = loop.LoopConfig.from_options(**{**options, **chosen})
+        entry.problem.sets_for(config.evaluation.device)
+        coder, judge = models.for_item(s)
+        check_models([(coder, "coder"), (judge, "judge")], config.coder.api_base)
+        planned.append(
+            PlannedItem(entry.label, entry.problem, config, coder, judge, s.priority or 0)
+        )
+    return planned
+
+
+def reopen(
+    batches: BatchStore,
+    batch_id: int,
+    limits: Limits,
+    concurrency: int | None,
+    max_retries: int | None,
+    models: Models,
+) -> Lease:
+    """Hold a stored batch for `--resume`, with the limits and settings given anew (those
+    not given stay as stored). Refused for a finished batch, a deadline that has passed and
+    was not replaced, a model that cannot be used, or a batch another process runs."""
+    stored = batches.get(batch_id)
+    if stored.status == BatchStatus.finished.value:
+        raise BatchError(
+            f"batch {batch_id} finished (`forge batches {batch_id}` shows it); start a new one"
+        )
+    passed = ensure_datetime(stored.deadline_at)
+    if limits.deadline is None and passed is not None and passed <= utcnow():
+        raise BatchError(
+            f"batch {batch_id}'s deadline ({passed.astimezone():%Y-%m-%d %H:%M}) has passed: "
+            "give --until or --time-limit for this session"
+        )
+    for item in batches.items(batch_id):
+        if item.status not in FINAL:
+            config = json.loads(item.config_json)
+            coder, judge = models.choose(config)
+            check_models([(coder, "coder"), (judge, "judge")], config["loop"]["coder"]["api_base"])
+    lease = batches.acquire_lease(batch_id)
+    settings = BatchSettings.model_validate_json(stored.settings_json)
+    if concurrency is not None:
+        settings.concurrency = concurrency
+    if max_retries is not None:
+        settings.max_retries = max_retries
+    changes = {
+        "settings_json": settings.model_dump_json(),
+        "budget_usd": limits.budget_usd,
+        "budget_gpu_s": limits.budget_gpu_s,
+        "deadline_at": limits.deadline,
+    }
+    batches.update(batch_id, **{k: v for k, v in changes.items() if v is not None})
+    return lease
 
 
 def item_config(planned: PlannedItem) -> str:
@@ -169,21 +275,6 @@ class BatchOutcome:
 
 
 @dataclass
-class ModelOverride:
-    """Models named on `--resume` that replace every item's stored ones (None: keep)."""
-
-    model: str | None = None
-    coder_model: str | None = None
-    judge_model: str | None = None
-
-    def choose(self, stored: dict) -> tuple[str, str]:
-        return (
-            self.coder_model or self.model or stored["coder_model"],
-            self.judge_model or self.model or stored["judge_model"],
-        )
-
-
-@dataclass
 class _Active:
     item: BatchItem
     runner: loop.OptimizeLoop
@@ -193,7 +284,7 @@ class _Active:
 class BatchRunner:
     batches: BatchStore
     batch_id: int
-    models: ModelOverride = field(default_factory=ModelOverride)
+    models: Models = field(default_factory=Models)
     gpu: GpuSpec | None = None
     display: BatchDisplay = field(default_factory=BatchDisplay)
 
@@ -400,6 +491,7 @@ class BatchRunner:
     def settle(self, item: BatchItem, run_status: str, retryable: bool, error: str) -> None:
         """The item's status after a session of its run, its totals, and at its end the
         library promotion of the run's verified best."""
+        item = self.batches.item(item.id)
         totals = self._totals(item)
         if run_status == RunStatus.failed.value and retryable:
             if item.retries < self.settings.max_retries:

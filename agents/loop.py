@@ -54,7 +54,7 @@ from forge.db.redact import redact
 from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError
 from forge.evaluator.config import EvalConfig
-from forge.evaluator.executors import Executor, make_executor
+from forge.evaluator.executors import Executor, check_spec, make_executor
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
 from forge.sandbox.local import kill_session
@@ -110,6 +110,46 @@ class LoopConfig(BaseModel):
 
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     """How candidates are evaluated (device, trials, timeouts ...)."""
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        backend: str | None = None,
+        api_base: str | None = None,
+        rounds: int | None = None,
+        width: int | None = None,
+        patience: int | None = None,
+        budget_usd: float | None = None,
+        gpu_budget_s: float | None = None,
+        time_limit_s: float | None = None,
+        device: str | None = None,
+        executor: str | None = None,
+        sampling: dict[str, object] | None = None,
+    ) -> LoopConfig:
+        """The settings of a new run from a user's options (None: not given, the default);
+        `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge.
+        Raises ExecutorSpecError for an executor that names none."""
+        chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
+        if patience is not None:
+            chosen["patience"] = patience or None
+        backend = backend or "triton"
+        defaults = cls()
+        given = {k: v for k, v in (sampling or {}).items() if v is not None}
+        llm = {**defaults.coder.model_dump(), **given, "api_base": api_base}
+        evaluation = EvalConfig(device=device or "cuda", backend=backend)
+        if executor is not None:
+            evaluation.executor = check_spec(executor)
+        return cls(
+            backend=backend,
+            coder=LLMOptions(**llm),
+            judge=LLMOptions(**llm),
+            evaluation=evaluation,
+            budget_usd=budget_usd,
+            gpu_budget_s=gpu_budget_s,
+            time_limit_s=time_limit_s,
+            **chosen,
+        )
 
 
 @dataclass

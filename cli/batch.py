@@ -32,7 +32,6 @@ from forge.cli.options import (
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
-    new_config,
 )
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
@@ -177,7 +176,7 @@ def batch(
     ] = None,
 ) -> None:
     """Optimize many problems unattended: a resumable batch of optimize runs, one per item."""
-    from forge.agents.batch import BatchSettings, Limits
+    from forge.agents.batch import BatchError, BatchSettings, Limits, Models
     from forge.agents.llm import MissingCredentials, NoModelConfigured, ScriptError
     from forge.agents.suite import SuiteError
     from forge.db.store import RecordNotFound, RunLeased
@@ -219,6 +218,7 @@ def batch(
         given = ", ".join(k for k, v in fixed.items() if v is not None)
         fail(f"--resume continues batch {resume} with its stored items and settings: drop {given}")
     errors = (
+        BatchError,
         SuiteError,
         ProblemError,
         ExecutorSpecError,
@@ -229,35 +229,35 @@ def batch(
         NoModelConfigured,
         ScriptError,
     )
+    models = Models(model, coder_model, judge_model)
     try:
-        deadline = deadline_from(until, time_limit)
-        limits = Limits(budget_usd, _hours(budget_gpu_hours), deadline)
+        limits = Limits(budget_usd, _hours(budget_gpu_hours), deadline_from(until, time_limit))
         if resume is None:
-            from forge.agents.suite import read_suite
+            from forge.agents.batch import plan_items
+            from forge.agents.suite import parse_duration, read_suite
 
             loaded = read_suite(suite, level, problems)
-            planned = _plan(
-                loaded,
-                flags={
-                    "backend": backend,
-                    "api_base": api_base,
-                    "rounds": rounds,
-                    "width": width,
-                    "patience": patience,
-                    "device": device,
-                    "executor": executor,
-                    "budget_usd": item_budget_usd,
-                    "gpu_budget_s": _hours(item_budget_gpu_hours),
-                    "time_limit": item_time_limit,
-                    "sampling": {
-                        "temperature": temperature,
-                        "top_p": top_p,
-                        "reasoning_effort": reasoning_effort,
-                        "max_tokens": max_tokens,
-                    },
+            options = {
+                "backend": backend.value if backend else None,
+                "api_base": api_base,
+                "rounds": rounds,
+                "width": width,
+                "patience": patience,
+                "device": device.value if device else None,
+                "executor": executor,
+                "budget_usd": item_budget_usd,
+                "gpu_budget_s": _hours(item_budget_gpu_hours),
+                "time_limit_s": parse_duration(item_time_limit, "--item-time-limit")
+                if item_time_limit
+                else None,
+                "sampling": {
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "reasoning_effort": reasoning_effort,
+                    "max_tokens": max_tokens,
                 },
-                models=(model, coder_model, judge_model),
-            )
+            }
+            planned = plan_items(loaded, options, models)
             settings = BatchSettings(
                 concurrency=concurrency or 1,
                 max_retries=2 if max_retries is None else max_retries,
@@ -265,63 +265,21 @@ def batch(
             if dry_run:
                 console.print(plan_table(loaded.description, planned, settings, limits))
                 return
-            batches, lease = _open_new(
+            batches, lease = _create(
                 name or loaded.name, loaded.description, settings, limits, planned, db
             )
         else:
-            batches, lease = _open_stored(
-                resume, limits, concurrency, max_retries, (model, coder_model, judge_model), db
-            )
+            from forge.agents.batch import reopen
+            from forge.db.batches import BatchStore
+            from forge.db.store import RunStore
+
+            batches = BatchStore(RunStore(db))
+            lease = reopen(batches, resume, limits, concurrency, max_retries, models)
     except errors as exc:
         fail(str(exc))
-    replacements = (model, coder_model, judge_model) if resume is not None else (None,) * 3
     with lease:
-        outcome = _run(batches, lease.what.id, replacements)
+        outcome = _run(batches, lease.what.id, models if resume is not None else Models())
     _finish(batches, outcome)
-
-
-def _plan(loaded, flags: dict, models: tuple) -> list:  # noqa: ANN001 (Suite -> list[PlannedItem])
-    """Each item's run settings: the item's own (TOML), else the flags, else Forge's defaults.
-    Models and their keys are checked here, before anything is stored."""
-    from forge.agents.batch import PlannedItem
-    from forge.agents.llm import check_credentials, get_model, resolve_models
-    from forge.agents.suite import parse_duration
-    from forge.evaluator.executors import check_spec
-
-    model, coder_model, judge_model = models
-    item_limit = (
-        parse_duration(flags["time_limit"], "--item-time-limit") if flags["time_limit"] else None
-    )
-    planned, checked = [], set()
-    for entry in loaded.entries:
-        s = entry.settings
-        config = new_config(
-            s.backend or flags["backend"],
-            flags["api_base"],
-            s.rounds or flags["rounds"],
-            s.width or flags["width"],
-            s.budget_usd or flags["budget_usd"],
-            s.time_limit or item_limit,
-            s.patience if s.patience is not None else flags["patience"],
-            flags["device"],
-            flags["sampling"],
-            _hours(s.budget_gpu_hours) or flags["gpu_budget_s"],
-        )
-        if flags["executor"] is not None:
-            config.evaluation.executor = check_spec(flags["executor"])
-        entry.problem.sets_for(config.evaluation.device)
-        coder, judge = resolve_models(
-            model, s.coder_model or s.model or coder_model, s.judge_model or s.model or judge_model
-        )
-        for name, role in ((coder, "coder"), (judge, "judge")):
-            if (name, role) not in checked:
-                check_credentials(name, config.coder.api_base)
-                get_model(name, role)  # a scripted file is read (and checked) here
-                checked.add((name, role))
-        planned.append(
-            PlannedItem(entry.label, entry.problem, config, coder, judge, s.priority or 0)
-        )
-    return planned
 
 
 def plan_table(description: str, planned: list, settings, limits) -> Table:  # noqa: ANN001
@@ -366,80 +324,34 @@ def plan_table(description: str, planned: list, settings, limits) -> Table:  # n
     return table
 
 
-def _open_new(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
+def _create(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
     from forge.agents.batch import create_batch
     from forge.db.batches import BatchStore
     from forge.db.store import RunStore
 
-    store = RunStore(db)
-    batches = BatchStore(store)
+    batches = BatchStore(RunStore(db))
     created = create_batch(batches, name, description, settings, limits, planned)
     return batches, batches.acquire_lease(created.id)
 
 
-def _open_stored(batch_id, limits, concurrency, max_retries, models, db):  # noqa: ANN001, ANN202
-    """The stored batch, held by this process, with the limits and settings given anew."""
-    import json as json_
-
-    from forge.agents.batch import FINAL, BatchSettings, ModelOverride
-    from forge.agents.llm import check_credentials, get_model
-    from forge.db.batches import BatchStore
-    from forge.db.models import BatchStatus, utcnow
-    from forge.db.store import RunStore, ensure_datetime
-
-    store = RunStore(db)
-    batches = BatchStore(store)
-    stored = batches.get(batch_id)
-    if stored.status == BatchStatus.finished.value:
-        fail(f"batch {batch_id} finished (`forge batches {batch_id}` shows it); start a new one")
-    lease = batches.acquire_lease(batch_id)
-    try:
-        settings = BatchSettings.model_validate_json(stored.settings_json)
-        if concurrency is not None:
-            settings.concurrency = concurrency
-        if max_retries is not None:
-            settings.max_retries = max_retries
-        changes = {"settings_json": settings.model_dump_json()}
-        if limits.budget_usd is not None:
-            changes["budget_usd"] = limits.budget_usd
-        if limits.budget_gpu_s is not None:
-            changes["budget_gpu_s"] = limits.budget_gpu_s
-        if limits.deadline is not None:
-            changes["deadline_at"] = limits.deadline
-        else:
-            passed = ensure_datetime(stored.deadline_at)
-            if passed is not None and passed <= utcnow():
-                fail(
-                    f"batch {batch_id}'s deadline ({passed.astimezone():%Y-%m-%d %H:%M}) has "
-                    "passed: give --until or --time-limit for this session"
-                )
-        override = ModelOverride(*models)
-        for item in batches.items(batch_id):
-            if item.status not in FINAL:
-                stored_config = json_.loads(item.config_json)
-                api_base = stored_config["loop"]["coder"].get("api_base")
-                for name, role in zip(
-                    override.choose(stored_config), ("coder", "judge"), strict=True
-                ):
-                    check_credentials(name, api_base)
-                    get_model(name, role)  # a scripted file is read (and checked) here
-        batches.update(batch_id, **changes)
-    except BaseException:
-        lease.release()
-        raise
-    return batches, lease
+def _evaluation(item) -> dict:  # noqa: ANN001 (BatchItem)
+    """The stored evaluation settings of an item's run (device, executor ...)."""
+    return json.loads(item.config_json)["loop"]["evaluation"]
 
 
-def _run(batches, batch_id: int, models: tuple):  # noqa: ANN001, ANN202
-    import json as json_
+def _timed_on(items: list) -> str:
+    """`cpu` when every item is evaluated on the CPU (no speedups to show), else `cuda`."""
+    return "cpu" if all(_evaluation(i)["device"] == "cpu" for i in items) else "cuda"
 
-    from forge.agents.batch import BatchRunner, ModelOverride
+
+def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
+    from forge.agents.batch import BatchRunner
     from forge.agents.coder import detect_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
 
     stored = batches.get(batch_id)
     items = batches.items(batch_id)
-    first = json_.loads(items[0].config_json)["loop"]["evaluation"] if items else {}
+    first = _evaluation(items[0]) if items else {}
     here = first.get("device") == "cuda" and first.get("executor", "local") == "local"
     gpu = detect_gpu() if here else None
     console.print(
@@ -452,10 +364,9 @@ def _run(batches, batch_id: int, models: tuple):  # noqa: ANN001, ANN202
     if console.is_terminal:
         display = LiveDisplay(console, stored, items)
         with display:
-            runner = BatchRunner(batches, batch_id, ModelOverride(*models), gpu, display)
-            return runner.run()
+            return BatchRunner(batches, batch_id, models, gpu, display).run()
     display = LineDisplay(console, items)
-    return BatchRunner(batches, batch_id, ModelOverride(*models), gpu, display).run()
+    return BatchRunner(batches, batch_id, models, gpu, display).run()
 
 
 def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome)
@@ -463,8 +374,7 @@ def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome
 
     batch = outcome.batch
     rows = batches.with_runs(batch.id)
-    devices = {json.loads(i.config_json)["loop"]["evaluation"]["device"] for i, _ in rows}
-    console.print(summary_table(batch, rows, "cpu" if devices == {"cpu"} else "cuda"))
+    console.print(summary_table(batch, rows, _timed_on([i for i, _ in rows])))
     failed = sum(i.status == "failed" for i, _ in rows)
     promoted = sum(i.library_entry_id is not None for i, _ in rows)
     cost = sum(i.cost_usd for i, _ in rows)
@@ -511,8 +421,7 @@ def batches(
             data["item_list"] = [item_json(i, r) for i, r in rows]
             typer.echo(json.dumps(data, indent=2))
             return
-        devices = {json.loads(i.config_json)["loop"]["evaluation"]["device"] for i, _ in rows}
-        console.print(summary_table(found, rows, "cpu" if devices == {"cpu"} else "cuda"))
+        console.print(summary_table(found, rows, _timed_on([i for i, _ in rows])))
         return
     listed = [(b, store.items(b.id)) for b in store.list(limit)]
     if json_:

@@ -79,11 +79,12 @@ class LineDisplay(BatchDisplay):
             self.statuses[item.id] = (item.status, item.run_id)
             done = sum(status in FINAL for status, _ in self.statuses.values())
         text = item.status + (f" (run {item.run_id})" if item.run_id else "")
-        if item.status in FINAL or item.status == "stopped":
-            text += f": {item.promotion or item.error}" if (item.promotion or item.error) else ""
+        if item.status == "failed":
+            text += f": {item.error}; {item.promotion}"
+        elif item.status in ("finished", "stopped"):
+            text += f": {item.promotion}"
+        if item.status in (*FINAL, "stopped"):
             text += f"   [{done}/{self.total} items done]"
-        if item.error and item.status == "failed":
-            text += f"; error: {item.error}"
         with self.lock:
             self.console.print(f"{self._head(item)} {escape(redact(text))}")
 

@@ -29,7 +29,6 @@ from forge.cli.options import (
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
-    new_config,
 )
 from forge.db.redact import redact
 
@@ -170,7 +169,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.executors import ExecutorSpecError, check_spec
+    from forge.evaluator.executors import ExecutorSpecError
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -215,21 +214,19 @@ def optimize(
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
-            gpu_budget_s = budget_gpu_hours * 3600 if budget_gpu_hours is not None else None
-            config = new_config(
-                backend,
-                api_base,
-                rounds,
-                width,
-                budget_usd,
-                time_limit,
-                patience,
-                device,
-                sampling,
-                gpu_budget_s,
+            config = loop.LoopConfig.from_options(
+                backend=backend.value if backend else None,
+                api_base=api_base,
+                rounds=rounds,
+                width=width,
+                patience=patience,
+                budget_usd=budget_usd,
+                gpu_budget_s=budget_gpu_hours * 3600 if budget_gpu_hours is not None else None,
+                time_limit_s=time_limit,
+                device=device.value if device else None,
+                executor=executor,
+                sampling=sampling,
             )
-            if executor is not None:
-                config.evaluation.executor = check_spec(executor)
             problem.sets_for(config.evaluation.device)
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)

@@ -88,38 +88,3 @@ GPU_TIME = (
     "GPU time is the evaluations' recorded wall time (static check, sandbox start, compile, "
     "correctness, timing, profiling), not time spent waiting in a queue"
 )
-
-
-def new_config(
-    backend,
-    api_base,
-    rounds,
-    width,
-    budget_usd,
-    time_limit,
-    patience,
-    device,
-    sampling,
-    gpu_budget_s=None,
-):  # noqa: ANN001, ANN201
-    """The LoopConfig of a new run: the flags given, LoopConfig's defaults for the rest."""
-    from forge.agents.interfaces import LLMOptions
-    from forge.agents.loop import LoopConfig
-    from forge.evaluator.config import EvalConfig
-
-    chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
-    if patience is not None:
-        chosen["patience"] = patience or None
-    backend_name = Backend(backend or Backend.triton).value
-    defaults = LoopConfig()
-    given = {k: v for k, v in sampling.items() if v is not None}
-    return LoopConfig(
-        backend=backend_name,
-        coder=LLMOptions(**{**defaults.coder.model_dump(), **given, "api_base": api_base}),
-        judge=LLMOptions(**{**defaults.judge.model_dump(), **given, "api_base": api_base}),
-        evaluation=EvalConfig(device=Device(device or Device.cuda).value, backend=backend_name),
-        budget_usd=budget_usd,
-        time_limit_s=time_limit,
-        gpu_budget_s=gpu_budget_s,
-        **chosen,
-    )
