@@ -360,6 +360,16 @@ def test_item_budgets_stop_their_item_and_the_batch_budget_stops_the_batch(forge
     first_run = forge.batches().items(3)[0].run_id
     assert len(store.llm_calls(first_run)) == 3  # the finished item was not played again
 
+    # the batch's GPU time: the first evaluation is over it; the item in flight stops
+    result = forge(
+        "batch", suite, "--device", "cpu", "--model", model, "--rounds", 2,
+        "--budget-gpu-hours", 1e-9,
+    )  # fmt: skip
+    assert result.exit_code == 75, result.output
+    assert statuses(forge, 4) == ["stopped", "pending"]
+    assert "batch GPU budget spent" in forge.batches().get(4).stop_reason
+    assert len(store.candidates(forge.batches().items(4)[0].run_id)) == 1
+
 
 def test_time_limit_stops_the_batch_cleanly_and_resume_continues(forge, tmp_path):
     """Each Coder call takes 0.6 s: a 1 s limit lets the first item through round 0 and stops
