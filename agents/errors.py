@@ -35,6 +35,12 @@ class StopTrajectory(AgentError):
         self.detail = detail
 
 
+class InfrastructureFailure(StopTrajectory):
+    """A service the run depends on failed, not the kernel: the LLM provider after its retries
+    (connection, timeout, rate limit, server error) or the evaluator (no verdict could be had).
+    The same step may succeed later: a batch retries such runs (`Outcome.retryable`)."""
+
+
 class LimitReached(StopTrajectory):
     """A configured limit (rounds, dollars, wall clock) is used up."""
 

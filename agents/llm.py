@@ -160,6 +160,17 @@ class MissingCredentials(ValueError):
     """The provider's key is not in the environment (found before anything runs)."""
 
 
+SCRIPTED_ERRORS: dict[str, type[LLMError]] = {
+    "error": LLMError,
+    "connection": LLMConnectionError,
+    "timeout": LLMTimeout,
+    "server": LLMServerError,
+    "rate_limited": LLMRateLimited,
+    "request": LLMRequestError,
+}
+"""What a scripted item's `error_kind` raises (a plain LLMError when it names none)."""
+
+
 # ----------------------------------------------------------------- responses
 
 
@@ -189,6 +200,9 @@ class ScriptedModel:
         {"role": "coder" | "judge",     # optional: only a model built for that role takes it
          "text": "...",                 # the answer; or instead:
          "error": "...",                # raise LLMError with this message (tests error paths)
+         "error_kind": "connection",    # optional, with "error": raise that LLMError subclass
+                                        # (`SCRIPTED_ERRORS`: connection, timeout, server,
+                                        # rate_limited, request), e.g. to test retries
          "cost_usd": 0.0,               # optional: reported cost (tests dollar budgets)
          "delay_s": 0.0}                # optional: seconds the call takes (tests Ctrl-C)
 
@@ -232,7 +246,7 @@ class ScriptedModel:
             self._next += 1
         time.sleep(entry.get("delay_s", 0.0))
         if "error" in entry:
-            raise LLMError(
+            raise SCRIPTED_ERRORS[entry.get("error_kind", "error")](
                 f"{self.model_id}: scripted error: {entry['error']}",
                 model=self.model_id,
                 attempts=1,
@@ -278,6 +292,13 @@ def _read_script(path: Path) -> list[dict]:
             )
         if not isinstance(entry.get("text", entry.get("error")), str):
             raise ScriptError(f"{path}: item {i}: 'text' and 'error' must be strings")
+        if entry.get("error_kind", "error") not in SCRIPTED_ERRORS or (
+            "error_kind" in entry and "error" not in entry
+        ):
+            raise ScriptError(
+                f"{path}: item {i}: 'error_kind' goes with 'error' and is one of "
+                f"{', '.join(SCRIPTED_ERRORS)}"
+            )
         for number in ("cost_usd", "delay_s"):
             if not isinstance(entry.get(number, 0.0), int | float):
                 raise ScriptError(f"{path}: item {i}: '{number}' must be a number")

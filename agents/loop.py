@@ -31,16 +31,30 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext
-from forge.agents.errors import Converged, FormatError, LimitReached, ResumeError, StopTrajectory
+from forge.agents.errors import (
+    Converged,
+    FormatError,
+    InfrastructureFailure,
+    LimitReached,
+    ResumeError,
+    StopTrajectory,
+)
 from forge.agents.interfaces import LLM, Evaluator, JudgePlan, LLMOptions, Message
 from forge.agents.judge import Judge
-from forge.agents.llm import LLMError, RecordingModel, cost_known, resume_model, stop_retries_on
+from forge.agents.llm import (
+    LLMError,
+    LLMTransientError,
+    RecordingModel,
+    cost_known,
+    resume_model,
+    stop_retries_on,
+)
 from forge.db.models import LLMCall, Run, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError
 from forge.evaluator.config import EvalConfig
-from forge.evaluator.executors import Executor, make_executor
+from forge.evaluator.executors import Executor, check_spec, make_executor
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
 from forge.sandbox.local import kill_session
@@ -71,6 +85,11 @@ class LoopConfig(BaseModel):
     time_limit_s: float | None = Field(None, gt=0)
     """Stop starting rounds after this many seconds of this invocation (a resume starts afresh)."""
 
+    gpu_budget_s: float | None = Field(None, gt=0)
+    """Stop starting LLM calls once the run's evaluations have taken this many seconds: the
+    wall time each evaluation recorded (`phase_seconds.total`: static check, sandbox start,
+    compile, correctness, timing, profiling), not the time a job waited in a queue."""
+
     patience: int | None = Field(4, ge=1)
     """Stop a trajectory after this many rounds in a row without a new best (None: never)."""
 
@@ -91,6 +110,46 @@ class LoopConfig(BaseModel):
 
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     """How candidates are evaluated (device, trials, timeouts ...)."""
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        backend: str | None = None,
+        api_base: str | None = None,
+        rounds: int | None = None,
+        width: int | None = None,
+        patience: int | None = None,
+        budget_usd: float | None = None,
+        gpu_budget_s: float | None = None,
+        time_limit_s: float | None = None,
+        device: str | None = None,
+        executor: str | None = None,
+        sampling: dict[str, object] | None = None,
+    ) -> LoopConfig:
+        """The settings of a new run from a user's options (None: not given, the default);
+        `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge.
+        Raises ExecutorSpecError for an executor that names none."""
+        chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
+        if patience is not None:
+            chosen["patience"] = patience or None
+        backend = backend or "triton"
+        defaults = cls()
+        given = {k: v for k, v in (sampling or {}).items() if v is not None}
+        llm = {**defaults.coder.model_dump(), **given, "api_base": api_base}
+        evaluation = EvalConfig(device=device or "cuda", backend=backend)
+        if executor is not None:
+            evaluation.executor = check_spec(executor)
+        return cls(
+            backend=backend,
+            coder=LLMOptions(**llm),
+            judge=LLMOptions(**llm),
+            evaluation=evaluation,
+            budget_usd=budget_usd,
+            gpu_budget_s=gpu_budget_s,
+            time_limit_s=time_limit_s,
+            **chosen,
+        )
 
 
 @dataclass
@@ -180,6 +239,9 @@ class Outcome(BaseModel):
     cost_known: bool = True
     prompt_tokens: int
     completion_tokens: int
+    retryable: bool = False
+    """The run failed only because a service failed (`InfrastructureFailure`): not the kernel's
+    fault, and resuming it later may succeed."""
 
 
 def is_improvement(new: Evaluated, best: Evaluated | None, min_gain: float) -> bool:
@@ -217,7 +279,12 @@ class OptimizeLoop:
         evaluator: Evaluator | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_interrupt: Callable[[str], None] | None = None,
+        device_lock: threading.Lock | None = None,
+        halt: Callable[[], str | None] | None = None,
     ):
+        """`device_lock` serialises evaluations (pass one lock to the loops that share a
+        device); `halt`, asked before every round and LLM call, returns why the run must stop
+        now (a batch's deadline or total budget) or None: the run then ends `interrupted`."""
         self.run_id = run_id
         self.problem = problem
         self.config = config
@@ -238,11 +305,14 @@ class OptimizeLoop:
         self.evaluator = evaluator
         self.on_event = on_event or (lambda event: None)
         self.on_interrupt = on_interrupt or log.warning
-        self.device_lock = threading.Lock()
+        self.device_lock = device_lock or threading.Lock()
+        self.halt = halt or (lambda: None)
         self.totals_lock = threading.Lock()
         self.cost_usd = 0.0
         self.cost_known = cost_known(coder_model) and cost_known(judge_model)
         self.tokens = 0
+        self.eval_seconds = store.evaluation_seconds(run_id)
+        """Recorded evaluation time of the run so far (for `gpu_budget_s`)."""
         self.best: Evaluated | None = None
         self.interrupt = threading.Event()
         """Set by the first Ctrl-C (`stop_soon`): nothing new starts."""
@@ -318,10 +388,12 @@ class OptimizeLoop:
                 self.step(traj)
             except StopTrajectory as stop:
                 traj.stop = stop
+            except LLMTransientError as error:
+                traj.stop = InfrastructureFailure("llm_error", str(error))
             except LLMError as error:
                 traj.stop = StopTrajectory("llm_error", str(error))
             except EvaluatorError as error:
-                traj.stop = StopTrajectory("evaluator_error", str(error))
+                traj.stop = InfrastructureFailure("evaluator_error", str(error))
             except ResumeError as error:
                 traj.stop = StopTrajectory("resume_error", str(error))
         self.emit("stopped", traj, detail=str(traj.stop))
@@ -349,9 +421,17 @@ class OptimizeLoop:
             raise StopTrajectory("interrupted")
 
     def check_spending(self) -> None:
+        halted = self.halt()
+        if halted:
+            raise StopTrajectory("interrupted", halted)
         if self.config.budget_usd is not None and self.cost_usd >= self.config.budget_usd:
             raise LimitReached(
                 "budget_usd", f"${self.cost_usd:.4f} spent of ${self.config.budget_usd:.4f}"
+            )
+        gpu_budget = self.config.gpu_budget_s
+        if gpu_budget is not None and self.eval_seconds >= gpu_budget:
+            raise LimitReached(
+                "gpu_budget", f"{self.eval_seconds:.1f} s of evaluation of {gpu_budget:.1f} s"
             )
         elapsed = time.monotonic() - self.started
         if self.config.time_limit_s is not None and elapsed >= self.config.time_limit_s:
@@ -494,6 +574,8 @@ class OptimizeLoop:
                 raise StopTrajectory("interrupted")
             self.store.add_evaluation(candidate_id, result)
             self.store.update_run_totals(self.run_id)
+            with self.totals_lock:
+                self.eval_seconds += result.phase_seconds.total
         return Evaluated(candidate_id, traj.round, traj.kind, source, result, traj.plan, replayed)
 
     def observe(self, traj: Trajectory, evaluated: Evaluated | None) -> None:
@@ -561,7 +643,8 @@ class OptimizeLoop:
     def finish(self, trajectories: list[Trajectory]) -> Outcome:
         stops = {t.index: str(t.stop) for t in trajectories}
         reasons = {t.stop.reason for t in trajectories}
-        failures = [str(t.stop) for t in trajectories if t.stop.reason.endswith("_error")]
+        failed = [t.stop for t in trajectories if t.stop.reason.endswith("_error")]
+        failures = [str(stop) for stop in failed]
         if "interrupted" in reasons or self.interrupt.is_set():
             status = RunStatus.interrupted
         elif failures:
@@ -569,9 +652,12 @@ class OptimizeLoop:
         else:
             status = RunStatus.finished
         run = self.store.finish_run(self.run_id, status, "; ".join(failures))
-        return self.outcome(run, stops)
+        retryable = status is RunStatus.failed and all(
+            isinstance(stop, InfrastructureFailure) for stop in failed
+        )
+        return self.outcome(run, stops, retryable)
 
-    def outcome(self, run: Run, stops: dict[int, str]) -> Outcome:
+    def outcome(self, run: Run, stops: dict[int, str], retryable: bool = False) -> Outcome:
         return Outcome(
             run_id=self.run_id,
             status=run.status,
@@ -585,6 +671,7 @@ class OptimizeLoop:
             cost_known=self.cost_known,
             prompt_tokens=run.prompt_tokens,
             completion_tokens=run.completion_tokens,
+            retryable=retryable,
         )
 
 

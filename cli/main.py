@@ -107,10 +107,11 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import browse, evaluate, library, optimize, worker
+    from forge.cli import batch, browse, evaluate, library, optimize, worker
 
     evaluate.register(app)
     optimize.register(app)
+    batch.register(app)
     browse.register(app)
     library.register(app)
     worker.register(app)

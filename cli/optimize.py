@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from enum import Enum
 from typing import Annotated
 
 import typer
@@ -13,6 +12,24 @@ from rich.markup import escape
 from rich.table import Table
 
 from forge.cli.errors import err, fail
+from forge.cli.options import (
+    GPU_TIME,
+    ApiBaseOpt,
+    BackendOpt,
+    CoderModelOpt,
+    DbOpt,
+    DeviceOpt,
+    ExecutorOpt,
+    JudgeModelOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    PatienceOpt,
+    ReasoningEffortOpt,
+    RoundsOpt,
+    TemperatureOpt,
+    TopPOpt,
+    WidthOpt,
+)
 from forge.db.redact import redact
 
 PIPE_WIDTH = 160
@@ -21,16 +38,6 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_W
 
 STATUS_COLOURS = {"correct": "green", "compiled": "cyan", "incorrect": "red", "rejected": "magenta"}
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
-
-
-class Backend(str, Enum):
-    triton = "triton"
-    cuda = "cuda"
-
-
-class Device(str, Enum):
-    cuda = "cuda"
-    cpu = "cpu"
 
 
 def _x(value: float | None) -> str:
@@ -109,88 +116,36 @@ def optimize(
     op: Annotated[
         str | None, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")
     ] = None,
-    backend: Annotated[
-        Backend | None, typer.Option(help="kernel backend the Coder writes [default: triton]")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="LLM for Coder and Judge (litellm string, or scripted:FILE); default $FORGE_MODEL"
-        ),
-    ] = None,
-    coder_model: Annotated[
-        str | None, typer.Option(help="LLM for the Coder (overrides --model)")
-    ] = None,
-    judge_model: Annotated[
-        str | None, typer.Option(help="LLM for the Judge (overrides --model)")
-    ] = None,
-    api_base: Annotated[
-        str | None, typer.Option(help="base URL of an OpenAI-compatible server")
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(min=1, help="rounds per trajectory, round 0 included [default: 8]")
-    ] = None,
-    width: Annotated[
-        int | None, typer.Option(min=1, help="independent trajectories run at once [default: 1]")
-    ] = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    coder_model: CoderModelOpt = None,
+    judge_model: JudgeModelOpt = None,
+    api_base: ApiBaseOpt = None,
+    rounds: RoundsOpt = None,
+    width: WidthOpt = None,
     budget_usd: Annotated[
         float | None,
         typer.Option(help="stop once the LLM cost reaches this many dollars (> 0; omit: no limit)"),
+    ] = None,
+    budget_gpu_hours: Annotated[
+        float | None,
+        typer.Option(
+            help=f"stop once the run's evaluations have taken this many hours (> 0; omit: no "
+            f"limit). {GPU_TIME}"
+        ),
     ] = None,
     time_limit: Annotated[
         float | None,
         typer.Option(help="stop starting rounds after this many seconds (> 0; omit: no limit)"),
     ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            help="sampling temperature, where the model takes one [default: the provider's]",
-        ),
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            max=1.0,
-            help="nucleus sampling, where the model takes it [default: the provider's]",
-        ),
-    ] = None,
-    reasoning_effort: Annotated[
-        str | None,
-        typer.Option(
-            help="a reasoning model's effort (low, medium, high ...) [default: the model's]"
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="bound on generated tokens per call, thinking included [default: 8192]"
-        ),
-    ] = None,
-    patience: Annotated[
-        int | None,
-        typer.Option(
-            min=0, help="stop a trajectory after N rounds without a new best, 0: never [default: 4]"
-        ),
-    ] = None,
-    device: Annotated[
-        Device | None,
-        typer.Option(
-            help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter [default: cuda]"
-        ),
-    ] = None,
-    executor: Annotated[
-        str | None,
-        typer.Option(
-            help="where evaluations run: local, or queue:DIR for `forge worker --queue DIR` on "
-            "a GPU host sharing DIR [default: local]"
-        ),
-    ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
-    ] = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    reasoning_effort: ReasoningEffortOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    patience: PatienceOpt = None,
+    device: DeviceOpt = None,
+    executor: ExecutorOpt = None,
+    db: DbOpt = None,
     resume: Annotated[
         int | None,
         typer.Option(
@@ -214,7 +169,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.executors import ExecutorSpecError, check_spec
+    from forge.evaluator.executors import ExecutorSpecError
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -223,6 +178,7 @@ def optimize(
         "--rounds": rounds,
         "--width": width,
         "--budget-usd": budget_usd,
+        "--budget-gpu-hours": budget_gpu_hours,
         "--time-limit": time_limit,
         "--patience": patience,
         "--device": device,
@@ -239,7 +195,12 @@ def optimize(
     if resume is not None and any(v is not None for v in settings.values()):
         given = ", ".join(k for k, v in settings.items() if v is not None)
         fail(f"--resume continues run {resume} with its stored settings: drop {given}")
-    for flag, limit in (("--budget-usd", budget_usd), ("--time-limit", time_limit)):
+    limits = (
+        ("--budget-usd", budget_usd),
+        ("--budget-gpu-hours", budget_gpu_hours),
+        ("--time-limit", time_limit),
+    )
+    for flag, limit in limits:
         if limit is not None and limit <= 0:
             fail(f"{flag} must be greater than 0 (leave it out for no limit), got {limit:g}")
     sampling = {
@@ -253,11 +214,19 @@ def optimize(
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
-            config = new_config(
-                backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
+            config = loop.LoopConfig.from_options(
+                backend=backend.value if backend else None,
+                api_base=api_base,
+                rounds=rounds,
+                width=width,
+                patience=patience,
+                budget_usd=budget_usd,
+                gpu_budget_s=budget_gpu_hours * 3600 if budget_gpu_hours is not None else None,
+                time_limit_s=time_limit,
+                device=device.value if device else None,
+                executor=executor,
+                sampling=sampling,
             )
-            if executor is not None:
-                config.evaluation.executor = check_spec(executor)
             problem.sets_for(config.evaluation.device)
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
@@ -323,31 +292,6 @@ def optimize(
 def notice(message: str) -> None:
     """One line on stderr, printed as is (markup-safe)."""
     err.print(escape(message))
-
-
-def new_config(
-    backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
-):  # noqa: ANN001, ANN201
-    """The LoopConfig of a new run: the flags given, LoopConfig's defaults for the rest."""
-    from forge.agents.interfaces import LLMOptions
-    from forge.agents.loop import LoopConfig
-    from forge.evaluator.config import EvalConfig
-
-    chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
-    if patience is not None:
-        chosen["patience"] = patience or None
-    backend_name = (backend or Backend.triton).value
-    defaults = LoopConfig()
-    given = {k: v for k, v in sampling.items() if v is not None}
-    return LoopConfig(
-        backend=backend_name,
-        coder=LLMOptions(**{**defaults.coder.model_dump(), **given, "api_base": api_base}),
-        judge=LLMOptions(**{**defaults.judge.model_dump(), **given, "api_base": api_base}),
-        evaluation=EvalConfig(device=(device or Device.cuda).value, backend=backend_name),
-        budget_usd=budget_usd,
-        time_limit_s=time_limit,
-        **chosen,
-    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,7 @@
 
 Every column has an explicit SQLAlchemy type that SQLite and PostgreSQL both accept, and the
 initial Alembic revision (`forge/db/migrations/versions/0001_initial.py`) creates exactly these
-(later revisions add to them: 0002 the run leases; a test compares the migrated schema with this
+(later revisions add to them: 0002 the run leases, 0003 the batches; a test compares the migrated schema with this
 metadata). Times are UTC. JSON payloads are stored as text (`*_json` columns) so that any
 SQLAlchemy backend works; the key columns a query filters or sorts on are copied out of them
 and indexed.
@@ -37,6 +37,26 @@ class RunStatus(str, Enum):
     running = "running"
     finished = "finished"
     failed = "failed"
+    interrupted = "interrupted"
+
+
+class BatchStatus(str, Enum):
+    running = "running"
+    finished = "finished"
+    """Every item is finished or failed."""
+    stopped = "stopped"
+    """A batch limit (deadline, total budget) stopped it; `--resume` continues."""
+    interrupted = "interrupted"
+
+
+class ItemStatus(str, Enum):
+    pending = "pending"
+    running = "running"
+    finished = "finished"
+    failed = "failed"
+    """For good: not an infrastructure failure, or its retries are spent."""
+    stopped = "stopped"
+    """Cut by a batch limit while it ran; its run resumes with the batch."""
     interrupted = "interrupted"
 
 
@@ -101,6 +121,75 @@ class RunLease(SQLModel, table=True):
 
     run_id: int = Field(
         foreign_key="run.id", primary_key=True, sa_column_kwargs={"autoincrement": False}
+    )
+    holder: str = Field(sa_type=NAME)
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    expires_at: datetime = Field(sa_type=WHEN, index=True)
+
+
+class Batch(SQLModel, table=True):
+    """One `forge batch`: many items (problems), each optimized by a run of its own. Totals
+    are those of its items. Added by revision 0003."""
+
+    __tablename__ = "batch"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_type=NAME)
+    suite: str = Field(sa_type=TEXT)
+    """What the suite was read from (directory, checkout with level and selection, TOML file)."""
+    status: str = Field(default=BatchStatus.running.value, sa_type=SHORT, index=True)
+    settings_json: str = Field(default="{}", sa_type=TEXT)
+    """Batch-wide settings (`forge.agents.batch.BatchSettings`): concurrency, retries, ..."""
+    budget_usd: float | None = None
+    budget_gpu_s: float | None = None
+    deadline_at: datetime | None = Field(default=None, sa_type=WHEN)
+    stop_reason: str = Field(default="", sa_type=TEXT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN, index=True)
+    finished_at: datetime | None = Field(default=None, sa_type=WHEN)
+
+
+class BatchItem(SQLModel, table=True):
+    """One problem of a batch and the run that optimizes it (`run_id`, set once it starts).
+    `config_json` is the run's `LoopConfig` with its models; `attempts` counts the sessions
+    its run was played in, `retries` the infrastructure failures that were retried."""
+
+    __tablename__ = "batch_item"
+    __table_args__ = (sa.Index("ix_batch_item_batch_position", "batch_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batch.id")
+    position: int = 0
+    label: str = Field(sa_type=NAME)
+    problem_id: int = Field(foreign_key="problem.id")
+    config_json: str = Field(default="{}", sa_type=TEXT)
+    priority: int = 0
+    status: str = Field(default=ItemStatus.pending.value, sa_type=SHORT, index=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="SET NULL")
+    attempts: int = 0
+    retries: int = 0
+    budget_usd: float | None = None
+    budget_gpu_s: float | None = None
+    cost_usd: float = 0.0
+    gpu_seconds: float = 0.0
+    library_entry_id: int | None = Field(
+        default=None, foreign_key="library_entry.id", ondelete="SET NULL"
+    )
+    promotion: str = Field(default="", sa_type=TEXT)
+    """What entered the library at the item's end, or why nothing did."""
+    error: str = Field(default="", sa_type=TEXT)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
+    started_at: datetime | None = Field(default=None, sa_type=WHEN)
+    finished_at: datetime | None = Field(default=None, sa_type=WHEN)
+
+
+class BatchLease(SQLModel, table=True):
+    """Which process runs a batch now: the batch's counterpart of `RunLease`."""
+
+    __tablename__ = "batch_lease"
+
+    batch_id: int = Field(
+        foreign_key="batch.id", primary_key=True, sa_column_kwargs={"autoincrement": False}
     )
     holder: str = Field(sa_type=NAME)
     acquired_at: datetime = Field(default_factory=utcnow, sa_type=WHEN)
@@ -217,4 +306,15 @@ class LibraryEntry(SQLModel, table=True):
     active: bool = Field(default=True, index=True)
 
 
-TABLES = (ProblemRow, Run, RunLease, Candidate, Evaluation, LLMCall, LibraryEntry)
+TABLES = (
+    ProblemRow,
+    Run,
+    RunLease,
+    Candidate,
+    Evaluation,
+    LLMCall,
+    LibraryEntry,
+    Batch,
+    BatchItem,
+    BatchLease,
+)

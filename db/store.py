@@ -77,7 +77,7 @@ class RecordNotFound(LookupError):
 
 
 class RunLeased(DatabaseError):
-    """Another process holds the run's lease (it is running the run now)."""
+    """Another process holds the run's (or the batch's) lease: it is running it now."""
 
 
 def lease_holder_id() -> str:
@@ -101,14 +101,30 @@ def holder_is_gone(holder: str) -> bool:
     return False
 
 
-class Lease:
-    """This process's hold on one run (`RunStore.acquire_run_lease`). `heartbeat()` extends it,
-    `release()` gives it up; `with lease:` heartbeats from a daemon thread every `ttl_s / 3` and
-    releases at the end. `lost` turns True when a heartbeat finds the lease taken over (this
-    process stalled past the TTL and another took the run): the holder should stop."""
+@dataclass(frozen=True)
+class Leasable:
+    """What a lease holds: a row of `table` (a lease table) keyed by `table.<key>` == `id`."""
 
-    def __init__(self, store: RunStore, run_id: int, holder: str, ttl_s: float) -> None:
-        self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
+    table: type
+    key: str
+    id: int
+    label: str
+    """How messages name it: `run 3`, `batch 2`."""
+
+    def where(self):  # noqa: ANN201 (SQL expression)
+        return col(getattr(self.table, self.key)) == self.id
+
+
+class Lease:
+    """This process's hold on one run or batch (`RunStore.acquire_run_lease`, `acquire_lease`).
+    `heartbeat()` extends it, `release()` gives it up; `with lease:` heartbeats from a daemon
+    thread every `ttl_s / 3` and releases at the end. `lost` turns True when a heartbeat finds
+    the lease taken over (this process stalled past the TTL and another took it): the holder
+    should stop."""
+
+    def __init__(self, store: RunStore, what: Leasable, holder: str, ttl_s: float) -> None:
+        self.store, self.what, self.holder, self.ttl_s = store, what, holder, ttl_s
+        self.run_id = what.id
         self.lost = False
         self.released = False
         self._stop = threading.Event()
@@ -120,15 +136,16 @@ class Lease:
             return False
         now = utcnow()
         with self.store._session() as s:
+            table = self.what.table
             result = s.exec(
-                update(RunLease)
-                .where(col(RunLease.run_id) == self.run_id, col(RunLease.holder) == self.holder)
+                update(table)
+                .where(self.what.where(), col(table.holder) == self.holder)
                 .values(heartbeat_at=now, expires_at=now + timedelta(seconds=self.ttl_s))
             )
             s.commit()
         if result.rowcount != 1:
             self.lost = True
-            log.warning("lost the lease of run %s (another process took it)", self.run_id)
+            log.warning("lost the lease of %s (another process took it)", self.what.label)
         return not self.lost
 
     def release(self) -> None:
@@ -141,8 +158,8 @@ class Lease:
         self.released = True
         with self.store._session() as s:
             s.exec(
-                delete(RunLease).where(
-                    col(RunLease.run_id) == self.run_id, col(RunLease.holder) == self.holder
+                delete(self.what.table).where(
+                    self.what.where(), col(self.what.table.holder) == self.holder
                 )
             )
             s.commit()
@@ -153,13 +170,12 @@ class Lease:
                 if not self.heartbeat():
                     return
             except DatabaseError as exc:  # a locked database: try again at the next beat
-                log.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+                log.warning("heartbeat of %s failed: %s", self.what.label, exc)
 
     def start_heartbeat(self) -> Lease:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._beat, name=f"forge-lease-run-{self.run_id}", daemon=True
-            )
+            name = f"forge-lease-{self.what.label.replace(' ', '-')}"
+            self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
             self._thread.start()
         return self
 
@@ -270,6 +286,10 @@ class RunStore:
             return row
 
     # ---------------------------------------------------------------- runs
+
+    def store_problem(self, problem: Problem) -> int:
+        """The id of the problem's row, stored once per (name, source)."""
+        return self._problem_id(problem)
 
     def _problem_id(self, problem: Problem) -> int:
         digest = source_hash(problem.source)
@@ -405,46 +425,59 @@ class RunStore:
         self, run_id: int, *, ttl_s: float = LEASE_TTL_S, holder: str | None = None
     ) -> Lease:
         """Take the run's lease for this process, or raise `RunLeased` (one line naming the
-        holder and its last heartbeat) while another holder's lease has not expired. Atomic:
-        an INSERT (the primary key lets one process win) or, when a row exists, one UPDATE
-        conditional on that lease having expired, being ours already, or being held by a process
-        of this host that no longer exists (a `kill -9`ed run resumes at once)."""
+        holder and its last heartbeat) while another holder's lease has not expired."""
         self.get_run(run_id)
+        return self.acquire_lease(
+            Leasable(RunLease, "run_id", run_id, f"run {run_id}"), ttl_s=ttl_s, holder=holder
+        )
+
+    def acquire_lease(
+        self, what: Leasable, *, ttl_s: float = LEASE_TTL_S, holder: str | None = None
+    ) -> Lease:
+        """Take `what`'s lease for this process, or raise `RunLeased`. Atomic: an INSERT (the
+        primary key lets one process win) or, when a row exists, one UPDATE conditional on that
+        lease having expired, being ours already, or being held by a process of this host that
+        no longer exists (what a `kill -9`ed process held resumes at once)."""
         holder = holder or lease_holder_id()
+        table = what.table
         now = utcnow()
         expires = now + timedelta(seconds=ttl_s)
         with self._session() as s:
             try:
-                s.add(RunLease(run_id=run_id, holder=holder, heartbeat_at=now, expires_at=expires))
+                s.add(
+                    table(
+                        **{what.key: what.id}, holder=holder, heartbeat_at=now, expires_at=expires
+                    )
+                )
                 s.commit()
-                return Lease(self, run_id, holder, ttl_s)
+                return Lease(self, what, holder, ttl_s)
             except IntegrityError:
                 s.rollback()
-            current = s.get(RunLease, run_id)
+            current = s.get(table, what.id)
             takeable = [holder] + (
                 [current.holder] if current and holder_is_gone(current.holder) else []
             )
             result = s.exec(
-                update(RunLease)
+                update(table)
                 .where(
-                    col(RunLease.run_id) == run_id,
-                    or_(col(RunLease.expires_at) < now, col(RunLease.holder).in_(takeable)),
+                    what.where(),
+                    or_(col(table.expires_at) < now, col(table.holder).in_(takeable)),
                 )
                 .values(holder=holder, heartbeat_at=now, expires_at=expires, acquired_at=now)
                 .execution_options(synchronize_session=False)
             )
             s.commit()
             if result.rowcount == 1:
-                return Lease(self, run_id, holder, ttl_s)
-            current = s.get(RunLease, run_id)
+                return Lease(self, what, holder, ttl_s)
+            current = s.get(table, what.id)
         if current is None:  # released between the two statements: try once more
-            return self.acquire_run_lease(run_id, ttl_s=ttl_s, holder=holder)
+            return self.acquire_lease(what, ttl_s=ttl_s, holder=holder)
         beat = ensure_datetime(current.heartbeat_at) or now
         age = max(0.0, (utcnow() - beat).total_seconds())
         left = max(0.0, ((ensure_datetime(current.expires_at) or now) - utcnow()).total_seconds())
         raise RunLeased(
-            f"run {run_id} is being run by {current.holder} (heartbeat {age:.0f} s ago); wait or "
-            f"stop it (if that process is gone, its lease expires in {left:.0f} s)"
+            f"{what.label} is being run by {current.holder} (heartbeat {age:.0f} s ago); wait "
+            f"or stop it (if that process is gone, its lease expires in {left:.0f} s)"
         )
 
     def run_lease(self, run_id: int) -> RunLease | None:
@@ -600,6 +633,18 @@ class RunStore:
         )
         with self._session() as s:
             return s.exec(query).first()
+
+    def evaluation_seconds(self, run_id: int) -> float:
+        """Wall time of every evaluation of the run's candidates, as each recorded it
+        (`phase_seconds.total`): what a GPU budget counts."""
+        query = (
+            select(Evaluation.result_json)
+            .join(Candidate, col(Candidate.id) == col(Evaluation.candidate_id))
+            .where(Candidate.run_id == run_id)
+        )
+        with self._session() as s:
+            texts = s.exec(query).all()
+        return sum(json.loads(t).get("phase_seconds", {}).get("total", 0.0) for t in texts)
 
     def evaluation_for(self, candidate_id: int) -> EvalResult | None:
         """The candidate's latest EvalResult, or None when it was never evaluated."""

@@ -179,6 +179,9 @@ class ExecutorKind:
     """Checks the text after `name:` and returns it normalised (raises ExecutorSpecError)."""
     build: Callable[[str, EvalConfig], Executor]
     """Makes the executor from the normalised argument and the run's EvalConfig."""
+    shares_device: bool = False
+    """Its evaluations use this machine's device: runs in flight together (a batch's items)
+    take turns, so that none times its kernels while another evaluation runs."""
 
 
 def _none(argument: str) -> str:
@@ -194,7 +197,7 @@ def _directory(argument: str) -> str:
 
 
 EXECUTORS: dict[str, ExecutorKind] = {
-    "local": ExecutorKind("local", _none, LocalExecutor.from_spec),
+    "local": ExecutorKind("local", _none, LocalExecutor.from_spec, shares_device=True),
     "queue": ExecutorKind("queue:DIR", _directory, QueueExecutor.from_spec),
 }
 """The executors by name: the part of a spec before its first colon."""
@@ -210,6 +213,11 @@ def check_spec(spec: str) -> str:
         raise ExecutorSpecError(f"unknown executor '{spec}': use one of {known}")
     normalised = kind.argument(argument)
     return f"{name}:{normalised}" if normalised else name
+
+
+def shares_device(spec: str) -> bool:
+    """Whether evaluations through `spec` must take turns with other runs' (`ExecutorKind`)."""
+    return EXECUTORS[check_spec(spec).partition(":")[0]].shares_device
 
 
 def make_executor(config: EvalConfig) -> Executor:

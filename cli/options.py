@@ -1,0 +1,90 @@
+"""Options that `forge optimize` and `forge batch` share (one definition each), and the run
+settings built from them."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class Backend(str, Enum):
+    triton = "triton"
+    cuda = "cuda"
+
+
+class Device(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+BackendOpt = Annotated[
+    Backend | None, typer.Option(help="kernel backend the Coder writes [default: triton]")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="LLM for Coder and Judge (litellm string, or scripted:FILE); default $FORGE_MODEL"
+    ),
+]
+CoderModelOpt = Annotated[str | None, typer.Option(help="LLM for the Coder (overrides --model)")]
+JudgeModelOpt = Annotated[str | None, typer.Option(help="LLM for the Judge (overrides --model)")]
+ApiBaseOpt = Annotated[str | None, typer.Option(help="base URL of an OpenAI-compatible server")]
+RoundsOpt = Annotated[
+    int | None, typer.Option(min=1, help="rounds per trajectory, round 0 included [default: 8]")
+]
+WidthOpt = Annotated[
+    int | None, typer.Option(min=1, help="independent trajectories run at once [default: 1]")
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, help="sampling temperature, where the model takes one [default: the provider's]"
+    ),
+]
+TopPOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="nucleus sampling, where the model takes it [default: the provider's]",
+    ),
+]
+ReasoningEffortOpt = Annotated[
+    str | None,
+    typer.Option(help="a reasoning model's effort (low, medium, high ...) [default: the model's]"),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="bound on generated tokens per call, thinking included [default: 8192]"
+    ),
+]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="stop a trajectory after N rounds without a new best, 0: never [default: 4]"
+    ),
+]
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option(
+        help="cuda verifies, times and profiles; cpu verifies Triton in the interpreter [default: cuda]"
+    ),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="where evaluations run: local, or queue:DIR for `forge worker --queue DIR` on "
+        "a GPU host sharing DIR [default: local]"
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
+]
+GPU_TIME = (
+    "GPU time is the evaluations' recorded wall time (static check, sandbox start, compile, "
+    "correctness, timing, profiling), not time spent waiting in a queue"
+)
