@@ -601,6 +601,18 @@ class RunStore:
         with self._session() as s:
             return s.exec(query).first()
 
+    def evaluations(self, run_id: int) -> list[Evaluation]:
+        """Every evaluation of the run's candidates, re-evaluations included, oldest first (what
+        the run spent on evaluating; `history` keeps only the latest per candidate)."""
+        query = (
+            select(Evaluation)
+            .join(Candidate, col(Candidate.id) == col(Evaluation.candidate_id))
+            .where(Candidate.run_id == run_id)
+            .order_by(col(Evaluation.id))
+        )
+        with self._session() as s:
+            return list(s.exec(query).all())
+
     def evaluation_for(self, candidate_id: int) -> EvalResult | None:
         """The candidate's latest EvalResult, or None when it was never evaluated."""
         row = self.latest_evaluation(candidate_id)
