@@ -107,7 +107,7 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import batch, browse, evaluate, library, optimize, worker
+    from forge.cli import batch, browse, evaluate, library, optimize, report, worker
 
     evaluate.register(app)
     optimize.register(app)
@@ -115,6 +115,7 @@ def _register() -> None:
     browse.register(app)
     library.register(app)
     worker.register(app)
+    report.register(app)
 
 
 _register()

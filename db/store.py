@@ -634,17 +634,25 @@ class RunStore:
         with self._session() as s:
             return s.exec(query).first()
 
+    def evaluations(self, run_id: int) -> list[Evaluation]:
+        """Every evaluation of the run's candidates, re-evaluations included, oldest first (what
+        the run spent on evaluating; `history` keeps only the latest per candidate)."""
+        query = (
+            select(Evaluation)
+            .join(Candidate, col(Candidate.id) == col(Evaluation.candidate_id))
+            .where(Candidate.run_id == run_id)
+            .order_by(col(Evaluation.id))
+        )
+        with self._session() as s:
+            return list(s.exec(query).all())
+
     def evaluation_seconds(self, run_id: int) -> float:
         """Wall time of every evaluation of the run's candidates, as each recorded it
         (`phase_seconds.total`): what a GPU budget counts."""
-        query = (
-            select(Evaluation.result_json)
-            .join(Candidate, col(Candidate.id) == col(Evaluation.candidate_id))
-            .where(Candidate.run_id == run_id)
+        return sum(
+            json.loads(e.result_json).get("phase_seconds", {}).get("total", 0.0)
+            for e in self.evaluations(run_id)
         )
-        with self._session() as s:
-            texts = s.exec(query).all()
-        return sum(json.loads(t).get("phase_seconds", {}).get("total", 0.0) for t in texts)
 
     def evaluation_for(self, candidate_id: int) -> EvalResult | None:
         """The candidate's latest EvalResult, or None when it was never evaluated."""

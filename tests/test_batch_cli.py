@@ -316,6 +316,14 @@ def test_each_item_ends_by_promoting_its_verified_winner_under_the_library_rules
     assert "not promoted" in slow.promotion and "0.80x" in slow.promotion
     assert f"entry {fast.library_entry_id}" in result.stdout
     assert "1 promoted to the library" in result.stdout
+    reported = forge("report", 1, "--out", tmp_path / "report")
+    assert reported.exit_code == 0, reported.output
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["meta"]["batch"] == "1" and data["title"].startswith("batch 1")
+    assert sorted(i["speedup_vs_eager"] for i in data["items"]) == pytest.approx([0.8, 1.5])
+    assert [f["vs_eager"] for f in data["summary"]["fast"] if f["p"] == 1.0] == [1]
+    assert forge("report", 1, "--runs", "1").exit_code == 2
+    assert "no batch 7" in forge("report", 7).output
 
 
 # ------------------------------------------------------------- limits

@@ -228,6 +228,40 @@ def test_runs_show_diff(search):
     )
 
 
+def test_report_of_the_search_says_what_the_database_holds(search, tmp_path):
+    """`forge report` on the recorded run: its figures are the database's (summed here with SQL)."""
+    runner, store = search["runner"], search["store"]
+    run = store.list_runs()[0]
+    out = tmp_path / "report"
+    result = runner.invoke(forge_app(), ["report", "--runs", str(run.id), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "report on 1 run: 1 correct, fast_1 0 vs eager and 0 vs torch.compile" in result.stdout
+    item = json.loads((out / "report.json").read_text())["items"][0]
+    with sqlite3.connect(search["home"] / "forge.db") as db:
+        tokens, cost = db.execute(
+            "SELECT SUM(prompt_tokens + completion_tokens), SUM(cost_usd) FROM llm_call "
+            "WHERE run_id = ?",
+            (run.id,),
+        ).fetchone()
+        results = db.execute(
+            "SELECT e.result_json FROM evaluation e JOIN candidate c ON c.id = e.candidate_id "
+            "WHERE c.run_id = ?",
+            (run.id,),
+        ).fetchall()
+    # Python's json: a result may hold Infinity (an error measure), which SQLite's JSON refuses
+    seconds = sum(json.loads(text)["phase_seconds"]["total"] for (text,) in results)
+    assert (item["status"], item["verdict"], item["rounds"]) == ("finished", "correct", 4)
+    assert item["best_candidate_id"] == run.best_candidate_id and item["tokens"] == tokens
+    assert item["cost_usd"] == pytest.approx(cost) and item["eval_seconds"] == pytest.approx(
+        seconds
+    )
+    assert item["speedup_vs_eager"] is None and not item["on_gpu"]  # a CPU run: nothing timed
+    row = next(line for line in (out / "report.md").read_text().splitlines() if "| softmax" in line)
+    assert f"| ${cost:.4f} | {seconds / 60:.1f} | triton/cpu |" in row
+    assert (out / "plots" / "cost_per_item.svg").is_file()
+    assert not (out / "plots" / "speedup_per_item.svg").exists()  # no timings, no speedup plot
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
