@@ -107,13 +107,14 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import browse, evaluate, library, optimize, worker
+    from forge.cli import browse, evaluate, library, optimize, serve, worker
 
     evaluate.register(app)
     optimize.register(app)
     browse.register(app)
     library.register(app)
     worker.register(app)
+    serve.register(app)
 
 
 _register()
