@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,7 +178,8 @@ def test_library_pages(site):
     assert "3 of 3 entries" in html
     assert f'<a href="/candidates/{seeded.candidates["t0r3"]}">' in html
     assert f'<a href="/runs/{seeded.runs["softmax"]}">run {seeded.runs["softmax"]}</a>' in html
-    assert "sm_90 (NVIDIA H100 80GB HBM3)" in html and "batch_size=4096,dim=8192" in html
+    assert 'sm_90<br><span class="meta">NVIDIA H100 80GB HBM3</span>' in html
+    assert "<code>batch_size=4096,dim=8192</code>" in html
     assert "2 of 3 entries" in page(site, "/library?op=softmax&gpu=sm_90&dtype=float32")
     only_a100 = page(site, "/library?gpu=NVIDIA+A100-SXM4-80GB")
     assert (
@@ -257,6 +259,19 @@ def test_nothing_is_written(site):
     with pytest.raises(DatabaseError, match="read-only"):
         with site["store"].engine.begin() as connection:
             connection.execute(text("UPDATE run SET op = 'x'"))
+
+
+def test_a_database_failing_while_serving_is_a_page(site, tmp_path):
+    copy = tmp_path / "copy.db"
+    shutil.copy(site["path"], copy)
+    store = RunStore(f"sqlite:///{copy}", read_only=True)
+    client = TestClient(create_app(store), base_url="http://127.0.0.1")
+    assert client.get("/runs").status_code == 200
+    copy.write_bytes(b"overwritten " * 2048)  # replaced under the server's feet
+    store.engine.dispose()
+    failed = client.get("/runs/1")
+    assert failed.status_code == 503 and "is not a Forge database" in failed.text
+    assert "Traceback" not in failed.text
 
 
 def test_secrets_never_reach_a_page(tmp_path, monkeypatch):

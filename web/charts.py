@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass, field
 
 WIDTH, HEIGHT = 720, 280
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 60, 130, 14, 40
+SMALL_WIDTH, SMALL_HEIGHT, SMALL_MARGIN_RIGHT = 560, 230, 24
+"""The running-total charts, two side by side."""
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 68, 130, 14, 40
 RULE_LABEL_GAP = 13
 """Reference-rule labels closer than this (pixels) are pushed apart."""
 SPEEDUP_TICKS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -62,10 +64,24 @@ class Chart:
     """(css class, name) of each series and rule."""
     width: int = WIDTH
     height: int = HEIGHT
-    left: int = MARGIN_LEFT
-    top: int = MARGIN_TOP
-    right: int = WIDTH - MARGIN_RIGHT
-    bottom: int = HEIGHT - MARGIN_BOTTOM
+    margin_right: int = MARGIN_RIGHT
+    """Room right of the plot, for the labels of reference rules."""
+
+    @property
+    def left(self) -> int:
+        return MARGIN_LEFT
+
+    @property
+    def top(self) -> int:
+        return MARGIN_TOP
+
+    @property
+    def right(self) -> int:
+        return self.width - self.margin_right
+
+    @property
+    def bottom(self) -> int:
+        return self.height - MARGIN_BOTTOM
 
 
 class Scale:
@@ -202,7 +218,16 @@ def cumulative_chart(
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x_hi = max(max(xs), 1.0)
     y_hi = max(max(ys), 1e-9)
-    chart = Chart(title, "time since the run started", y_label, x_ticks=[], y_ticks=[])
+    chart = Chart(
+        title,
+        "time since the run started",
+        y_label,
+        x_ticks=[],
+        y_ticks=[],
+        width=SMALL_WIDTH,
+        height=SMALL_HEIGHT,
+        margin_right=SMALL_MARGIN_RIGHT,
+    )
     x = Scale(0.0, x_hi, chart.left, chart.right)
     y = Scale(0.0, y_hi * 1.1, chart.bottom, chart.top)
     unit, unit_name = _time_unit(x_hi)

@@ -309,22 +309,22 @@ def _running_totals(run: Run, calls: list[LLMCall]) -> tuple[list, list]:
 def run_page(store: RunStore, run_id: int) -> RunPage:
     run = store.get_run(run_id)
     problem = store.problem(run_id)
-    steps = store.history(run_id)
-    calls = store.llm_calls(run_id)
-    rounds = []
-    for record in store.rounds(run_id):
-        rounds.append(
-            RoundRow(
-                trajectory=record.trajectory,
-                round=record.round,
-                steps=record.steps,
-                coder_calls=len(record.calls_for("coder")),
-                judge_calls=len(record.calls_for("judge")),
-                failed_calls=sum(1 for c in record.calls if c.error),
-                tokens=sum(c.prompt_tokens + c.completion_tokens for c in record.calls),
-                cost_usd=sum(c.cost_usd for c in record.calls),
-            )
+    records = store.rounds(run_id)
+    steps = [step for record in records for step in record.steps]
+    calls = [call for record in records for call in record.calls]
+    rounds = [
+        RoundRow(
+            trajectory=record.trajectory,
+            round=record.round,
+            steps=record.steps,
+            coder_calls=len(record.calls_for("coder")),
+            judge_calls=len(record.calls_for("judge")),
+            failed_calls=sum(1 for c in record.calls if c.error),
+            tokens=sum(c.prompt_tokens + c.completion_tokens for c in record.calls),
+            cost_usd=sum(c.cost_usd for c in record.calls),
         )
+        for record in records
+    ]
     results = [s.result for s in steps if s.result is not None and s.result.timings]
     refs = references(results)
     tokens, costs = _running_totals(run, calls)
@@ -438,12 +438,16 @@ def _judge_note(call: LLMCall) -> JudgeNote:
 def candidate_page(store: RunStore, candidate_id: int) -> CandidatePage:
     c = store.candidate(candidate_id)
     run = store.get_run(c.run_id)
-    siblings = [s.id for s in store.candidates(c.run_id)]
-    index = siblings.index(c.id)
     parent = store.candidate(c.parent_id) if c.parent_id is not None else None
     result = store.evaluation_for(c.id)
-    calls = [call for call in store.llm_calls(c.run_id) if call.candidate_id == c.id]
     with _session(store) as s:
+        siblings = list(
+            s.exec(
+                select(Candidate.id)
+                .where(col(Candidate.run_id) == c.run_id)
+                .order_by(col(Candidate.trajectory), col(Candidate.round), col(Candidate.id))
+            ).all()
+        )
         children = list(
             s.exec(
                 select(Candidate)
@@ -451,6 +455,12 @@ def candidate_page(store: RunStore, candidate_id: int) -> CandidatePage:
                 .order_by(col(Candidate.id))
             ).all()
         )
+        calls = list(
+            s.exec(
+                select(LLMCall).where(col(LLMCall.candidate_id) == c.id).order_by(col(LLMCall.id))
+            ).all()
+        )
+    index = siblings.index(c.id)
     metric_names = sorted(
         {
             name
