@@ -107,7 +107,7 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import batch, browse, evaluate, library, optimize, report, worker
+    from forge.cli import batch, browse, evaluate, library, optimize, report, serve, worker
 
     evaluate.register(app)
     optimize.register(app)
@@ -116,6 +116,7 @@ def _register() -> None:
     library.register(app)
     worker.register(app)
     report.register(app)
+    serve.register(app)
 
 
 _register()

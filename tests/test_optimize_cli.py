@@ -503,3 +503,32 @@ def test_gpu_search_keeps_the_fastest_and_shows_the_judge_the_profile(tmp_path):
         assert f"candidate {run.best_candidate_id} promoted as library entry" in result.stdout
     else:
         assert entries == [] and "library" in result.stdout
+
+
+def test_the_recorded_run_reads_in_the_web_pages(search):
+    """What a real run recorded (compile error, wrong result, verified kernels, an unusable
+    answer, a Judge answer echoing the key) renders in `forge serve`'s pages, key masked."""
+    pytest.importorskip("starlette", reason="the web extra is not installed")
+    from starlette.testclient import TestClient
+
+    from forge.web.app import create_app
+
+    url = f"sqlite:///{search['home'] / 'forge.db'}"
+    client = TestClient(create_app(RunStore(url, read_only=True)), base_url="http://127.0.0.1")
+    run = search["store"].list_runs()[0]
+    history = search["store"].history(run.id)
+    pages = {"/runs": "", f"/runs/{run.id}": "No candidate of this run was timed"}
+    verdicts = ("compile_error", "incorrect", "correct", "correct")
+    for step, verdict in zip(history, verdicts, strict=True):
+        pages[f"/candidates/{step.id}"] = f'<span class="badge {verdict}">{verdict}</span>'
+        if step.candidate.parent_id:
+            pages[f"/candidates/{step.id}/diff"] = f"against candidate {step.candidate.parent_id}"
+    pages["/search?q=tl.load"] = "<mark>tl.load</mark>"
+    for path, needle in pages.items():
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.text[-1000:])
+        assert needle in response.text, path
+        assert SECRET not in response.text, path
+    judged = client.get(f"/candidates/{history[2].id}").text
+    assert "[REDACTED:OPENAI_API_KEY]) Keep the whole row" in judged  # the plan, as stored
+    assert "Add the missing colon" in client.get(f"/candidates/{history[0].id}").text

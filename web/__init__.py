@@ -1,9 +1,10 @@
-"""What Forge's HTML pages share: the base layout (`templates/base.html.j2`), the stylesheet
+"""Forge's HTML pages: `forge serve` (a read-only browser over the database, `forge.web.app`) and
+the page of `forge report`. What they share: the base layout (`templates/base.html.j2`), the stylesheet
 (`static/forge.css`) and one Jinja2 environment factory with the number filters.
 
-A page template extends `base.html.j2` and fills its blocks: `title`, `styles` (a served page
-links the stylesheet, a self-contained page inlines `stylesheet()`), `header`, `content`,
-`footer`. Templates render with StrictUndefined: a variable the template uses but the caller did
+A page template extends `base.html.j2` and fills its blocks: `title`, `styles` (served pages
+keep the default links to /static; a self-contained page inlines `stylesheet()`), `head`,
+`header` (default: the app's navigation), `content`, `footer`. Templates render with StrictUndefined: a variable the template uses but the caller did
 not pass raises `jinja2.UndefinedError` instead of printing nothing. Templates whose names end
 in `.html.j2` are autoescaped; others (Markdown) are not.
 """
