@@ -183,8 +183,9 @@ def optimize(
     executor: Annotated[
         str | None,
         typer.Option(
-            help="where evaluations run: local, or queue:DIR for `forge worker --queue DIR` on "
-            "a GPU host sharing DIR [default: local]"
+            help="where evaluations run: local (a worker per GPU; local:N, local:gpus=0,2), "
+            "queue:DIR for `forge worker --queue DIR` on a GPU host sharing DIR, or "
+            "ray:HOST:PORT (ray:auto) for an existing Ray cluster [default: local]"
         ),
     ] = None,
     db: Annotated[
@@ -214,7 +215,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.executors import ExecutorSpecError, check_spec
+    from forge.evaluator.executors import ExecutorSpecError, check_spec, on_this_machine
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -272,8 +273,8 @@ def optimize(
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
-        here = config.evaluation.device == "cuda" and config.evaluation.executor == "local"
-        gpu = detect_gpu() if here else None  # a queue's GPU is elsewhere: prompts go without
+        here = config.evaluation.device == "cuda" and on_this_machine(config.evaluation.executor)
+        gpu = detect_gpu() if here else None  # a queue's or Ray's GPU is elsewhere: none named
         hooks = {"gpu": gpu, "on_event": Progress(console), "on_interrupt": notice}
         if resume is None:
             runner = loop.start(problem, config, coder_llm, judge_llm, store, **hooks)
