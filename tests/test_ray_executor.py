@@ -80,15 +80,17 @@ def address(forge_cache_dir: Path) -> Iterator[str]:
                 time.sleep(0.2)
             yield f"127.0.0.1:{port}"
         finally:
-            if "ray" in sys.modules:
-                sys.modules["ray"].shutdown()  # this process's connection, if any
-            head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes
             try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait()
-            shutil.rmtree(temp, ignore_errors=True)
+                if "ray" in sys.modules:
+                    sys.modules["ray"].shutdown()  # this process's connection, if any
+            finally:
+                head.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes
+                try:
+                    head.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(head.pid, signal.SIGKILL)
+                    head.wait()
+                shutil.rmtree(temp, ignore_errors=True)
 
 
 def config_for(address: str, home: Path, device: str = "cpu") -> EvalConfig:
