@@ -277,6 +277,7 @@ class OptimizeLoop:
         *,
         gpu: GpuSpec | None = None,
         evaluator: Evaluator | None = None,
+        executor: Executor | None = None,
         on_event: Callable[[Event], None] | None = None,
         on_interrupt: Callable[[str], None] | None = None,
         device_lock: threading.Lock | None = None,
@@ -298,9 +299,9 @@ class OptimizeLoop:
         )
         self.coder = Coder(context)
         self.judge = Judge(context)
-        self.executor: Executor | None = None
+        self.executor = executor
         if evaluator is None:  # where `config.evaluation.executor` says: local, queue:DIR ...
-            self.executor = make_executor(config.evaluation)
+            self.executor = executor or make_executor(config.evaluation)
             evaluator = partial(self.executor.evaluate, config=config.evaluation)
         self.evaluator = evaluator
         self.on_event = on_event or (lambda event: None)
@@ -701,7 +702,10 @@ def start(
     **kwargs: object,
 ) -> OptimizeLoop:
     """A new run, recorded in the database, ready to `run()`. The stored settings leave out the
-    compiler cache folder, which a resumed run takes from its own environment."""
+    compiler cache folder, which a resumed run takes from its own environment. The executor is
+    made first: one that cannot be (no Ray, no cluster) leaves nothing recorded."""
+    if kwargs.get("evaluator") is None:
+        kwargs["executor"] = make_executor(config.evaluation)
     run_id = store.create_run(
         problem,
         config.model_dump(mode="json", exclude={"evaluation": {"cache_dir"}}),
@@ -723,6 +727,8 @@ def resume(
             f"run {run_id} finished ({run.rounds_done} rounds); start a new run instead"
         )
     config = LoopConfig.model_validate(store.run_config(run_id))
+    if kwargs.get("evaluator") is None:
+        kwargs["executor"] = make_executor(config.evaluation)
     row = store.problem(run_id)
     problem = load_problem(row.source, row.name)
     resume_model(coder_model, store, run_id, "coder")

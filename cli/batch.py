@@ -348,11 +348,12 @@ def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, M
     from forge.agents.batch import BatchRunner
     from forge.agents.coder import detect_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
+    from forge.evaluator.executors import on_this_machine
 
     stored = batches.get(batch_id)
     items = batches.items(batch_id)
     first = _evaluation(items[0]) if items else {}
-    here = first.get("device") == "cuda" and first.get("executor", "local") == "local"
+    here = first.get("device") == "cuda" and on_this_machine(first.get("executor", "local"))
     gpu = detect_gpu() if here else None
     console.print(
         escape(

@@ -169,7 +169,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.executors import ExecutorSpecError
+    from forge.evaluator.executors import ExecutorSpecError, on_this_machine
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -241,8 +241,8 @@ def optimize(
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
-        here = config.evaluation.device == "cuda" and config.evaluation.executor == "local"
-        gpu = detect_gpu() if here else None  # a queue's GPU is elsewhere: prompts go without
+        here = config.evaluation.device == "cuda" and on_this_machine(config.evaluation.executor)
+        gpu = detect_gpu() if here else None  # a queue's or Ray's GPU is elsewhere: none named
         hooks = {"gpu": gpu, "on_event": Progress(console), "on_interrupt": notice}
         if resume is None:
             runner = loop.start(problem, config, coder_llm, judge_llm, store, **hooks)

@@ -76,8 +76,9 @@ DeviceOpt = Annotated[
 ExecutorOpt = Annotated[
     str | None,
     typer.Option(
-        help="where evaluations run: local, or queue:DIR for `forge worker --queue DIR` on "
-        "a GPU host sharing DIR [default: local]"
+        help="where evaluations run: local (a worker per GPU; local:N, local:gpus=0,2), "
+        "queue:DIR for `forge worker --queue DIR` on a GPU host sharing DIR, or "
+        "ray:HOST:PORT (ray:auto) for an existing Ray cluster [default: local]"
     ),
 ]
 DbOpt = Annotated[

@@ -62,13 +62,15 @@ class EvalConfig(BaseModel):
     """Where the worker runs: a fresh local process, or a Docker container."""
 
     executor: str = "local"
-    """Where evaluations run (`forge.evaluator.executors`): `local` (this machine), or
-    `queue:DIR` (job files in DIR, evaluated by `forge worker --queue DIR` on a GPU host that
-    shares the directory). A queue directory is stored as an absolute path."""
+    """Where evaluations run (`forge.evaluator.executors`): `local` (this machine, a worker per
+    GPU; `local:N` N workers, `local:gpus=0,2` those GPUs), `queue:DIR` (job files in DIR,
+    evaluated by `forge worker --queue DIR` on a GPU host that shares the directory; stored as
+    an absolute path), or `ray:HOST:PORT` / `ray:auto` (Ray tasks on an existing cluster)."""
 
     queue_wait_s: float = Field(900.0, gt=0)
-    """`queue:DIR`: how long the controller waits for a worker to take a job before it fails the
-    evaluation; once a worker holds it, the wait is the evaluation's own deadline plus a margin."""
+    """`queue:DIR` and `ray`: how long the controller waits for a worker to take a job before it
+    fails the evaluation; once a worker holds it, the wait is the evaluation's own deadline plus
+    a margin (`ray`, which cannot tell waiting from running: the sum of both)."""
 
     static_checks: bool = True
     """Reject forbidden code before running it. Only tests of the sandbox itself turn this off."""

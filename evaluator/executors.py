@@ -3,27 +3,36 @@
 An executor turns (problem, candidate source, EvalConfig) into an EvalResult. `EvalConfig.executor`
 names one with a spec string:
 
-- `local`: in this process's sandboxes (`forge.evaluator.evaluate`), with a worker process
-  started ahead of each job (`LocalSandbox(prestart=True)`); one evaluation at a time.
+- `local`: in this process's sandboxes (`forge.evaluator.evaluate`): one evaluation worker per
+  visible GPU for GPU jobs and one for CPU jobs (`local:N`: N workers, `local:gpus=0,2`: those
+  GPUs), each with its next sandbox process started ahead of its job.
 - `queue:DIR`: a job file in DIR, evaluated by `forge worker --queue DIR` on a host that shares
   the directory (`forge.evaluator.job_queue`); the controller waits for the result file.
+- `ray:ADDRESS`: a Ray task on an existing cluster (`forge.evaluator.ray_executor`).
 
-Add one by adding an `ExecutorKind` to `EXECUTORS`.
+Every executor's `evaluate` may be called from several threads at once. Add one by adding an
+`ExecutorKind` to `EXECUTORS`.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from forge.evaluator.config import EvalConfig
-from forge.evaluator.host import EvaluatorError, deadline_for, evaluate
+from forge.evaluator.host import EvaluatorError, deadline_for, evaluate, make_sandbox
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult
+
+if TYPE_CHECKING:
+    from forge.sandbox.base import Sandbox, SandboxJob, SandboxOutcome
 
 
 class Executor(Protocol):
@@ -40,21 +49,53 @@ class ExecutorSpecError(ValueError):
     """An `--executor` spec that names no executor, or lacks (or has) an argument."""
 
 
+@dataclass
+class Slot:
+    """One evaluation worker of `local`: it runs one job at a time."""
+
+    label: str
+    """`gpu 0` (its sandboxes see only that GPU) or `cpu 1`."""
+    env: dict[str, str]
+    """Added to its sandboxes' environment: CUDA_VISIBLE_DEVICES for a GPU worker."""
+    sandbox: Sandbox | None = None
+    """Its sandbox, with the next worker process started ahead, for jobs with the executor's own
+    sandbox settings (the local backend); other jobs get a sandbox of their own."""
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them: its entries when it
+    is set (up to the first invalid one, like CUDA: `-1` hides every GPU), else 0..count-1."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    names = [name.strip() for name in listed.split(",")]
+    return list(itertools.takewhile(lambda name: name and not name.startswith("-"), names))
+
+
 class LocalExecutor:
-    """Evaluations on this machine, one at a time, with the next sandbox worker started ahead
-    of its job (a fresh process per job all the same)."""
+    """Evaluations on this machine: one evaluation worker per visible GPU for GPU jobs, one for
+    CPU jobs (`local:N`: N workers; `local:gpus=LIST`: those GPUs). A job waits for a free
+    worker of its device and runs there; `evaluate` may be called from several threads at once.
+    Each worker keeps its next sandbox process started ahead of its job (a fresh process per
+    job all the same); the static check and the verdict's arithmetic run outside the worker."""
 
-    def __init__(self, config: EvalConfig):
-        self.cache_dir = config.cache_dir
-        self.sandbox = None
-        if config.sandbox == "local":
-            from forge.sandbox.local import LocalSandbox
-
-            self.sandbox = LocalSandbox(cache_dir=config.cache_dir, prestart=True)
+    def __init__(
+        self, config: EvalConfig, workers: int | None = None, gpus: list[str] | None = None
+    ):
+        self.config = config
+        self.workers = workers
+        self.gpus = gpus
+        self._pools: dict[str, queue.LifoQueue[Slot]] = {}
+        self._slots: list[Slot] = []
+        self._lock = threading.Lock()
 
     @classmethod
     def from_spec(cls, argument: str, config: EvalConfig) -> LocalExecutor:
-        return cls(config)
+        if argument.startswith("gpus="):
+            return cls(config, gpus=argument.removeprefix("gpus=").split(","))
+        return cls(config, workers=int(argument) if argument else None)
 
     def evaluate(
         self,
@@ -63,14 +104,90 @@ class LocalExecutor:
         config: EvalConfig,
         on_phase: Callable[[str], None] | None = None,
     ) -> EvalResult:
-        ours = config.sandbox == "local" and config.cache_dir == self.cache_dir
-        return evaluate(
-            problem, source, config, sandbox=self.sandbox if ours else None, on_phase=on_phase
-        )
+        placed = _PooledSandbox(self, config)
+        return evaluate(problem, source, config, sandbox=placed, on_phase=on_phase)
+
+    def pool(self, device: str) -> queue.LifoQueue[Slot]:
+        """The free workers of `device` (made at its first job): the last freed is taken first,
+        so that a lone caller keeps one warm worker."""
+        with self._lock:
+            if device not in self._pools:
+                slots = self._gpu_slots() if device == "cuda" else self._cpu_slots()
+                prestart = self.config.sandbox == "local"
+                for slot in slots:
+                    if prestart:
+                        slot.sandbox = make_sandbox(self.config, slot.env, prestart=True)
+                self._slots += slots
+                free: queue.LifoQueue[Slot] = queue.LifoQueue()
+                for slot in reversed(slots):
+                    free.put(slot)
+                self._pools[device] = free
+            return self._pools[device]
+
+    def _cpu_slots(self) -> list[Slot]:
+        return [Slot(f"cpu {i}", {}) for i in range(self.workers or 1)]
+
+    def _gpu_slots(self) -> list[Slot]:
+        visible = visible_gpus()
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={shown}" if shown is not None else f"{len(visible)} GPUs"
+        if self.gpus is not None:
+            unknown = [name for name in self.gpus if name not in visible]
+            if unknown:
+                raise EvaluatorError(
+                    f"local:gpus={','.join(self.gpus)}: GPU {unknown[0]} is not visible here "
+                    f"({where})"
+                )
+            chosen = self.gpus
+        elif self.workers is not None:
+            if self.workers > len(visible):
+                raise EvaluatorError(
+                    f"local:{self.workers} asks for {self.workers} GPU workers, this machine has "
+                    f"{len(visible)} ({where})"
+                )
+            chosen = visible[: self.workers]
+        else:
+            chosen = visible
+        if not chosen:
+            raise EvaluatorError(f"no GPU for a GPU evaluation worker here ({where})")
+        return [Slot(f"gpu {name}", {"CUDA_VISIBLE_DEVICES": name}) for name in chosen]
+
+    def serves(self, config: EvalConfig) -> bool:
+        """Whether its workers' pre-started sandboxes fit a job evaluated with `config`."""
+        return config.sandbox == self.config.sandbox and config.cache_dir == self.config.cache_dir
 
     def close(self) -> None:
-        if self.sandbox is not None:
-            self.sandbox.close()
+        with self._lock:
+            for slot in self._slots:
+                if slot.sandbox is not None:
+                    slot.sandbox.close()
+
+
+class _PooledSandbox:
+    """The sandbox `evaluate` is given by LocalExecutor: each job waits for a free worker of its
+    device, runs in that worker's sandbox and frees it again, also when the run fails."""
+
+    def __init__(self, executor: LocalExecutor, config: EvalConfig):
+        self.executor, self.config = executor, config
+
+    def run(self, job: SandboxJob, on_phase: Callable[[str], None] | None = None) -> SandboxOutcome:
+        free = self.executor.pool("cuda" if job.gpu else "cpu")
+        slot = free.get()
+        held_from = time.time()
+        try:
+            sandbox = slot.sandbox
+            if sandbox is None or not self.executor.serves(self.config):
+                sandbox = make_sandbox(self.config, slot.env)
+            progress = {"on_phase": on_phase} if on_phase is not None else {}
+            outcome = sandbox.run(job, **progress)
+            held_until = time.time()
+        except OSError as exc:
+            raise EvaluatorError(f"the sandbox of worker '{slot.label}' failed: {exc}") from exc
+        finally:
+            free.put(slot)
+        placement = {"worker": slot.label, "held_from": held_from, "held_until": held_until}
+        outcome.info = outcome.info.model_copy(update=placement)
+        return outcome
 
 
 CLAIMED_MARGIN_S = 120.0
@@ -100,6 +217,7 @@ class QueueExecutor:
         self.poll_s = poll_s
         self.consumed: set[str] = set()
         self.waiting: set[str] = set()
+        self._lock = threading.Lock()  # the sets, for callers on several threads
 
     @classmethod
     def from_spec(cls, argument: str, config: EvalConfig) -> QueueExecutor:
@@ -112,15 +230,17 @@ class QueueExecutor:
         running_s = deadline_for(problem, source, config) + CLAIMED_MARGIN_S
         try:
             self.queue.submit(job)
-            self.waiting.add(job.id)
+            with self._lock:
+                self.waiting.add(job.id)
             answer = self._wait(job, config.queue_wait_s, running_s)
         except OSError as exc:
             raise EvaluatorError(f"queue directory {self.queue.root}: {exc}") from exc
         finally:
-            self.waiting.discard(job.id)
-            self.consumed.add(job.id)
+            with self._lock:
+                self.waiting.discard(job.id)
+                self.consumed.add(job.id)
             self.queue.forget(job.id)
-            self.queue.drop_results(self.consumed)
+            self.queue.drop_results(self._answered())
         if answer.result is None:
             raise EvaluatorError(f"worker {answer.worker} could not evaluate: {answer.error}")
         return answer.result
@@ -133,7 +253,7 @@ class QueueExecutor:
             if answer is not None:
                 return answer
             queue.requeue_stale(self.stale_s)
-            queue.drop_results(self.consumed)
+            queue.drop_results(self._answered())
             now, where = time.monotonic(), queue.where(job.id)
             missing = missing + 1 if where is None else 0
             if where == "pending":
@@ -165,9 +285,15 @@ class QueueExecutor:
                 )
             time.sleep(self.poll_s)
 
+    def _answered(self) -> set[str]:
+        with self._lock:
+            return set(self.consumed)
+
     def close(self) -> None:
         """Withdraw the jobs still waiting for a worker (a stopped run needs no verdict)."""
-        for job_id in list(self.waiting):
+        with self._lock:
+            waiting = list(self.waiting)
+        for job_id in waiting:
             self.queue.forget(job_id)
 
 
@@ -182,12 +308,24 @@ class ExecutorKind:
     shares_device: bool = False
     """Its evaluations use this machine's device: runs in flight together (a batch's items)
     take turns, so that none times its kernels while another evaluation runs."""
+    on_this_machine: bool = False
+    """Whether the evaluations run on the controller's machine (its GPU is the one to name in
+    the Coder's prompt)."""
 
 
-def _none(argument: str) -> str:
-    if argument:
-        raise ExecutorSpecError(f"the local executor takes no argument, got 'local:{argument}'")
-    return ""
+def _local_workers(argument: str) -> str:
+    if not argument:
+        return ""
+    if argument.isdigit() and int(argument) > 0:
+        return str(int(argument))
+    key, equals, value = argument.partition("=")
+    names = [name.strip() for name in value.split(",")]
+    if key == "gpus" and equals and all(names) and len(set(names)) == len(names):
+        return "gpus=" + ",".join(names)
+    raise ExecutorSpecError(
+        "the local executor takes a number of workers or a list of distinct GPUs "
+        f"(local:4, local:gpus=0,2), got 'local:{argument}'"
+    )
 
 
 def _directory(argument: str) -> str:
@@ -196,16 +334,41 @@ def _directory(argument: str) -> str:
     return os.path.abspath(os.path.expanduser(argument))
 
 
+def _ray_address(argument: str) -> str:
+    if argument in ("", "auto"):
+        return "auto"
+    host, colon, port = argument.rpartition(":")
+    if not (host and colon and port.isdigit()):
+        raise ExecutorSpecError(
+            f"the ray executor takes auto or the cluster's HOST:PORT (ray:10.0.0.5:6379), "
+            f"got 'ray:{argument}'"
+        )
+    return argument
+
+
+def _ray_executor(argument: str, config: EvalConfig) -> Executor:
+    from forge.evaluator.ray_executor import RayExecutor
+
+    return RayExecutor(argument)
+
+
 EXECUTORS: dict[str, ExecutorKind] = {
-    "local": ExecutorKind("local", _none, LocalExecutor.from_spec, shares_device=True),
+    "local": ExecutorKind(
+        "local[:N|:gpus=LIST]",
+        _local_workers,
+        LocalExecutor.from_spec,
+        shares_device=True,
+        on_this_machine=True,
+    ),
     "queue": ExecutorKind("queue:DIR", _directory, QueueExecutor.from_spec),
+    "ray": ExecutorKind("ray[:auto|:HOST:PORT]", _ray_address, _ray_executor),
 }
 """The executors by name: the part of a spec before its first colon."""
 
 
 def check_spec(spec: str) -> str:
-    """`spec` normalised (a queue directory made absolute); ExecutorSpecError names the known
-    ones when it is not usable."""
+    """`spec` normalised (a queue directory made absolute, a Ray address made explicit);
+    ExecutorSpecError names the known ones when it is not usable."""
     name, colon, argument = spec.partition(":")
     kind = EXECUTORS.get(name)
     if kind is None:
@@ -218,6 +381,11 @@ def check_spec(spec: str) -> str:
 def shares_device(spec: str) -> bool:
     """Whether evaluations through `spec` must take turns with other runs' (`ExecutorKind`)."""
     return EXECUTORS[check_spec(spec).partition(":")[0]].shares_device
+
+
+def on_this_machine(spec: str) -> bool:
+    """Whether the executor `spec` names evaluates on the controller's machine."""
+    return EXECUTORS[check_spec(spec).partition(":")[0]].on_this_machine
 
 
 def make_executor(config: EvalConfig) -> Executor:

@@ -51,14 +51,22 @@ def _derive_seeds(secret: int, count: int, salt: int) -> list[int]:
     return [derive_seed(secret, salt, i) for i in range(count)]
 
 
-def _sandbox(config: EvalConfig):
+def make_sandbox(config: EvalConfig, env: dict[str, str] | None = None, prestart: bool = False):
+    """The sandbox `config.sandbox` names; `env` is added to its workers' environment (an
+    executor's GPU placement: CUDA_VISIBLE_DEVICES), `prestart` keeps a local worker started
+    ahead of its job."""
+    from forge.sandbox.policy import SandboxConfig
+
     if config.sandbox == "docker":
         from forge.sandbox.docker import DockerSandbox
 
-        return DockerSandbox(cache_dir=config.cache_dir)
+        return DockerSandbox(SandboxConfig(extra_env=env or {}), cache_dir=config.cache_dir)
     from forge.sandbox.local import LocalSandbox
 
-    return LocalSandbox(cache_dir=config.cache_dir)
+    settings = SandboxConfig.from_env()
+    if env:
+        settings = settings.model_copy(update={"extra_env": {**settings.extra_env, **env}})
+    return LocalSandbox(settings, cache_dir=config.cache_dir, prestart=prestart)
 
 
 def require_gpu() -> None:
@@ -190,7 +198,7 @@ def evaluate(
         )
     if config.device == "cuda":
         require_gpu()
-    sandbox = sandbox or _sandbox(config)
+    sandbox = sandbox or make_sandbox(config)
     job = build_job(problem, source, config, backend, report.kernel_names, secrets.randbits(62))
     from forge.sandbox.base import SandboxJob
 

@@ -64,6 +64,21 @@ class QueueJob(BaseModel):
             submitted_by=f"{socket.gethostname()}:{os.getpid()}",
         )
 
+    def answer(
+        self,
+        worker: str,
+        evaluate: Callable[[Problem, str, EvalConfig], EvalResult],
+        cache_dir: Path,
+    ) -> QueueResult:
+        """The job's verdict from `evaluate` with this host's compiler cache, or why there is none
+        (no GPU here, a problem that does not load ...)."""
+        config = self.config.model_copy(update={"cache_dir": cache_dir})
+        try:
+            result = evaluate(self.problem, self.source, config)
+        except (EvaluatorError, ProblemError) as exc:
+            return QueueResult(id=self.id, worker=worker, error=str(exc))
+        return QueueResult(id=self.id, worker=worker, result=result)
+
 
 class QueueResult(BaseModel):
     """A worker's answer to one job."""
@@ -291,15 +306,7 @@ class Worker:
             answer = QueueResult(id=job_id, worker=self.id, error=f"unreadable job file: {exc}")
         else:
             label = f"{job_id} {job.problem.name} from {job.submitted_by}"
-            config = job.config.model_copy(update={"cache_dir": self.config.cache_dir})
-            try:
-                answer = QueueResult(
-                    id=job_id,
-                    worker=self.id,
-                    result=self.executor.evaluate(job.problem, job.source, config),
-                )
-            except (EvaluatorError, ProblemError) as exc:
-                answer = QueueResult(id=job_id, worker=self.id, error=str(exc))
+            answer = job.answer(self.id, self.executor.evaluate, self.config.cache_dir)
         verdict = answer.result.status.value if answer.result else f"error: {answer.error}"
         kept = self.queue.answer(claim, answer)
         note = "" if kept else " (discarded: the job was withdrawn or given to another worker)"

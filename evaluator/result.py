@@ -181,6 +181,13 @@ class SandboxInfo(BaseModel):
     abstract)."""
     containment_notes: list[str] = Field(default_factory=list)
     """Why a containment measure did not apply (not root, no CAP_SYS_ADMIN, architecture)."""
+    worker: str = ""
+    """The executor's evaluation worker that ran the job: `gpu 0` (its sandbox saw only
+    CUDA_VISIBLE_DEVICES=0), `cpu 1`, `ray HOST gpu 0`."""
+    held_from: float | None = None
+    """Unix time the job took its worker (`local`: no other job holds that worker meanwhile)."""
+    held_until: float | None = None
+    """Unix time the job let go of its worker."""
 
 
 class Environment(BaseModel):

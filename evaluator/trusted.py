@@ -997,7 +997,7 @@ class SetTimer:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")  # workers run side by side
         tmp.write_text(json.dumps(sample))
         tmp.replace(path)
 

@@ -174,7 +174,8 @@ class LocalSandbox:
         return self._launch(job.gpu, job.argv_prefix, evaluates)
 
     def close(self) -> None:
-        """Stop the pre-started worker, if any."""
+        """Stop the pre-started worker, if any; jobs still running start no other."""
+        self.prestart = False
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.discard()
@@ -208,7 +209,8 @@ class LocalSandbox:
             worker.proc.wait(timeout=job.timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-        worker.discard()
+        finally:  # also when the wait is interrupted (Ctrl-C, a cancelled Ray task)
+            worker.discard()
         wall = time.perf_counter() - start
         if self.prestart and not job.argv_prefix and self._spare is None:
             self._spare = self._launch(job.gpu, [], evaluates_candidate(job))

@@ -7,7 +7,9 @@ A worker started here serves `--device cpu` jobs; evaluations that end at the st
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +21,12 @@ import pytest
 
 from forge.db.store import RunStore
 from forge.evaluator import EvalConfig, EvaluatorError, evaluate, resolve_problem
-from forge.evaluator.executors import ExecutorSpecError, check_spec, make_executor
+from forge.evaluator.executors import (
+    ExecutorSpecError,
+    check_spec,
+    make_executor,
+    on_this_machine,
+)
 from forge.evaluator.job_queue import Queue, QueueJob, QueueResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -70,14 +77,185 @@ def verdict(result) -> tuple:  # noqa: ANN001 (EvalResult)
 
 def test_specs_are_checked_by_the_registry():
     assert check_spec("local") == "local"
+    assert check_spec("local:03") == "local:3"
+    assert check_spec("local:gpus= 0, 2") == "local:gpus=0,2"
     assert check_spec("queue:jobs") == f"queue:{Path.cwd() / 'jobs'}"
+    assert check_spec("ray") == check_spec("ray:auto") == "ray:auto"
+    assert check_spec("ray:10.0.0.5:6379") == "ray:10.0.0.5:6379"
+    known = "local[:N|:gpus=LIST], queue:DIR, ray[:auto|:HOST:PORT]"
     for bad, message in (
-        ("ray", "unknown executor 'ray': use one of local, queue:DIR"),
+        ("slurm", f"unknown executor 'slurm': use one of {known}"),
         ("queue", "needs a directory"),
-        ("local:x", "takes no argument"),
+        ("local:x", "a number of workers or a list of distinct GPUs"),
+        ("local:0", "got 'local:0'"),
+        ("local:gpus=0,0", "got 'local:gpus=0,0'"),
+        ("local:gpus=", "got 'local:gpus='"),
+        ("ray:6379", "auto or the cluster's HOST:PORT"),
     ):
-        with pytest.raises(ExecutorSpecError, match=message):
+        with pytest.raises(ExecutorSpecError, match=re.escape(message)):
             check_spec(bad)
+    assert on_this_machine("local:gpus=1") and not on_this_machine("ray")
+
+
+def placement(spec: str, device: str, home: Path) -> list[tuple[str, dict]]:
+    """The evaluation workers `spec` gives jobs of `device` here: (label, environment added)."""
+    executor = make_executor(EvalConfig(device=device, executor=spec, cache_dir=home / "cache"))
+    try:
+        free = executor.pool(device)
+        slots = [free.get_nowait() for _ in range(free.qsize())]
+        for slot in slots:  # each worker's sandbox carries its placement
+            assert slot.sandbox.config.extra_env.items() >= slot.env.items()
+        return [(slot.label, slot.env) for slot in slots]
+    finally:
+        executor.close()
+
+
+def test_local_places_one_worker_on_each_gpu(monkeypatch, home):
+    """The GPUs are CUDA_VISIBLE_DEVICES's entries up to the first invalid one (as for CUDA);
+    each worker's sandboxes see only its own (no GPU needed: no job runs)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5,GPU-1a2b,-1,7")
+    gpu = lambda name: (f"gpu {name}", {"CUDA_VISIBLE_DEVICES": name})  # noqa: E731
+    assert placement("local", "cuda", home) == [gpu("3"), gpu("5"), gpu("GPU-1a2b")]
+    assert placement("local:2", "cuda", home) == [gpu("3"), gpu("5")]
+    assert placement("local:gpus=GPU-1a2b,3", "cuda", home) == [gpu("GPU-1a2b"), gpu("3")]
+    assert placement("local", "cpu", home) == [("cpu 0", {})]  # CPU jobs: one at a time
+    assert placement("local:3", "cpu", home) == [("cpu 0", {}), ("cpu 1", {}), ("cpu 2", {})]
+    for spec, message in (
+        ("local:gpus=0,3", "local:gpus=0,3: GPU 0 is not visible here (CUDA_VISIBLE_DEVICES="),
+        ("local:4", "local:4 asks for 4 GPU workers, this machine has 3 (CUDA_VISIBLE_DEVICES="),
+    ):
+        with pytest.raises(EvaluatorError, match=re.escape(message)):
+            placement(spec, "cuda", home)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    with pytest.raises(EvaluatorError, match="no GPU for a GPU evaluation worker"):
+        placement("local", "cuda", home)
+
+
+def evaluate_in_threads(executor, problem, sources, config, on_phase=None) -> list:  # noqa: ANN001
+    """`executor.evaluate` on each source from a thread of its own, all at once; `on_phase(i)`
+    hears the phases of the i-th."""
+    answers: list = [None] * len(sources)
+
+    def evaluate_one(index: int) -> None:
+        hear = {"on_phase": lambda _: on_phase(index)} if on_phase else {}
+        answers[index] = executor.evaluate(problem, sources[index], config, **hear)
+
+    threads = [threading.Thread(target=evaluate_one, args=(i,)) for i in range(len(sources))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads)
+    return answers
+
+
+def one_job_at_a_time(*results) -> dict[str, int]:  # noqa: ANN002 (EvalResult)
+    """The jobs each worker ran, after checking that no two of them held one worker at once."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for result in results:
+        info = result.sandbox
+        spans.setdefault(info.worker, []).append((info.held_from, info.held_until))
+    for worker, held in spans.items():
+        held.sort()
+        for (_, end), (start, _) in itertools.pairwise(held):
+            assert end <= start, f"two jobs held {worker} at once"
+    return {worker: len(held) for worker, held in spans.items()}
+
+
+def failure_within(seconds: float, call) -> tuple[float, str]:  # noqa: ANN001
+    """`call()` in a thread: the EvaluatorError it raised within `seconds`, and when."""
+    failed: list = []
+
+    def target() -> None:
+        try:
+            call()
+        except EvaluatorError as exc:
+            failed.append((time.time(), str(exc)))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), f"still waiting for a worker after {seconds} s"
+    assert failed, "no EvaluatorError"
+    return failed[0]
+
+
+def unusable_cache(config: EvalConfig, tmp_path: Path) -> EvalConfig:
+    """`config` with a compiler cache where a sandbox cannot start (a file, not a folder)."""
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    return config.model_copy(update={"cache_dir": not_a_directory})
+
+
+def test_local_workers_evaluate_side_by_side(tmp_path, home):
+    """`local:2` with CPU jobs: two evaluations at once run on the two workers in parallel and
+    give the verdicts one at a time would; a third job waits until a worker is free."""
+    config = EvalConfig(device="cpu", executor="local:2", cache_dir=home / "cache")
+    problem = resolve_problem("softmax")
+    cheat = (FIXTURES / "cheats" / "row04_zeroes_inputs.py").read_text()
+    executor = make_executor(config)
+    running = [threading.Event(), threading.Event()]
+    third: list = []
+
+    def while_both_run() -> None:
+        if all(event.wait(timeout=120) for event in running):
+            third.append(failure_within(120, lambda: executor.evaluate(problem, LEGIT, bad)))
+
+    bad = unusable_cache(config, tmp_path)
+    waiter = threading.Thread(target=while_both_run)
+    waiter.start()
+    try:
+        legit, cheated = evaluate_in_threads(
+            executor, problem, [LEGIT, cheat], config, on_phase=lambda i: running[i].set()
+        )
+        waiter.join(timeout=120)
+    finally:
+        executor.close()
+    assert legit.status.value == "correct"
+    assert cheated.status.value == "incorrect"
+    assert "the candidate modified input 0" in cheated.reasons[0]
+    assert one_job_at_a_time(legit, cheated) == {"cpu 0": 1, "cpu 1": 1}
+    spans = [(r.sandbox.held_from, r.sandbox.held_until) for r in (legit, cheated)]
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # side by side
+    assert len(third) == 1, "the third job did not fail once both workers were busy"
+    failed_at, message = third[0]
+    assert failed_at >= min(end for _, end in spans)  # it waited for a worker
+    assert message.startswith("the sandbox of worker 'cpu ") and "Not a directory" in message
+
+
+def test_a_job_that_fails_frees_its_worker(tmp_path, home):
+    """`local:1`: a job whose sandbox cannot start fails with one line and leaves the worker
+    free: the next such job fails the same way instead of waiting for ever."""
+    config = EvalConfig(device="cpu", executor="local:1", cache_dir=home / "cache")
+    bad = unusable_cache(config, tmp_path)
+    problem = resolve_problem("softmax")
+    executor = make_executor(config)
+    try:
+        for _ in range(2):
+            _, message = failure_within(30, lambda: executor.evaluate(problem, LEGIT, bad))
+            assert message.startswith("the sandbox of worker 'cpu 0' failed: [Errno 20] ")
+            assert "\n" not in message
+    finally:
+        executor.close()
+
+
+@pytest.mark.gpu
+def test_local_runs_one_evaluation_per_gpu_at_once(home):
+    """On the GPU machine: twice as many evaluations at once as there are GPUs; each GPU runs
+    its share one after the other and the GPUs run side by side."""
+    from forge.evaluator.executors import visible_gpus
+
+    gpus = visible_gpus()
+    config = EvalConfig(device="cuda", cache_dir=home / "cache")
+    executor = make_executor(config)
+    try:
+        results = evaluate_in_threads(
+            executor, resolve_problem("softmax"), [LEGIT] * (2 * len(gpus)), config
+        )
+    finally:
+        executor.close()
+    assert all(r.status.value == "correct" for r in results), [r.reasons for r in results]
+    assert one_job_at_a_time(*results) == {f"gpu {name}": 2 for name in gpus}
 
 
 def test_queue_gives_the_local_verdict(tmp_path, home):
