@@ -13,7 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from forge.cli.errors import err, fail
+from forge.cli.options import PrecisionOption, check_precision
 from forge.db.redact import redact
+from forge.evaluator.precision import STRICT
 
 PIPE_WIDTH = 160
 """Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
@@ -77,8 +79,9 @@ class Progress:
             self.console.print(line)
 
 
-def summary(outcome, device: str, promotion: str = "") -> Table:  # noqa: ANN001 (loop.Outcome)
-    """The run's closing table; `promotion` says what entered the kernel library, or why not."""
+def summary(outcome, device: str, promotion: str = "", precision: str = STRICT) -> Table:  # noqa: ANN001 (loop.Outcome)
+    """The run's closing table; `promotion` says what entered the kernel library, or why not;
+    the speedups name the precision policy they were measured under."""
     table = Table(title=f"run {outcome.run_id}: {outcome.status}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -88,8 +91,11 @@ def summary(outcome, device: str, promotion: str = "") -> Table:  # noqa: ANN001
         "best candidate",
         f"{best}   (forge show cand:{best})" if best else "none passed verification",
     )
-    table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed)
-    table.add_row("speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed)
+    under = f" (precision {precision})"
+    table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed + under)
+    table.add_row(
+        "speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed + under
+    )
     table.add_row("candidates", str(outcome.candidates))
     table.add_row(
         "tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion"
@@ -187,6 +193,7 @@ def optimize(
             "a GPU host sharing DIR [default: local]"
         ),
     ] = None,
+    precision: PrecisionOption = None,
     db: Annotated[
         str | None,
         typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
@@ -231,6 +238,7 @@ def optimize(
         "--reasoning-effort": reasoning_effort,
         "--max-tokens": max_tokens,
         "--executor": executor,
+        "--precision": precision,
     }
     if (op is None) == (resume is None):
         fail(
@@ -239,6 +247,7 @@ def optimize(
     if resume is not None and any(v is not None for v in settings.values()):
         given = ", ".join(k for k, v in settings.items() if v is not None)
         fail(f"--resume continues run {resume} with its stored settings: drop {given}")
+    check_precision(precision)
     for flag, limit in (("--budget-usd", budget_usd), ("--time-limit", time_limit)):
         if limit is not None and limit <= 0:
             fail(f"{flag} must be greater than 0 (leave it out for no limit), got {limit:g}")
@@ -253,9 +262,11 @@ def optimize(
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
+            check_precision(precision, problem)
             config = new_config(
                 backend, api_base, rounds, width, budget_usd, time_limit, patience, device, sampling
             )
+            config.evaluation.precision = precision
             if executor is not None:
                 config.evaluation.executor = check_spec(executor)
             problem.sets_for(config.evaluation.device)
@@ -295,7 +306,8 @@ def optimize(
     cfg = runner.config
     console.print(
         escape(
-            f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}), "
+            f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}, "
+            f"precision {cfg.evaluation.precision or STRICT}), "
             f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, "
             f"{cfg.rounds} rounds x {cfg.width}"
             + ("" if cfg.evaluation.executor == "local" else f", via {cfg.evaluation.executor}")
@@ -311,7 +323,9 @@ def optimize(
     with lease or store.acquire_run_lease(runner.run_id):
         outcome = runner.run()
     promotion = promote_best(store, outcome.run_id).reason if outcome.status == "finished" else ""
-    console.print(summary(outcome, cfg.evaluation.device, promotion))
+    console.print(
+        summary(outcome, cfg.evaluation.device, promotion, cfg.evaluation.precision or STRICT)
+    )
     if outcome.status != "finished":
         notice(
             f"run {outcome.run_id} {outcome.status}: continue with "
