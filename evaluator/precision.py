@@ -27,9 +27,11 @@ from forge.evaluator.problem import ProblemError
 SAFETY = 4.0
 """Under a policy other than strict, each comparison's atol is this many times the largest
 difference between the reference under the policy and the strict reference on the same inputs
-(never below the strict atol); rtol stays the strict one. Two TF32 kernels of one product
-differ in their worst error by well under 2x (rounding vs truncating the inputs is 2x); bf16
-inputs err ~8x more than TF32, so a bf16 kernel still fails a tf32 tolerance."""
+(never below the strict atol); rtol stays the strict one. For tf32 the reference's error is
+taken with the operands cut to TF32 (as tensor cores do with fp32 inputs), so a kernel that
+cuts or rounds them stays within ~1x of it; 4x leaves room for accumulation order and small
+sets. The bound is not what tells a bf16 kernel from a TF32 one (bf16 errs only ~3x more than
+cut TF32): the compiled-code check does."""
 
 DTYPE_FORMATS = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}
 
