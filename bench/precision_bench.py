@@ -141,7 +141,8 @@ def main() -> None:
                 )
                 if r["status"] != "correct":
                     print(f"    {r['reasons'][:1]}", flush=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2, default=str))
+                # after every row: a run cut short by its time limit keeps what it measured
+                Path(args.out).write_text(json.dumps(rows, indent=2, default=str))
     print(f"{len(rows)} rows -> {args.out}")
 
 
