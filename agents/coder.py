@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from forge import prompts
 from forge.agents.errors import FormatError, NoCodeBlock
 from forge.agents.interfaces import JudgePlan, Message
+from forge.evaluator.precision import prompt_facts
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult
 from forge.evaluator.static.rules import library_rule, prompt_imports
@@ -71,8 +72,11 @@ class PromptContext(BaseModel):
     backend: str
     device: str
     gpu: GpuSpec | None = None
+    precision: str = "strict"
+    """The run's precision policy (forge.evaluator.precision)."""
 
     def variables(self) -> dict:
+        p = self.problem
         return {
             "problem": self.problem,
             "input_sets": self.problem.sets_for(self.device),
@@ -82,6 +86,7 @@ class PromptContext(BaseModel):
             # the rules the prompt states, from the tables the static checks enforce
             "allowed_imports": prompt_imports(self.backend),
             "library": library_rule(),
+            "precision": prompt_facts(self.precision, p.dtype, p.atol, p.rtol),
         }
 
 

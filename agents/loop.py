@@ -55,6 +55,7 @@ from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.executors import Executor, check_spec, make_executor
+from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem, load_problem
 from forge.evaluator.result import EvalResult, Status
 from forge.sandbox.local import kill_session
@@ -295,7 +296,13 @@ class OptimizeLoop:
             "judge": RecordingModel(judge_model, store, run_id, "judge"),
         }
         context = PromptContext(
-            problem=problem, backend=config.backend, device=config.evaluation.device, gpu=gpu
+            problem=problem,
+            backend=config.backend,
+            device=config.evaluation.device,
+            gpu=gpu,
+            precision=resolve_precision(
+                config.evaluation.precision, problem.name, problem.precisions
+            ),
         )
         self.coder = Coder(context)
         self.judge = Judge(context)

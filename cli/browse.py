@@ -200,6 +200,7 @@ def run_detail_json(store, run_id: int) -> dict:  # noqa: ANN001 (RunStore)
                 "suspicious": e.suspicious if e else None,
                 "speedup_vs_eager": e.speedup_vs_eager if e else None,
                 "speedup_vs_compile": e.speedup_vs_compile if e else None,
+                "precision": _precision_label(step.result),
                 "median_ms": e.median_ms if e else None,
             }
         )
@@ -254,6 +255,7 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     limits = {
         k: config.get(k) for k in ("rounds", "width", "budget_usd", "time_limit_s", "patience")
     }
+    limits["precision"] = (config.get("evaluation") or {}).get("precision") or "strict"
     console.print("settings: " + ", ".join(f"{k}={v}" for k, v in limits.items()))
     console.print(
         f"rounds done {run.rounds_done}; {run.prompt_tokens} prompt + "
@@ -274,6 +276,7 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
         "status",
         "vs eager",
         "vs compile",
+        "precision",
         f"median ms ({first_set})" if first_set else "median ms",
         title="candidates",
     )
@@ -289,6 +292,7 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
             e.status if e else "not evaluated",
             _x(e.speedup_vs_eager if e else None),
             _x(e.speedup_vs_compile if e else None),
+            escape(_precision_label(step.result) or "-"),
             f"{e.median_ms:.4f}" if e and e.median_ms else "-",
         )
     console.print(table)
@@ -297,6 +301,12 @@ def show_run(store, run_id: int) -> None:  # noqa: ANN001 (RunStore)
     console.print(
         f"{len(calls)} LLM calls ({unusable} failed or unusable); * marks the best candidate"
     )
+
+
+def _precision_label(result) -> str | None:  # noqa: ANN001 (EvalResult | None)
+    """`tf32 (detected: tf32)`: the policy the speedups were measured under, and what the
+    candidate's compiled code was seen to use."""
+    return result.precision.label() if result is not None and result.precision else None
 
 
 def show_candidate(store, candidate_id: int) -> None:  # noqa: ANN001 (RunStore)

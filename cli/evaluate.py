@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from forge.cli.errors import fail
+from forge.cli.options import PrecisionOption, check_precision
 
 console = Console()
 progress_console = Console(stderr=True, highlight=False)
@@ -126,6 +127,7 @@ def eval_command(
             help="cap every per-step deadline (import, first call with its compile, each call)",
         ),
     ] = None,
+    precision: PrecisionOption = None,
     json_: Annotated[bool, typer.Option("--json", help="print the EvalResult as JSON")] = False,
 ) -> None:
     """Verify, time and profile a candidate kernel against a problem."""
@@ -138,6 +140,7 @@ def eval_command(
 
     if not candidate.is_file():
         fail(f"candidate file '{candidate}' does not exist")
+    check_precision(precision)
     try:
         config = EvalConfig(
             device=device,
@@ -146,6 +149,7 @@ def eval_command(
             trials=trials,
             profile=not no_profile,
             timeout_s=timeout,
+            precision=precision,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -157,6 +161,7 @@ def eval_command(
         errors = (*errors, DockerUnavailable)
     try:
         prob = resolve_problem(problem, parse_overrides(set_ or []))
+        check_precision(precision, prob)
         source = candidate.read_text()
         with_status(
             f"evaluating {prob.name}: static check",

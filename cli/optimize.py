@@ -24,13 +24,16 @@ from forge.cli.options import (
     MaxTokensOpt,
     ModelOpt,
     PatienceOpt,
+    PrecisionOption,
     ReasoningEffortOpt,
     RoundsOpt,
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
+    check_precision,
 )
 from forge.db.redact import redact
+from forge.evaluator.precision import STRICT
 
 PIPE_WIDTH = 160
 """Output that is not a terminal (a pipe, a log file) is laid out this wide instead of 80."""
@@ -84,8 +87,9 @@ class Progress:
             self.console.print(line)
 
 
-def summary(outcome, device: str, promotion: str = "") -> Table:  # noqa: ANN001 (loop.Outcome)
-    """The run's closing table; `promotion` says what entered the kernel library, or why not."""
+def summary(outcome, device: str, promotion: str = "", precision: str = STRICT) -> Table:  # noqa: ANN001 (loop.Outcome)
+    """The run's closing table; `promotion` says what entered the kernel library, or why not;
+    the speedups name the precision policy they were measured under."""
     table = Table(title=f"run {outcome.run_id}: {outcome.status}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -95,8 +99,11 @@ def summary(outcome, device: str, promotion: str = "") -> Table:  # noqa: ANN001
         "best candidate",
         f"{best}   (forge show cand:{best})" if best else "none passed verification",
     )
-    table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed)
-    table.add_row("speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed)
+    under = f" (precision {precision})"
+    table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed + under)
+    table.add_row(
+        "speedup vs torch.compile", _x(outcome.best_speedup_vs_compile) + not_timed + under
+    )
     table.add_row("candidates", str(outcome.candidates))
     table.add_row(
         "tokens", f"{outcome.prompt_tokens} prompt + {outcome.completion_tokens} completion"
@@ -145,6 +152,7 @@ def optimize(
     patience: PatienceOpt = None,
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
+    precision: PrecisionOption = None,
     db: DbOpt = None,
     resume: Annotated[
         int | None,
@@ -187,6 +195,7 @@ def optimize(
         "--reasoning-effort": reasoning_effort,
         "--max-tokens": max_tokens,
         "--executor": executor,
+        "--precision": precision,
     }
     if (op is None) == (resume is None):
         fail(
@@ -195,6 +204,7 @@ def optimize(
     if resume is not None and any(v is not None for v in settings.values()):
         given = ", ".join(k for k, v in settings.items() if v is not None)
         fail(f"--resume continues run {resume} with its stored settings: drop {given}")
+    check_precision(precision)
     limits = (
         ("--budget-usd", budget_usd),
         ("--budget-gpu-hours", budget_gpu_hours),
@@ -214,6 +224,7 @@ def optimize(
         if resume is None:
             coder_name, judge_name = resolve_models(model, coder_model, judge_model)
             problem = resolve_problem(op)
+            check_precision(precision, problem)
             config = loop.LoopConfig.from_options(
                 backend=backend.value if backend else None,
                 api_base=api_base,
@@ -227,6 +238,7 @@ def optimize(
                 executor=executor,
                 sampling=sampling,
             )
+            config.evaluation.precision = precision
             problem.sets_for(config.evaluation.device)
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
@@ -264,7 +276,8 @@ def optimize(
     cfg = runner.config
     console.print(
         escape(
-            f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}), "
+            f"run {runner.run_id}: {runner.problem.name} ({cfg.backend}, {cfg.evaluation.device}, "
+            f"precision {cfg.evaluation.precision or STRICT}), "
             f"coder {coder_llm.model_id}, judge {judge_llm.model_id}, "
             f"{cfg.rounds} rounds x {cfg.width}"
             + ("" if cfg.evaluation.executor == "local" else f", via {cfg.evaluation.executor}")
@@ -280,7 +293,9 @@ def optimize(
     with lease or store.acquire_run_lease(runner.run_id):
         outcome = runner.run()
     promotion = promote_best(store, outcome.run_id).reason if outcome.status == "finished" else ""
-    console.print(summary(outcome, cfg.evaluation.device, promotion))
+    console.print(
+        summary(outcome, cfg.evaluation.device, promotion, cfg.evaluation.precision or STRICT)
+    )
     if outcome.status != "finished":
         notice(
             f"run {outcome.run_id} {outcome.status}: continue with "

@@ -1,5 +1,5 @@
-"""Options that `forge optimize` and `forge batch` share (one definition each), and the run
-settings built from them."""
+"""Options that several commands share, defined once (`forge eval`, `forge optimize`, `forge
+batch`), and the run settings built from them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from enum import Enum
 from typing import Annotated
 
 import typer
+
+from forge.cli.errors import fail
+from forge.evaluator.precision import POLICIES, STRICT, PrecisionError, check_name, resolve
 
 
 class Backend(str, Enum):
@@ -89,3 +92,26 @@ GPU_TIME = (
     "GPU time is the evaluations' recorded wall time (static check, sandbox start, compile, "
     "correctness, timing, profiling), not time spent waiting in a queue"
 )
+
+PRECISION_HELP = (
+    "precision policy: "
+    + "; ".join(f"{name}: {policy.summary}" for name, policy in POLICIES.items())
+    + f" [default: {STRICT}; the problem must accept the policy (forge_precisions)]"
+)
+
+PrecisionOption = Annotated[
+    str | None, typer.Option("--precision", metavar="|".join(POLICIES), help=PRECISION_HELP)
+]
+
+
+def check_precision(name: str | None, problem=None) -> str | None:  # noqa: ANN001 (Problem)
+    """`name` as given (None: the default, strict), or one error line and exit status 2 when no
+    policy has that name or `problem` does not accept it."""
+    try:
+        if name is not None:
+            check_name(name)
+        if problem is not None:
+            resolve(name, problem.name, problem.precisions)
+    except PrecisionError as exc:
+        fail(str(exc))
+    return name

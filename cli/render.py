@@ -19,6 +19,37 @@ def _x(v: float | None) -> str:
     return f"{v:.2f}x" if v else "-"
 
 
+def _precision(console: Console, r: EvalResult) -> str:
+    """Print what the precision policy allowed, what was detected and the tolerances it gave;
+    return the label that goes next to the speedups."""
+    p = r.precision
+    if p is None:
+        return ""
+    where = f" by {', '.join(p.inspected)}" if p.inspected else ""
+    line = f"precision: {p.label()}{where}; allowed {', '.join(p.allowed)}"
+    if p.not_inspected:
+        line += f"; code not found for {', '.join(p.not_inspected)}"
+    if p.note:
+        line += f"; {p.note}"
+    console.print(line, highlight=False, markup=False)
+    for t in p.tolerances:
+        span = f"{t.atol_min:.3g}-{t.atol:.3g}" if t.atol_min != t.atol else f"{t.atol:.3g}"
+        console.print(
+            f"  tolerance on '{t.input_set}': atol {span} over {t.comparisons} comparisons "
+            f"(x{p.safety:g} the reference's own error under {p.policy} on the same inputs, at most "
+            f"{t.reference_error:.3g}), rtol {t.rtol:.3g}",
+            highlight=False,
+            markup=False,
+        )
+    for k in p.kernels:
+        console.print(
+            f"  {k.kernel[:60]}: {', '.join(k.formats)} ({k.source}: {'; '.join(k.evidence[:2])})",
+            highlight=False,
+            markup=False,
+        )
+    return f" (precision {p.label()})"
+
+
 def render_result(console: Console, r: EvalResult) -> None:
     colour = COLOURS.get(r.status, "yellow")
     env = r.environment
@@ -45,6 +76,7 @@ def render_result(console: Console, r: EvalResult) -> None:
                 f"{max(c.max_rel_error for c in checks):.2e}",
             )
         console.print(table)
+    precision = _precision(console, r)
     if r.timings:
         table = Table(
             "input set",
@@ -56,7 +88,8 @@ def render_result(console: Console, r: EvalResult) -> None:
             "roofline",
             "CV",
             "host launch",
-            title="device time per call (median of interleaved calls; host launch overhead apart)",
+            title="device time per call (median of interleaved calls; host launch overhead apart)"
+            + (f", baselines under precision {r.precision.policy}" if r.precision else ""),
         )
         for t in r.timings:
             table.add_row(
@@ -73,7 +106,8 @@ def render_result(console: Console, r: EvalResult) -> None:
         console.print(table)
         console.print(
             f"speedup at {', '.join(r.target_sets) or 'the target set'}: {_x(r.speedup_vs_eager)} vs eager, "
-            f"{_x(r.speedup_vs_compile)} vs torch.compile"
+            f"{_x(r.speedup_vs_compile)} vs torch.compile{precision}",
+            highlight=False,
         )
     elif r.status is Status.correct:
         console.print("timings: not meaningful on this device (correctness only)")

@@ -90,3 +90,17 @@ def degenerate(ref: torch.Tensor, atol: float, rtol: float) -> str:
     if ref.numel() > 1 and compare(torch.full_like(ref, float(mean)), ref, atol, rtol)["passed"]:
         return "a constant (mean) output passes its tolerance"
     return ""
+
+
+def max_difference(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest |out - ref| over the output; inf where one is finite and the other not
+    (positions holding the same infinity, or NaN in both, count as 0)."""
+    c = out.detach().to(torch.float64)
+    e = ref.detach().to(torch.float64)
+    if c.numel() == 0:
+        return 0.0
+    finite = torch.isfinite(c) & torch.isfinite(e)
+    same = (torch.isinf(e) & (c == e)) | (torch.isnan(e) & torch.isnan(c))
+    if bool((~finite & ~same).any()):
+        return float("inf")
+    return float(torch.where(finite, (c - e).abs(), torch.zeros_like(c)).max())

@@ -75,11 +75,24 @@ class EvalConfig(BaseModel):
     static_checks: bool = True
     """Reject forbidden code before running it. Only tests of the sandbox itself turn this off."""
 
+    precision: str | None = None
+    """Precision policy (`forge.evaluator.precision.POLICIES`): `strict`, `tf32`, `bf16` or
+    `fp16`; None is `strict`. The problem must accept it; the baselines run under it, the
+    tolerance is derived from the reference's own error under it, and compiled code that
+    computes in a narrower format than it allows is rejected."""
+
     suspicious_speedup: float = 10.0
     """Speedups above this (vs eager) are flagged suspicious until re-verified."""
 
     cache_dir: Path = Field(default_factory=lambda: forge_home() / "cache")
     """Compiler caches (Triton, torch extensions, cupy) shared by evaluations."""
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, name: str | None) -> str | None:
+        from forge.evaluator.precision import check_name
+
+        return None if name is None else check_name(name, "precision")
 
     @field_validator("executor")
     @classmethod

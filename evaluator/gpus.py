@@ -2,7 +2,8 @@
 
 Numbers are measurements on the device machine (docs/benchmarks.md gives date and command),
 not datasheet values: a large device-to-device copy (bytes read + written per second) and
-cuBLAS matrix products (TF32 off for fp32).
+cuBLAS matrix products (fp32 with TF32 off, fp32 with TF32 on, bf16). A ceiling not measured
+yet is None, and the roofline under that precision is left out rather than guessed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class GpuCeilings(BaseModel):
     bandwidth_bytes_s: float
     fp32_flops_s: float
     half_flops_s: float
+    tf32_flops_s: float | None = None
 
 
 MEASURED = [
@@ -31,6 +33,24 @@ def ceilings_for(gpu_name: str) -> GpuCeilings | None:
     return next((g for g in MEASURED if g.name in gpu_name), None)
 
 
-def floor_ms(ceilings: GpuCeilings, flops: float, bytes_moved: float, dtype: str) -> float:
-    peak = ceilings.fp32_flops_s if dtype in ("float32", "float64") else ceilings.half_flops_s
+def peak_flops_s(ceilings: GpuCeilings, dtype: str, precision: str = "strict") -> float | None:
+    """The FLOP rate of the roofline: the policy's tensor-core peak (`Policy.peak`), else the
+    problem dtype's (fp32 FMA for fp32/fp64, the half-precision tensor cores otherwise)."""
+    from forge.evaluator.precision import POLICIES
+
+    peak = POLICIES[precision].peak or ("fp32" if dtype in ("float32", "float64") else "half")
+    return {
+        "fp32": ceilings.fp32_flops_s,
+        "tf32": ceilings.tf32_flops_s,
+        "half": ceilings.half_flops_s,
+    }[peak]
+
+
+def floor_ms(
+    ceilings: GpuCeilings, flops: float, bytes_moved: float, dtype: str, precision: str = "strict"
+) -> float | None:
+    """max(flops / peak, bytes / bandwidth) in ms; None when the peak is not measured."""
+    peak = peak_flops_s(ceilings, dtype, precision)
+    if peak is None:
+        return None
     return max(flops / peak, bytes_moved / ceilings.bandwidth_bytes_s) * 1e3

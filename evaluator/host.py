@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
+from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem
 from forge.evaluator.profiling import kernel_base_name
 from forge.evaluator.protocol import EvalJob, InputSetSpec, Limits, TrustedReport, derive_seed
@@ -153,6 +154,7 @@ def build_job(
         compile_only=config.device == "cpu" and backend == "cuda",
         limits=limits_for(config, source, backend),
         reuse_baselines=config.reuse_compile_baseline,
+        precision=resolve_precision(config.precision, problem.name, problem.precisions),
     )
 
 
@@ -276,6 +278,7 @@ def _from_outcome(
         ),
         notes=trusted.notes,
         target_sets=trusted.target_sets,
+        precision=trusted.precision,
         **{
             **common,
             "sandbox": info,
@@ -300,6 +303,7 @@ def _containment_fields(applied: dict) -> dict:
 
 def _add_timings(result: EvalResult, trusted: TrustedReport, problem: Problem) -> None:
     ceilings = ceilings_for(result.environment.gpu_name)
+    precision = trusted.precision.policy if trusted.precision else "strict"
     for raw in trusted.timings:
         stats = {
             k: TimingStats.from_samples(v["device_ms"], v["host_ms"])
@@ -323,8 +327,13 @@ def _add_timings(result: EvalResult, trusted: TrustedReport, problem: Problem) -
             timing.speedup_vs_compile = timing.compiled.median_ms / cand.median_ms
         work = trusted.work.get(raw.input_set)
         if ceilings and work:
-            timing.floor_ms = floor_ms(ceilings, work["flops"], work["bytes"], problem.dtype)
-            timing.roofline_fraction = timing.floor_ms / cand.median_ms
+            timing.floor_ms = floor_ms(
+                ceilings, work["flops"], work["bytes"], problem.dtype, precision
+            )
+            if timing.floor_ms is not None:
+                timing.roofline_fraction = timing.floor_ms / cand.median_ms
+            elif (note := _unmeasured_peak(ceilings, precision)) not in result.notes:
+                result.notes.append(note)
         result.timings.append(timing)
         _flag(result, timing)
     targets = [t for t in result.timings if t.target]
@@ -334,6 +343,13 @@ def _add_timings(result: EvalResult, trusted: TrustedReport, problem: Problem) -
     )
     if result.timings and not all(r.persisting_l2_reset for r in trusted.timings):
         result.suspicious_reasons.append("persisting L2 could not be reset before timing")
+
+
+def _unmeasured_peak(ceilings, precision: str) -> str:  # noqa: ANN001 (GpuCeilings)
+    return (
+        f"no roofline under --precision {precision}: the {ceilings.name}'s tensor-core peak for it "
+        "is not measured yet (bench/ceilings.py, then evaluator/gpus.py)"
+    )
 
 
 def _flag(result: EvalResult, t: SetTiming, suspicious_speedup: float = 10.0) -> None:

@@ -19,6 +19,8 @@ Optional extensions, all module-level literals or functions:
     forge_target_sets = ["large"]                # sets the speedups are taken at (default: largest)
     forge_aten = "aten::_softmax"                # runtime library mapping (optional)
     forge_shape_buckets = {"batch_size": "pow2", "dim": "exact"}
+    forge_precisions = ["strict", "tf32", "bf16"]  # policies it accepts (default: strict, and
+                                                 # tf32 for float32; see evaluator/precision.py)
 
 A file without `forge_input_sets` gets extra sets derived by perturbing its size constants
 (values >= 16) to odd, non-power-of-two sizes, plus a small set usable on the CPU.
@@ -68,6 +70,10 @@ class Problem(BaseModel):
     aten: str = ""
     shape_buckets: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    precisions: list[str] = Field(
+        default_factory=lambda: ["strict"],
+        description="precision policies the problem accepts (`strict` first)",
+    )
 
     def sets_for(self, device: str) -> list[InputSet]:
         if device == "cuda":
@@ -229,6 +235,9 @@ def load_problem(
         raise ProblemError(
             f"{label}: unknown forge_distributions {bad}; use {sorted(KNOWN_DISTRIBUTIONS)}"
         )
+    from forge.evaluator.precision import accepted
+
+    precisions = accepted(lit.get("forge_precisions"), dtype, label)
     tol = DEFAULT_TOLERANCE[dtype]
     return Problem(
         name=str(lit.get("forge_name", name)),
@@ -245,6 +254,7 @@ def load_problem(
         aten=str(lit.get("forge_aten", "")),
         shape_buckets=dict(lit.get("forge_shape_buckets", {})),
         description=scan.docstring.strip().splitlines()[0] if scan.docstring.strip() else "",
+        precisions=precisions,
     )
 
 

@@ -47,6 +47,15 @@ NCU_METRICS = [
     "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",
     "smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio",
 ]
+NCU_PRECISION_METRICS = {
+    "sm__ops_path_tensor_src_tf32_dst_fp32.sum": "tf32",
+    "sm__ops_path_tensor_src_bf16_dst_fp32.sum": "bf16",
+    "sm__ops_path_tensor_src_fp16_dst_fp16.sum": "fp16",
+    "sm__ops_path_tensor_src_fp16_dst_fp32.sum": "fp16",
+}
+"""Tensor-core math by input type (Ampere and later): what precision the profiled call's
+kernels computed in, counted from outside the runner (`compiled_code.ncu_uses`)."""
+NCU_METRICS += list(NCU_PRECISION_METRICS)
 NVTX_RANGE = "forge_profile"
 
 
@@ -125,6 +134,7 @@ def triton_kernel_metadata(module, kernel_names: list[str]) -> list[dict]:
                     "spills": getattr(compiled, "n_spills", None),
                     "shared_mem_bytes": getattr(metadata, "shared", None),
                     "num_warps": getattr(metadata, "num_warps", None),
+                    "hash": str(getattr(compiled, "hash", "") or ""),
                 }
             )
     return found

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from forge.evaluator.result import PrecisionReport
+
 MAX_FRAME = 16 << 20
 PHASE_MARK = b"FORGE-PHASE "
 """Starts a line the trusted process writes on its stderr when it reaches a phase (progress
@@ -70,6 +72,7 @@ class EvalJob(BaseModel):
     )
     limits: Limits
     reuse_baselines: bool = Field(False, description="reuse cached torch.compile timings")
+    precision: str = Field("strict", description="precision policy (evaluator/precision.py)")
 
 
 class Limits(BaseModel):
@@ -130,6 +133,7 @@ class Request(BaseModel):
     warmup: int = 0
     sleep_cycles: int = 0
     indices: list[int] = Field(default_factory=list, description="collect: which timed calls")
+    allow_tf32: bool = Field(False, description="load: TF32 for the candidate's library calls")
 
 
 # ---- runner -> trusted -------------------------------------------------------------------------
@@ -168,6 +172,9 @@ class Reply(BaseModel):
     starved: bool = Field(False, description="time: the GPU caught up with the host mid-batch")
     environment: dict[str, Any] = Field(default_factory=dict)
     triton_kernels: list[dict[str, Any]] = Field(default_factory=list)
+    compiled_modules: list[str] = Field(
+        default_factory=list, description="metadata: extension modules the candidate loaded"
+    )
     compile_log: str = ""
     containment: dict[str, Any] = Field(default_factory=dict)
 
@@ -213,6 +220,7 @@ class TrustedReport(BaseModel):
     ncu_note: str = ""
     target_sets: list[str] = Field(default_factory=list)
     output_bytes: dict[str, int] = Field(default_factory=dict, description="per input set")
+    precision: PrecisionReport | None = None
 
 
 # ---- framing -----------------------------------------------------------------------------------

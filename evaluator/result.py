@@ -50,6 +50,8 @@ class Check(BaseModel):
     mismatches: int
     numel: int
     first_bad_index: list[int] = Field(default_factory=list, description="empty when all match")
+    atol: float | None = Field(None, description="the tolerance this comparison used")
+    rtol: float | None = None
     note: str = ""
 
     @field_validator("max_abs_error", "max_rel_error", mode="before")
@@ -116,6 +118,60 @@ class SetTiming(BaseModel):
         description="the candidate's calls block the host (a synchronize or .item() in forward), "
         "so its device time includes its own host overhead",
     )
+
+
+class KernelPrecision(BaseModel):
+    """Number formats one kernel computes in beyond fp32/fp64, and where that was read."""
+
+    kernel: str
+    formats: list[str] = Field(description="names from forge.evaluator.isa.FORMAT_NAMES")
+    evidence: list[str] = Field(default_factory=list, description="instructions or counters")
+    source: str = Field(
+        description="PTX | SASS (files the trusted process read from the compiler cache) | "
+        "Nsight Compute (tensor-path counters of the profiled call, from outside the runner)"
+    )
+
+
+class SetTolerance(BaseModel):
+    """The tolerances one input set was checked with under a policy other than strict: each
+    comparison's atol is safety x the difference between the reference under the policy and
+    the strict reference on the same inputs (never below the strict atol)."""
+
+    input_set: str
+    atol: float = Field(description="the largest atol used on the set")
+    atol_min: float = Field(description="the smallest")
+    rtol: float = Field(description="the strict rtol")
+    reference_error: float = Field(
+        description="the largest |reference under the policy - strict reference| on the set"
+    )
+    comparisons: int = Field(description="comparisons made with a derived atol")
+
+
+class PrecisionReport(BaseModel):
+    """The precision policy of an evaluation and what the candidate's code was seen to use."""
+
+    policy: str
+    allowed: list[str] = Field(description="formats the policy allows for this problem's dtype")
+    detected: list[str] = Field(
+        default_factory=list, description="formats beyond fp32/fp64 found in the candidate's code"
+    )
+    kernels: list[KernelPrecision] = Field(default_factory=list)
+    inspected: list[str] = Field(
+        default_factory=list, description="what was read: PTX, SASS, Nsight Compute"
+    )
+    not_inspected: list[str] = Field(
+        default_factory=list, description="candidate kernels whose compiled code was not found"
+    )
+    note: str = ""
+    tolerances: list[SetTolerance] = Field(default_factory=list)
+    safety: float | None = Field(None, description="atol = safety * reference_error (or more)")
+
+    def label(self) -> str:
+        """`tf32 (detected: tf32)`, `strict (detected: fp32 only)`, `strict (not detected)`."""
+        if not self.inspected:
+            return f"{self.policy} (not detected)"
+        found = ", ".join(self.detected) if self.detected else "fp32/fp64 only"
+        return f"{self.policy} (detected: {found})"
 
 
 class KernelProfile(BaseModel):
@@ -212,6 +268,9 @@ class EvalResult(BaseModel):
     speedup_vs_compile: float | None = None
     suspicious: bool = False
     suspicious_reasons: list[str] = Field(default_factory=list)
+    precision: PrecisionReport | None = Field(
+        None, description="the precision policy and what the candidate's compiled code used"
+    )
     candidate_kernels: list[str] = Field(default_factory=list)
     target_sets: list[str] = Field(
         default_factory=list, description="sets the speedups are taken at"

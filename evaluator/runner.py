@@ -106,6 +106,10 @@ class Runner:
         from forge.evaluator.integrity import IdentitySnapshot
 
         self.kernel_names = request.kernel_names
+        # the policy's setting for the candidate's own library calls (cuBLAS/cuDNN), as the
+        # baselines get it; whatever the candidate computes is checked by the trusted process
+        self.torch.backends.cuda.matmul.allow_tf32 = request.allow_tf32
+        self.torch.backends.cudnn.allow_tf32 = request.allow_tf32
         self.identity = IdentitySnapshot(self)
         self.identity.take()
         path = Path.cwd() / "forge_candidate.py"
@@ -244,7 +248,8 @@ class Runner:
         from forge.evaluator import profiling
 
         return Reply(
-            triton_kernels=profiling.triton_kernel_metadata(self.candidate, self.kernel_names)
+            triton_kernels=profiling.triton_kernel_metadata(self.candidate, self.kernel_names),
+            compiled_modules=extension_modules(),
         )
 
     # ---- calls -------------------------------------------------------------------------------
@@ -419,6 +424,15 @@ class Runner:
             raise CandidateFailure("rejected", f"{what} tampered with {', '.join(changed[:5])}")
         if threading.active_count() > self.threads_before:
             raise CandidateFailure("rejected", f"{what} started a background thread")
+
+
+def extension_modules() -> list[str]:
+    """Files of the compiled extension modules loaded from the compiler cache (load_inline)."""
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR", "")
+    if not cache:
+        return []
+    files = (getattr(m, "__file__", None) for m in list(sys.modules.values()))
+    return sorted({f for f in files if isinstance(f, str) and f.startswith(cache)})
 
 
 # Device work a legitimate forward may trace besides its own kernels: fills and copies (allocation,

@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 
 from forge.evaluator import compare as cmp
-from forge.evaluator import profiling, protocol, timing
+from forge.evaluator import compiled_code, precision, profiling, protocol, timing
+from forge.evaluator.isa import FORMAT_NAMES
+from forge.evaluator.precision_math import policy_math, under_policy
 from forge.evaluator.protocol import (
     BufferSpec,
     EvalJob,
@@ -45,6 +47,7 @@ from forge.evaluator.protocol import (
     TrustedReport,
     Value,
 )
+from forge.evaluator.result import PrecisionReport, SetTolerance
 from forge.evaluator.shared import DTYPES, SharedBuffer, dtype_name
 from forge.sandbox.policy import NOBODY
 
@@ -251,6 +254,13 @@ class Evaluation:
         self.degenerate: list[str] = []
         self.set_sizes: dict[str, int] = {}
         self.library_only = False
+        self.policy = precision.POLICIES[job.precision]
+        self.started_at = time.time()
+        self.report.precision = PrecisionReport(
+            policy=self.policy.name,
+            allowed=precision.allowed_formats(self.policy.name, job.dtype),
+            safety=None if self.policy.name == precision.STRICT else precision.SAFETY,
+        )
         self.seconds: collections.Counter[str] = collections.Counter()
 
     @contextlib.contextmanager
@@ -275,18 +285,25 @@ class Evaluation:
             self.report.environment = {**self.report.environment, **hello.environment}
             self.report.phase_seconds["startup"] = time.perf_counter() - t0
             self.report.phase_seconds["prepare"] = hello.seconds
+            if self.device == "cpu":
+                self.report.precision.note = precision.cpu_note(
+                    self.job.candidate_source, self.policy.name, self.job.dtype
+                )
             if self.job.compile_only:
                 self.compile_only()
             else:
                 self.load()
                 self.verify()
-                if self.device == "cuda" and not self.failed():
+                failed = self.failed()
+                if self.device == "cuda":
+                    # also after a mismatch: narrower math is then the likely cause, and the
+                    # verdict says so
+                    self.check_compiled_precision()
+                if self.device == "cuda" and not failed:
                     self.time_all()
-                    self.report.triton_kernels = self.runner.ask(
-                        Request(op="metadata"), self.job.limits.call_s
-                    ).triton_kernels
                 if self.device == "cuda" and self.job.profile and not self.failed():
                     self.profile()
+                    self.check_counted_precision()
                 self.report.status = "incorrect" if self.failed() else "correct"
         except Verdict as verdict:
             # a hang or crash on a later input set does not hide a mismatch already seen
@@ -339,7 +356,10 @@ class Evaluation:
         t0 = time.perf_counter()
         announce("compile/load")
         request = Request(
-            op="load", source=self.job.candidate_source, kernel_names=self.job.kernel_names
+            op="load",
+            source=self.job.candidate_source,
+            kernel_names=self.job.kernel_names,
+            allow_tf32=self.policy.tf32,
         )
         self.runner.ask(request, self.job.limits.load_s)
         self.report.work = self.work_per_set()
@@ -357,6 +377,7 @@ class Evaluation:
                     inputs = self.make_inputs(input_set, seed, seed_index)
                 with self.timed("reference"):
                     expected = self.reference(ref, inputs, watch=index == 0 and seed_index == 0)
+                tol = self.tolerance(ref, inputs, expected, input_set.name)
                 if in_slots is None:
                     self.set_sizes[input_set.name] = sum(
                         x.numel() for x in inputs if isinstance(x, torch.Tensor)
@@ -367,7 +388,7 @@ class Evaluation:
                     in_slots = self.share_like(inputs)
                     out_slots = self.share_like(cmp.flatten(expected))
                 if seed_index == 0:
-                    self.note_degenerate(input_set.name, expected)
+                    self.note_degenerate(input_set.name, expected, tol)
                 outputs = []
                 for phase in ("before_reference", "after_reference"):
                     c0 = time.perf_counter()
@@ -382,18 +403,19 @@ class Evaluation:
                             out_slots,
                             phase,
                             watch,
+                            tol,
                         )
                     )
                     if index == 0 and watch:
                         first_call_s = time.perf_counter() - c0
-                self.record_agreement(input_set.name, seed_index, *outputs)
+                self.record_agreement(input_set.name, seed_index, *outputs, tol)
         self.report.phase_seconds["compile"] = (
             self.report.phase_seconds.get("compile", 0.0) + first_call_s
         )
         self.report.phase_seconds["correctness"] = time.perf_counter() - t0 - first_call_s
 
     def check_call(
-        self, set_name, seed_index, inputs, expected, in_slots, out_slots, phase, watch
+        self, set_name, seed_index, inputs, expected, in_slots, out_slots, phase, watch, tol
     ) -> list[torch.Tensor]:
         for slot, x in zip(in_slots, inputs, strict=True):
             if isinstance(slot, torch.Tensor):
@@ -427,7 +449,7 @@ class Evaluation:
         self.check_structure(reply, expected, set_name)
         with self.timed("compare"):
             got = [t.clone() for t in out_slots]
-            checks = self.record(set_name, seed_index, phase, got, cmp.flatten(expected))
+            checks = self.record(set_name, seed_index, phase, got, cmp.flatten(expected), tol)
         if reply.provenance_gap and all(c["passed"] for c in checks):
             raise Verdict("rejected", f"{what}: {reply.provenance_gap}")
         return got
@@ -489,11 +511,12 @@ class Evaluation:
                 raise Verdict("incorrect", f"input set '{set_name}': {where} has no storage")
 
     def record(
-        self, set_name: str, seed_index: int, phase: str, got: list, expected: list
+        self, set_name: str, seed_index: int, phase: str, got: list, expected: list, tol
     ) -> list[dict]:
         checks = []
+        atol, rtol = tol
         for i, (o, e) in enumerate(zip(got, expected, strict=True)):
-            result = cmp.compare(o, e, self.job.atol, self.job.rtol)
+            result = cmp.compare(o, e, atol, rtol)
             checks.append(
                 {
                     "input_set": set_name,
@@ -501,14 +524,19 @@ class Evaluation:
                     "phase": phase,
                     "output_index": i,
                     **result,
+                    "atol": atol,
+                    "rtol": rtol,
                 }
             )
         self.report.checks.extend(checks)
         return checks
 
-    def record_agreement(self, set_name: str, seed_index: int, first: list, second: list) -> None:
+    def record_agreement(
+        self, set_name: str, seed_index: int, first: list, second: list, tol
+    ) -> None:
+        atol, rtol = tol
         for i, (a, b) in enumerate(zip(first, second, strict=True)):
-            result = cmp.compare(b, a, self.job.atol, self.job.rtol)
+            result = cmp.compare(b, a, atol, rtol)
             bitwise = bool(torch.equal(a, b)) if result["passed"] else False
             self.report.checks.append(
                 {
@@ -517,13 +545,114 @@ class Evaluation:
                     "phase": "two_runs_agree",
                     "output_index": i,
                     **result,
+                    "atol": atol,
+                    "rtol": rtol,
                     "note": "bitwise identical" if bitwise else "runs differ",
                 }
             )
 
-    def note_degenerate(self, set_name: str, expected) -> None:
+    # ---- precision -------------------------------------------------------------------------
+    def tolerance(self, ref, inputs: list, expected, set_name: str) -> tuple[float, float]:
+        """(atol, rtol) for comparing an output on `inputs` with `expected`. Under a policy other
+        than strict, the reference runs again under the policy on the same inputs, and atol is
+        `precision.SAFETY` times its largest difference from `expected` (never below the strict
+        atol): the rounding any kernel that honours the policy also has, on exactly these
+        inputs (an input set with outliers gets the looser bound it needs, a plain one not)."""
+        strict = (self.job.atol, self.job.rtol)
+        if self.policy.name == precision.STRICT:
+            return strict
+        # on the GPU, TF32 both as cuBLAS/cuDNN do it and emulated (operands cut to TF32):
+        # cuBLAS may pick a non-TF32 kernel for a small shape, and may round where a kernel cuts
+        emulations = (
+            [False, True] if self.device == "cuda" and not self.policy.autocast else [False]
+        )
+        error = 0.0
+        for emulate in emulations:
+            with policy_math(self.policy, self.device, emulate_tf32=emulate):
+                relaxed = cmp.flatten(self.reference(ref, inputs))
+            pairs = zip(relaxed, cmp.flatten(expected), strict=True)
+            error = max([error, *(cmp.max_difference(r.to(e.dtype), e) for r, e in pairs)])
+        if not math.isfinite(error):
+            line = (
+                f"input set '{set_name}': the reference itself is not finite under --precision "
+                f"{self.policy.name} where it is under strict"
+            )
+            if line not in self.degenerate:
+                self.degenerate.append(line)
+            return strict
+        atol = precision.scaled_tolerance(self.job.atol, error)
+        self.note_tolerance(set_name, atol, error)
+        return atol, self.job.rtol
+
+    def note_tolerance(self, set_name: str, atol: float, error: float) -> None:
+        tolerances = self.report.precision.tolerances
+        entry = next((t for t in tolerances if t.input_set == set_name), None)
+        if entry is None:
+            tolerances.append(
+                SetTolerance(
+                    input_set=set_name,
+                    atol=atol,
+                    atol_min=atol,
+                    rtol=self.job.rtol,
+                    reference_error=error,
+                    comparisons=1,
+                )
+            )
+            return
+        entry.atol, entry.atol_min = max(entry.atol, atol), min(entry.atol_min, atol)
+        entry.reference_error = max(entry.reference_error, error)
+        entry.comparisons += 1
+
+    def check_compiled_precision(self) -> None:
+        """The formats the candidate's compiled kernels use, read from the compiler cache by
+        this process (`compiled_code`); a format the policy does not allow rejects."""
+        meta = self.runner.ask(Request(op="metadata"), self.job.limits.call_s)
+        self.report.triton_kernels = meta.triton_kernels
+        inspection = compiled_code.inspect(
+            _runner_cache(),
+            self.job.kernel_names,
+            [k.get("hash", "") for k in meta.triton_kernels],
+            meta.compiled_modules,
+            self.started_at,
+            str((self.runner.workdir / "forge_candidate.py").resolve()),
+        )
+        report = self.report.precision
+        report.kernels.extend(inspection.kernels)
+        report.inspected = sorted(set(report.inspected) | inspection.sources)
+        ran = {profiling.kernel_base_name(k) for k in self.report.kernels_seen}
+        report.not_inspected = sorted(
+            k for k in self.job.kernel_names if k in ran and k not in inspection.found
+        )
+        if inspection.notes:
+            report.note = "; ".join(inspection.notes)
+        self.judge_precision()
+
+    def check_counted_precision(self) -> None:
+        """Nsight Compute's tensor-path counters of every kernel in the profiled call."""
+        log = _ncu_log()
+        rows = profiling.parse_ncu_csv(log.read_text(errors="replace"), []) if log.exists() else []
+        counted = [
+            r for r in rows if any(m in r["metrics"] for m in profiling.NCU_PRECISION_METRICS)
+        ]
+        if not counted:
+            return
+        report = self.report.precision
+        report.kernels.extend(compiled_code.ncu_uses(counted))
+        report.inspected = sorted({*report.inspected, "Nsight Compute"})
+        self.judge_precision()
+
+    def judge_precision(self) -> None:
+        report = self.report.precision
+        used = {f for k in report.kernels for f in k.formats}
+        report.detected = [f for f in FORMAT_NAMES if f in used]
+        lines = precision.violations(report.kernels, report.allowed, self.policy.name)
+        if lines:
+            self.report.reasons.extend(lines[1:])
+            raise Verdict("rejected", lines[0])
+
+    def note_degenerate(self, set_name: str, expected, tol) -> None:
         for t in cmp.flatten(expected):
-            if reason := cmp.degenerate(t, self.job.atol, self.job.rtol):
+            if reason := cmp.degenerate(t, *tol):
                 self.degenerate.append(f"input set '{set_name}': {reason}")
 
     def failed(self) -> bool:
@@ -717,7 +846,10 @@ class Evaluation:
             self.runner.start(self.job.limits.load_s + 60)
             input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
             load = Request(
-                op="load", source=self.job.candidate_source, kernel_names=self.job.kernel_names
+                op="load",
+                source=self.job.candidate_source,
+                kernel_names=self.job.kernel_names,
+                allow_tf32=self.policy.tf32,
             )
             self.runner.ask(load, self.job.limits.load_s)
             self.build(input_set)
@@ -770,10 +902,13 @@ class SetTimer:
         self.out_slots = ev.share_like(cmp.flatten(self.expected_example))
         impls = {"candidate": None}
         if "eager" in job.baselines:
-            impls["eager"] = self.ref
+            impls["eager"] = under_policy(self.ref, job.precision, ev.device)
         compiled_cached = self.cached_compiled()
         if "compile" in job.baselines and compiled_cached is None:
-            impls["compiled"] = torch.compile(self.ref, dynamic=False)
+            # compiled and called under the policy: inductor reads the TF32 flags when it
+            # lowers, dynamo traces autocast into the graph
+            compiled = torch.compile(self.ref, dynamic=False)
+            impls["compiled"] = under_policy(compiled, job.precision, ev.device)
         slots = timing.rotating_slots(self.private[0], 3)
         raw = RawTiming(
             input_set=self.name, samples={k: {"device_ms": [], "host_ms": []} for k in impls}
@@ -929,6 +1064,7 @@ class SetTimer:
     def verify_timed(self, index: int, raw: RawTiming) -> None:
         ev = self.ev
         expected = ev.reference(self.ref, self.private[index])
+        tol = ev.tolerance(self.ref, self.private[index], expected, self.name)
         ev.poison(self.out_slots, expected)
         ev.sync()
         reply = ev.runner.ask(
@@ -942,6 +1078,7 @@ class SetTimer:
             "timed",
             [t.clone() for t in self.out_slots],
             cmp.flatten(expected),
+            tol,
         )
         raw.rechecks += 1
 
@@ -958,6 +1095,7 @@ class SetTimer:
             self.out_slots,
             "after_timing",
             watch=False,
+            tol=ev.tolerance(self.ref, inputs, expected, self.name),
         )
 
     # ---- torch.compile baseline cache ----------------------------------------------------
@@ -974,6 +1112,7 @@ class SetTimer:
                 torch.__version__,
                 env.get("triton_version"),
                 self.job.trials,
+                self.job.precision,
             ],
             sort_keys=True,
         )

@@ -2,8 +2,10 @@
 
 A candidate is promoted only when its EvalResult is `correct`, every input set of the problem
 was checked with at least `MIN_SEEDS` seeds and every check passed, it is not flagged
-suspicious, it was timed against eager on every timed set, and its speedup vs eager (geometric
-mean over the timed sets) is at least the threshold (default 1.05). The entry keeps each timed
+suspicious, it was evaluated under the `strict` precision policy (the library stands in for
+PyTorch ops in programs that chose no other), it was timed against eager on every timed set,
+and its speedup vs eager (geometric mean over the timed sets) is at least the threshold
+(default 1.05). The entry keeps each timed
 set's shape, shape bucket and speedups vs eager and torch.compile; the runtime serves a bucket
 only where that set's own speedup reached the threshold.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from forge.evaluator.precision import STRICT
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult, Status, geomean
 from forge.kernels_library.keys import bucket_of, major_minor, validate_rules
@@ -56,6 +59,12 @@ def refusal_reasons(
             "flagged suspicious: " + ("; ".join(result.suspicious_reasons) or "no reason recorded")
         )
     reasons.extend(_timing_reasons(result, problem, threshold))
+    if result.precision is not None and result.precision.policy != STRICT:
+        reasons.append(
+            f"evaluated under --precision {result.precision.policy}: the library stands in for "
+            "PyTorch ops in programs that did not choose that precision, so only strict "
+            "verdicts are promoted"
+        )
     env = result.environment
     if not env.arch:
         reasons.append("the evaluation recorded no GPU architecture")
