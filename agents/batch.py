@@ -58,6 +58,7 @@ from forge.db.models import (
 from forge.db.store import Lease, RecordNotFound, RunLeased, ensure_datetime
 from forge.evaluator import EvaluatorError
 from forge.evaluator.executors import shares_device
+from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem, ProblemError, load_problem
 from forge.kernels_library.storage import LibraryError
 
@@ -149,10 +150,12 @@ def plan_items(suite: Suite, options: dict, models: Models) -> list[PlannedItem]
             "budget_usd": s.budget_usd,
             "gpu_budget_s": s.budget_gpu_hours * 3600 if s.budget_gpu_hours else None,
             "time_limit_s": s.time_limit,
+            "precision": s.precision,
         }
         chosen = {k: v for k, v in own.items() if v is not None}
         config = loop.LoopConfig.from_options(**{**options, **chosen})
         entry.problem.sets_for(config.evaluation.device)
+        resolve_precision(config.evaluation.precision, entry.problem.name, entry.problem.precisions)
         coder, judge = models.for_item(s)
         check_models([(coder, "coder"), (judge, "judge")], config.coder.api_base)
         planned.append(

@@ -126,6 +126,7 @@ class LoopConfig(BaseModel):
         time_limit_s: float | None = None,
         device: str | None = None,
         executor: str | None = None,
+        precision: str | None = None,
         sampling: dict[str, object] | None = None,
     ) -> LoopConfig:
         """The settings of a new run from a user's options (None: not given, the default);
@@ -138,7 +139,7 @@ class LoopConfig(BaseModel):
         defaults = cls()
         given = {k: v for k, v in (sampling or {}).items() if v is not None}
         llm = {**defaults.coder.model_dump(), **given, "api_base": api_base}
-        evaluation = EvalConfig(device=device or "cuda", backend=backend)
+        evaluation = EvalConfig(device=device or "cuda", backend=backend, precision=precision)
         if executor is not None:
             evaluation.executor = check_spec(executor)
         return cls(

@@ -101,6 +101,8 @@ class ItemSettings(BaseModel):
     """Stop a trajectory after this many rounds without a new best (0: never)."""
     backend: Literal["triton", "cuda"] | None = None
     """Kernel backend the Coder writes."""
+    precision: str | None = None
+    """Precision policy (strict, tf32, bf16, fp16); the problem must accept it."""
     model: str | None = None
     """LLM for Coder and Judge (litellm string or scripted:FILE)."""
     coder_model: str | None = None

@@ -27,11 +27,13 @@ from forge.cli.options import (
     MaxTokensOpt,
     ModelOpt,
     PatienceOpt,
+    PrecisionOption,
     ReasoningEffortOpt,
     RoundsOpt,
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
+    check_precision,
 )
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
@@ -108,6 +110,7 @@ def batch(
     max_tokens: MaxTokensOpt = None,
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
+    precision: PrecisionOption = None,
     budget_usd: Annotated[
         float | None,
         typer.Option(
@@ -194,6 +197,7 @@ def batch(
     ):
         if limit is not None and limit <= 0:
             fail(f"{flag} must be greater than 0 (leave it out for no limit), got {limit:g}")
+    check_precision(precision)
     fixed = {
         "--level": level,
         "--problems": problems,
@@ -209,6 +213,7 @@ def batch(
         "--max-tokens": max_tokens,
         "--device": device,
         "--executor": executor,
+        "--precision": precision,
         "--item-budget-usd": item_budget_usd,
         "--item-budget-gpu-hours": item_budget_gpu_hours,
         "--item-time-limit": item_time_limit,
@@ -245,6 +250,7 @@ def batch(
                 "patience": patience,
                 "device": device.value if device else None,
                 "executor": executor,
+                "precision": precision,
                 "budget_usd": item_budget_usd,
                 "gpu_budget_s": _hours(item_budget_gpu_hours),
                 "time_limit_s": parse_duration(item_time_limit, "--item-time-limit")

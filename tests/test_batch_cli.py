@@ -643,6 +643,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
     (tmp_path / "unknown.toml").write_text("[[item]]\nop = 'softmax'\nroundz = 3\n")
     (tmp_path / "both.toml").write_text("[[item]]\nop = 'softmax'\nfile = 'x.py'\n")
     (tmp_path / "empty.toml").write_text("[defaults]\nrounds = 2\n")
+    (tmp_path / "bf16.toml").write_text("[[item]]\nop = 'softmax'\nprecision = 'bf16'\n")
     bad_dir = tmp_path / "bad_dir"
     bad_dir.mkdir()
     (bad_dir / "no_model.py").write_text("def get_inputs():\n    return []\n")
@@ -660,6 +661,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "bad until": ([kb, "--until", "25:99"], "not a time of day"),
         "bad time limit": ([kb, "--time-limit", "soon"], "is not a duration"),
         "bad budget": ([kb, "--budget-usd", "0"], "--budget-usd must be greater than 0"),
+        "bad precision": ([kb, "--precision", "fp8"], "fp8"),
+        "precision not accepted": ([tmp_path / "bf16.toml"], "does not accept --precision bf16"),
     }
 
 
