@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from pydantic import BaseModel, Field
@@ -12,7 +13,7 @@ from forge.agents.interfaces import JudgePlan, Message
 from forge.evaluator.precision import prompt_facts
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult
-from forge.evaluator.static.rules import library_rule, prompt_imports
+from forge.evaluator.static.rules import device_limits, library_rule, prompt_imports
 
 FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
@@ -65,6 +66,33 @@ class Attempt(BaseModel):
     is_best: bool = False
 
 
+class PromptInputSet(BaseModel):
+    """An input set as the prompts list it: every set of the problem, on any device."""
+
+    name: str
+    constants: dict[str, int]
+    target: bool
+    """Its speedup is the one that counts (`forge_target_sets`, else the largest set)."""
+    checked: bool
+    """This run's device evaluates it (on cpu only the sets marked cpu; on the GPU all)."""
+
+
+def prompt_input_sets(problem: Problem, device: str) -> list[PromptInputSet]:
+    """The problem's input sets with what the prompts say about each. Without declared target
+    sets the evaluator times the largest set by its inputs' size; here the set whose size
+    constants multiply to the most stands for it (the inputs are not built to know)."""
+    checked = {s.name for s in problem.sets_for(device)}
+    targets = set(problem.target_sets) or {
+        max(problem.input_sets, key=lambda s: math.prod(s.constants.values())).name
+    }
+    return [
+        PromptInputSet(
+            name=s.name, constants=s.constants, target=s.name in targets, checked=s.name in checked
+        )
+        for s in problem.input_sets
+    ]
+
+
 class PromptContext(BaseModel):
     """What every prompt of one trajectory shares."""
 
@@ -79,13 +107,14 @@ class PromptContext(BaseModel):
         p = self.problem
         return {
             "problem": self.problem,
-            "input_sets": self.problem.sets_for(self.device),
+            "input_sets": prompt_input_sets(p, self.device),
             "backend": self.backend,
             "device": self.device,
             "gpu": self.gpu,
             # the rules the prompt states, from the tables the static checks enforce
             "allowed_imports": prompt_imports(self.backend),
             "library": library_rule(),
+            "unavailable": device_limits(self.device),
             "precision": prompt_facts(self.precision, p.dtype, p.atol, p.rtol),
         }
 

@@ -40,7 +40,7 @@ from forge.agents.errors import (
     StopTrajectory,
 )
 from forge.agents.interfaces import LLM, Evaluator, JudgePlan, LLMOptions, Message
-from forge.agents.judge import Judge
+from forge.agents.judge import Conversation, Judge
 from forge.agents.llm import (
     LLMError,
     LLMTransientError,
@@ -101,6 +101,11 @@ class LoopConfig(BaseModel):
 
     history: int = Field(8, ge=0)
     """Most recent attempts shown to the agents as the search's history."""
+
+    judge_turns: int = Field(4, ge=1)
+    """Judge prompts per conversation: a trajectory's Judge prompts form one conversation
+    (rules, operator and target GPU stated once, at its start) of at most this many turns, then
+    a fresh one starts; 1 sends every Judge prompt on its own."""
 
     coder: LLMOptions = Field(default_factory=LLMOptions)
     """LLM options of the Coder's calls."""
@@ -196,6 +201,7 @@ class Trajectory:
     rounds_without_gain: int = 0
     attempts: list[Attempt] = field(default_factory=list)
     stop: StopTrajectory | None = None
+    conversation: Conversation = field(default_factory=Conversation)
 
     @property
     def replaying(self) -> bool:
@@ -411,7 +417,12 @@ class OptimizeLoop:
     def restore(self, index: int) -> Trajectory:
         calls = [c for c in self.store.llm_calls(self.run_id, trajectory=index) if answered(c)]
         stored = {s.candidate.round: s for s in self.store.history(self.run_id, trajectory=index)}
-        return Trajectory(index=index, journal=deque(calls), stored=stored)
+        return Trajectory(
+            index=index,
+            journal=deque(calls),
+            stored=stored,
+            conversation=Conversation(max_turns=self.config.judge_turns),
+        )
 
     def check_limits(self, traj: Trajectory) -> None:
         if self.interrupt.is_set():
@@ -461,13 +472,13 @@ class OptimizeLoop:
 
     def ask_judge(self, traj: Trajectory) -> JudgePlan | None:
         current = traj.current
-        history = self.history(traj)
-        if current.passed:
-            messages = self.judge.optimize(current.source, current.result, history, current.round)
-        else:
-            messages = self.judge.repair(current.source, current.result, history, current.round)
+        ask = self.judge.optimize if current.passed else self.judge.repair
+        messages = ask(
+            current.source, current.result, self.history(traj), current.round, traj.conversation
+        )
         plan, answer = self.query(traj, "judge", self.judge, messages, current.candidate_id)
         if plan is not None:
+            traj.conversation.record(messages, answer.text, current.source, current.round)
             self.emit(
                 "plan",
                 traj,

@@ -165,7 +165,9 @@ def eval_command(
         source = candidate.read_text()
         with_status(
             f"evaluating {prob.name}: static check",
-            lambda: check_source(source, config.backend, model_init_params(prob.source)),
+            lambda: check_source(
+                source, config.backend, model_init_params(prob.source), device=config.device
+            ),
         )
         label = _sandbox_label(config.device, len(prob.sets_for(config.device)), config.profile)
         phase = {"now": label}

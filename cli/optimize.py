@@ -41,6 +41,10 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_W
 
 STATUS_COLOURS = {"correct": "green", "compiled": "cyan", "incorrect": "red", "rejected": "magenta"}
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+UNRANKED = (
+    "none: a cpu run verifies candidates but cannot rank them (nothing is timed), so its best is "
+    "the first candidate that passed; time the passing ones on a GPU (forge eval OP FILE)"
+)
 
 
 def _x(value: float | None) -> str:
@@ -99,6 +103,8 @@ def summary(outcome, device: str, promotion: str = "", precision: str = STRICT) 
         "best candidate",
         f"{best}   (forge show cand:{best})" if best else "none passed verification",
     )
+    if device == "cpu":
+        table.add_row("ranking", UNRANKED)
     under = f" (precision {precision})"
     table.add_row("speedup vs eager", _x(outcome.best_speedup_vs_eager) + not_timed + under)
     table.add_row(

@@ -161,7 +161,9 @@ def build_job(
 def deadline_for(problem: Problem, source: str, config: EvalConfig) -> float:
     """The wall-clock backstop `evaluate` puts on the sandboxed run of `source` (what an executor
     that waits for an evaluation elsewhere can allow it)."""
-    report = check_source(source, config.backend, model_init_params(problem.source))
+    report = check_source(
+        source, config.backend, model_init_params(problem.source), device=config.device
+    )
     backend = config.backend or report.backend or "triton"
     return job_deadline(build_job(problem, source, config, backend, report.kernel_names, 0))
 
@@ -177,7 +179,9 @@ def evaluate(
     reaches them (backends that stream its log: local)."""
     config = config or EvalConfig()
     started = time.perf_counter()
-    report = check_source(source, config.backend, model_init_params(problem.source))
+    report = check_source(
+        source, config.backend, model_init_params(problem.source), device=config.device
+    )
     backend = config.backend or report.backend or "triton"
     base = {"problem": problem.name, "backend": backend, "candidate_kernels": report.kernel_names}
     env = Environment(device=config.device)

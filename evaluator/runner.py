@@ -52,12 +52,31 @@ def short(exc: BaseException) -> str:
     return text.splitlines()[0][:400] if text else exc.__class__.__name__
 
 
+CAUSED = "\nThe above exception was the direct cause of the following exception:\n\n"
+DURING = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
 def candidate_traceback() -> str:
-    """The frames of the candidate's own file and the error, not the runner's or torch's."""
-    frames = traceback.extract_tb(sys.exc_info()[2])
-    own = [f for f in frames if f.filename.endswith("forge_candidate.py")]
-    lines = traceback.format_list(own or frames[-3:])
-    return "".join(lines) + "".join(traceback.format_exception_only(*sys.exc_info()[:2]))
+    """The frames of the candidate's own file and the error, not the runner's or torch's; for
+    an error raised from another (Triton's interpreter wraps an error inside a kernel body), the
+    chain's earlier errors that passed through the candidate's file come first, as Python
+    prints them."""
+    chain: list[BaseException] = []
+    exc: BaseException | None = sys.exc_info()[1]
+    while exc is not None and exc not in chain and len(chain) < 4:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    text = ""
+    for error in reversed(chain):
+        frames = traceback.extract_tb(error.__traceback__)
+        own = [f for f in frames if f.filename.endswith("forge_candidate.py")]
+        if not own and error is not chain[0]:
+            continue
+        if text:
+            text += CAUSED if error.__cause__ is not None else DURING
+        text += "".join(traceback.format_list(own or frames[-3:]))
+        text += "".join(traceback.format_exception_only(type(error), error))
+    return text
 
 
 class Runner:

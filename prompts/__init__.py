@@ -2,6 +2,7 @@
 
 Templates whose names start with `_` are partials included by the others; `render` refuses
 nothing but a missing variable, which raises `jinja2.UndefinedError` instead of printing "".
+Filter `candidate_frames` (prompts/tracebacks.py) trims tracebacks to the candidate's frames.
 Example kernels live in `examples/` as real candidate files; the first line of each docstring
 names the catalogue problem it solves and its backend: `Example: softmax, triton.`
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel
 
+from forge.prompts.tracebacks import candidate_frames
+
 PROMPTS_DIR = Path(__file__).resolve().parent
 EXAMPLES_DIR = PROMPTS_DIR / "examples"
 _EXAMPLE_HEADER = re.compile(r'^"""Example: (?P<problem>[\w-]+), (?P<backend>triton|cuda)\.')
@@ -22,7 +25,7 @@ _EXAMPLE_HEADER = re.compile(r'^"""Example: (?P<problem>[\w-]+), (?P<backend>tri
 
 @cache
 def environment() -> Environment:
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(str(PROMPTS_DIR)),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -30,6 +33,8 @@ def environment() -> Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.filters["candidate_frames"] = candidate_frames
+    return env
 
 
 def template_names() -> list[str]:

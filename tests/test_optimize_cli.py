@@ -124,11 +124,19 @@ def test_search_records_every_step(search):
 def test_evidence_flows_to_the_judge_and_the_plan_to_the_coder(search):
     store = search["store"]
     run_id = store.list_runs()[0].id
-    judge_prompts = {
-        c.round: json.loads(c.messages_json)[1]["content"]
+    judge_calls = {
+        c.round: json.loads(c.messages_json)
         for c in store.llm_calls(run_id, role="judge")
         if not c.error
     }
+    judge_prompts = {  # this round's turn of the Judge's conversation
+        r: next(m["content"] for m in reversed(messages) if m["content"].startswith("##"))
+        for r, messages in judge_calls.items()
+    }
+    # one conversation: the rules once, the usable answers of earlier rounds in between
+    assert [m["role"] for m in judge_calls[3]] == ["system", *["user", "assistant"] * 2, "user"]
+    assert "[J1b]" in judge_calls[3][2]["content"] and "[J2]" in judge_calls[3][4]["content"]
+    assert sum(m["content"].count("## Rules the evaluator") for m in judge_calls[3]) == 1
     coder_prompts = {
         c.round: json.loads(c.messages_json)[1]["content"]
         for c in store.llm_calls(run_id, role="coder")
@@ -165,6 +173,7 @@ def test_best_so_far_follows_the_verdicts(search):
     out = result.stdout
     assert f"best candidate           │ {first_correct.id}" in out
     assert "n/a (timings are not meaningful on cpu)" in out
+    assert "a cpu run verifies candidates but cannot rank them" in " ".join(out.split())
     for verdict in (
         "compile_error",
         "incorrect",

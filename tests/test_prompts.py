@@ -16,7 +16,7 @@ from forge import prompts
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext, extract_code
 from forge.agents.errors import InvalidPlan, NoCodeBlock
 from forge.agents.interfaces import JudgePlan
-from forge.agents.judge import Judge, parse_plan
+from forge.agents.judge import Conversation, Judge, parse_plan, plan_fields, plan_format
 from forge.evaluator.problem import resolve_problem
 from forge.evaluator.result import (
     Check,
@@ -29,6 +29,7 @@ from forge.evaluator.result import (
     TimingStats,
 )
 from forge.evaluator.static import check_source, rules
+from forge.prompts.tracebacks import candidate_frames
 
 H200 = GpuSpec(
     name="NVIDIA H200",
@@ -210,21 +211,37 @@ CASES = {
         "history": HISTORY,
         "code_round": 3,
     },
-    "judge_system": {"plan_schema": json.dumps(JudgePlan.model_json_schema()["properties"])},
+    "judge_system": plan_format(),
     "judge_repair": {
         "code": CANDIDATE,
         "result": COMPILE_ERROR,
         "history": HISTORY,
         "code_round": 1,
+        "opening": True,
+        "diff": "",
     },
-    "judge_optimize": {"code": CANDIDATE, "result": CORRECT, "history": HISTORY, "code_round": 2},
+    "judge_optimize": {
+        "code": CANDIDATE,
+        "result": CORRECT,
+        "history": HISTORY,
+        "code_round": 2,
+        "opening": False,
+        "diff": "--- round 1\n+++ round 2\n@@ -1 +1 @@\n-BLOCK = 1024\n+BLOCK = 2048",
+    },
     "format_reminder_code": {"reason": "no ```python code block"},
-    "format_reminder_json": {"reason": "invalid JSON (Expecting ',' delimiter at line 1 column 9)"},
+    "format_reminder_json": {
+        "reason": "invalid JSON (Expecting ',' delimiter at line 1 column 9)",
+        "plan_fields": plan_fields(),
+    },
 }
 
 
 def _shared(backend: str = "triton", gpu: GpuSpec | None = H200) -> dict:
     return PromptContext(problem=SOFTMAX, backend=backend, device="cuda", gpu=gpu).variables()
+
+
+def _shared_on(device: str) -> dict:
+    return PromptContext(problem=SOFTMAX, backend="triton", device=device).variables()
 
 
 def test_cases_cover_every_template():
@@ -321,9 +338,156 @@ def test_coder_and_judge_messages():
     assert [m.role for m in first] == ["system", "user"]
     assert "class Model(nn.Module)" in first[1].content
     assert "Example: gelu, triton" in first[1].content  # an example for another operator
-    assert "tiny`: batch_size=7, dim=127" in first[1].content and "large`" not in first[1].content
+    assert "tiny`: batch_size=7, dim=127 (checked on cpu in this run)" in first[1].content
     plan_prompt = Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)
-    assert '"diagnosis"' in plan_prompt[0].content
+    assert '"diagnosis" (required)' in plan_prompt[0].content
+
+
+CPU_CORRECT = CORRECT.model_copy(
+    update={
+        "timings": [],
+        "timing_meaningful": False,
+        "speedup_vs_eager": None,
+        "speedup_vs_compile": None,
+        "profile": None,
+        "environment": Environment(device="cpu"),
+    }
+)
+
+
+def test_the_prompts_state_what_the_device_cannot_run():
+    """On cpu the prompts name what the static check rejects there, from the same table; on
+    the GPU autotuning is offered."""
+    cpu = prompts.render("coder_system", **_shared_on("cpu"))
+    gpu = prompts.render("coder_system", **_shared_on("cuda"))
+    for name, why in rules.DEVICE_UNAVAILABLE["cpu"].items():
+        assert f"`{name}`: {why}." in cpu and name not in gpu.replace("@triton.autotune", "")
+    assert "`@triton.autotune` cannot run on cpu" in cpu
+    assert "`@triton.autotune`\n  over a few configs keyed on the size arguments is allowed" in gpu
+
+
+def test_a_problem_file_shows_its_gpu_sets_on_cpu(tmp_path):
+    """A KernelBench-style file's derived sets: the CPU-sized one is checked, the GPU ones are
+    listed as the shapes the kernel is for, the largest marked as the target."""
+    from forge.evaluator.problem import load_problem
+
+    source = (Path(__file__).parent / "fixtures" / "batch" / "scale.py").read_text()
+    problem = load_problem(source, "scale")
+    context = PromptContext(problem=problem, backend="triton", device="cpu")
+    text = Coder(context).initial()[1].content
+    lines = {
+        s.name: next(line for line in text.splitlines() if f"`{s.name}`:" in line)
+        for s in problem.input_sets
+    }
+    assert lines["small"].endswith("(checked on cpu in this run)")
+    assert lines["base"].endswith("(GPU only)") and lines["odd"].endswith("(target) (GPU only)")
+
+
+def test_the_judge_on_cpu_is_not_told_to_read_timings():
+    context = PromptContext(problem=SOFTMAX, backend="triton", device="cpu")
+    cpu = Judge(context).optimize(CANDIDATE, CPU_CORRECT, HISTORY, 2)[-1].content
+    gpu = Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)[-1].content
+    assert "using the roofline fraction, the baselines and the profile" in gpu
+    assert "roofline fraction, the baselines" not in cpu and "nothing was\ntimed" in cpu
+
+
+def test_the_answer_format_is_a_field_list_with_an_example():
+    system = (
+        Judge(PromptContext(problem=SOFTMAX, backend="triton", device="cuda"))
+        .optimize(CANDIDATE, CORRECT, HISTORY, 2)[0]
+        .content
+    )
+    assert '"title"' not in system and '"type"' not in system
+    for name, info in JudgePlan.model_fields.items():
+        assert (
+            f'- "{name}"{" (required)" if info.is_required() else ""}: {info.description}' in system
+        )
+    example = system.split("For example:\n")[1]
+    assert parse_plan(example).bottleneck == "memory"
+    reminder = Judge(PromptContext(problem=SOFTMAX, backend="triton", device="cuda")).reminder(
+        InvalidPlan("no JSON object in the answer", "")
+    )
+    assert all(f'"{name}"' in reminder.content for name in JudgePlan.model_fields)
+
+
+def test_failure_evidence_keeps_the_candidates_frames(tmp_path):
+    """A real traceback through a harness and torch keeps the candidate's frames and the error."""
+    import runpy
+    import traceback
+
+    candidate = tmp_path / "forge_candidate.py"
+    candidate.write_text(
+        "import torch\nimport torch.nn.functional as F\n\n\ndef forward(x):\n"
+        "    return F.interpolate(x, scale_factor=2.0, mode='bicubic')\n"
+    )
+
+    def harness():
+        module = runpy.run_path(str(candidate))
+        return module["forward"](torch.randn(2, 3))
+
+    import torch
+
+    try:
+        harness()
+    except (NotImplementedError, ValueError, RuntimeError):
+        text = traceback.format_exc()
+    assert "torch/nn/functional.py" in text and "in harness" in text  # a real, mixed traceback
+    kept = candidate_frames(text)
+    assert "torch/nn/functional.py" not in kept and "in harness" not in kept
+    assert 'forge_candidate.py", line 6, in forward' in kept
+    assert "F.interpolate(x, scale_factor=2.0, mode='bicubic')" in kept
+    assert kept.splitlines()[-2] == text.strip().splitlines()[-1]  # the error itself
+    assert re.search(r"\[\d+ frames of the evaluator, torch or Triton left out\]$", kept)
+    evidence = prompts.render("_evidence.j2", result=INCORRECT.model_copy(update={"stderr": text}))
+    assert "in harness" not in evidence and "line 6, in forward" in evidence
+
+
+def test_an_error_inside_a_kernel_names_its_line():
+    """The runner follows the exception chain: Triton's interpreter wraps the kernel body's
+    error, and the evidence shows the kernel's line (a real evaluation on the CPU)."""
+    from forge.evaluator import EvalConfig, evaluate
+
+    source = CANDIDATE.replace(
+        "x = x - tl.max(x, axis=0)", "x = x - tl.max(x, axis=0) + undefined_name"
+    )
+    result = evaluate(SOFTMAX, source, EvalConfig(device="cpu"))
+    assert result.status is Status.runtime_error
+    line = next(n for n, text in enumerate(source.splitlines(), 1) if "undefined_name" in text)
+    assert f'forge_candidate.py", line {line}, in _softmax_row_kernel' in result.stderr
+    assert "NameError: name 'undefined_name' is not defined" in result.stderr
+    assert "The above exception was the direct cause" in result.stderr
+
+
+def test_repair_prompts_name_the_target_gpu():
+    context = PromptContext(problem=SOFTMAX, backend="triton", device="cuda", gpu=H200)
+    coder = Coder(context).repair(CANDIDATE, INCORRECT, PLAN, HISTORY, 3)[-1].content
+    judge = Judge(context).repair(CANDIDATE, INCORRECT, HISTORY, 3)[-1].content
+    assert "NVIDIA H200: 132 SMs" in coder and "NVIDIA H200: 132 SMs" in judge
+
+
+def test_the_judge_hears_the_rules_once_per_conversation():
+    """Later turns of a trajectory's Judge conversation refer to the rules, operator and GPU
+    stated in the first, show a small change as a diff, and a fresh conversation starts after
+    `max_turns` turns."""
+    judge = Judge(PromptContext(problem=SOFTMAX, backend="triton", device="cuda", gpu=H200))
+    talk = Conversation(max_turns=3)
+    code = CANDIDATE
+    for turn in range(3):
+        messages = judge.optimize(code, CORRECT, HISTORY, turn + 1, talk)
+        text = "\n".join(m.content for m in messages)
+        assert text.count("## Rules the evaluator enforces") == 1
+        assert text.count("NVIDIA H200: 132 SMs") == 1 and text.count("## Answer format") == 1
+        assert len(messages) == 2 + 2 * turn
+        if turn:
+            assert "as stated above" in messages[-1].content
+            assert (
+                "```diff" in messages[-1].content
+                and f"-LOOP_BLOCK = {4096 >> turn}" in messages[-1].content
+            )
+            assert "class ModelNew" not in messages[-1].content
+        talk.record(messages, '{"diagnosis": "d", "plan": "p"}', code, turn + 1)
+        code = code.replace(f"LOOP_BLOCK = {2048 >> turn}", f"LOOP_BLOCK = {1024 >> turn}")
+    assert talk.messages == [] and len(judge.optimize(code, CORRECT, HISTORY, 4, talk)) == 2
 
 
 def test_extract_code():
@@ -344,7 +508,7 @@ def test_parse_plan():
         parse_plan('{"diagnosis": "d", plan: }')
     with pytest.raises(InvalidPlan, match="no JSON object"):
         parse_plan("the kernel is memory bound")
-    with pytest.raises(InvalidPlan, match="schema"):
+    with pytest.raises(InvalidPlan, match="fields"):
         parse_plan('{"diagnosis": "d"}')
     with pytest.raises(InvalidPlan, match="must not be empty"):
         parse_plan('{"diagnosis": " ", "plan": ""}')

@@ -806,3 +806,33 @@ def test_allowed_with_and_no_grad_and_metadata_calls() -> None:
     )
     report = check_source(triton_candidate(body))
     assert report.ok, report.violations
+
+
+DEVICE_LIMITED = (
+    HEAD.replace(
+        "@triton.jit\n",
+        '@triton.autotune(configs=[triton.Config({"BLOCK": 64})], key=["n"])\n@triton.jit\n',
+    ).replace(
+        "import triton.language as tl\n",
+        "import triton.language as tl\nfrom triton.language.extra import libdevice\n",
+    )
+    + INIT
+    + LAUNCH
+    + "        return y\n"
+)
+
+
+def test_what_cannot_run_on_the_cpu_is_rejected_there_only() -> None:
+    """`rules.DEVICE_UNAVAILABLE` is enforced per device, once per name, with its reason."""
+    from forge.evaluator.static.rules import DEVICE_UNAVAILABLE
+
+    assert check_source(DEVICE_LIMITED, device="cuda").ok
+    report = check_source(DEVICE_LIMITED, device="cpu")
+    assert not report.ok and len(report.violations) == 2
+    for name, why in DEVICE_UNAVAILABLE["cpu"].items():
+        assert any(f"{name} cannot run on --device cpu: {why}" in v for v in report.violations)
+    through_tl = (
+        HEAD + INIT + LAUNCH + "        return y\n\n\nTANH = tl.extra.cuda.libdevice.tanh\n"
+    )
+    (violation,) = check_source(through_tl, device="cpu").violations
+    assert "triton.language.extra cannot run on --device cpu" in violation

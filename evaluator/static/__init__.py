@@ -32,6 +32,9 @@ first; see EXPLOITS.md rows 10, 11, 14, 17, 22 and 27):
    keep cuBLAS for the product and fuse the rest into its own kernel. That the candidate's own
    kernels do the rest of the work is a runtime question (`forge.evaluator.monitor`).
 4. side streams, events and CUDA graphs (torch, cupy, or in CUDA source).
+5. what cannot run on the evaluation's device although it is allowed elsewhere
+   (`rules.DEVICE_UNAVAILABLE`: on `cpu`, `@triton.autotune` and `triton.language.extra`'s
+   libdevice functions, which the Triton interpreter cannot run).
 
 Limits, on purpose: arithmetic operators (`+ - * /`, comparisons, `abs()`, builtin `sum()`) and
 indexing cannot be typed statically and are allowed; strings assembled at run time, attributes

@@ -8,7 +8,7 @@ import ast
 from pydantic import BaseModel, Field
 
 from forge.evaluator.static.bindings import find_class, find_init, params
-from forge.evaluator.static.rules import BACKENDS, PREFIX, STRUCTURE
+from forge.evaluator.static.rules import BACKENDS, PREFIX, STRUCTURE, UNAVAILABLE, device_limits
 from forge.evaluator.static.visitor import Visitor
 
 
@@ -96,14 +96,39 @@ def _check_kernels(analysis: Visitor, backend: str | None) -> list[str]:
     return analysis.global_names()
 
 
+def _check_device(analysis: Visitor, device: str) -> None:
+    """The first use of each name `device` cannot run (`rules.DEVICE_UNAVAILABLE`)."""
+    limits = device_limits(device)
+    if not limits:
+        return
+    reported: set[str] = set()
+    for node in ast.walk(analysis.tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Attribute | ast.Name):
+            names = [analysis.resolve(node) or ""]
+        else:
+            continue
+        for name, why in limits.items():
+            if name not in reported and any(n == name or n.startswith(name + ".") for n in names):
+                reported.add(name)
+                analysis.add(UNAVAILABLE, f"{name} cannot run on --device {device}: {why}", node)
+
+
 def check_source(
-    source: str, backend: str | None = None, model_init_params: list[str] | None = None
+    source: str,
+    backend: str | None = None,
+    model_init_params: list[str] | None = None,
+    device: str = "cuda",
 ) -> StaticReport:
     """Run every static rule over `source`. Never raises for bad candidate code: a syntax error
     is reported as a violation with `syntax_error=True`.
 
     `backend`: "triton" | "cuda" | None (detect). `model_init_params`: `Model.__init__`'s
-    parameter names without self (see `class_init_params`); None skips the comparison."""
+    parameter names without self (see `class_init_params`); None skips the comparison.
+    `device`: where it will run; what cannot run there is rejected (`rules.DEVICE_UNAVAILABLE`)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     tree, msg, line = _parse(source)
@@ -119,6 +144,7 @@ def check_source(
         constructor = analysis.check_model(model_init_params)
         analysis.run()
         analysis.check_texts()
+        _check_device(analysis, device)
     except RecursionError:
         return StaticReport(
             ok=False,

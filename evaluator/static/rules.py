@@ -14,7 +14,7 @@ PREFIX = "static check: "
 BACKENDS = ("triton", "cuda")
 
 # Severity ranks: violations are sorted by (rank, line), most important first.
-SYNTAX, STRUCTURE, TAMPER, FALLBACK, STREAM = 0, 1, 2, 3, 4
+SYNTAX, STRUCTURE, TAMPER, FALLBACK, STREAM, UNAVAILABLE = 0, 1, 2, 3, 4, 5
 
 # Imports every candidate needs, whatever its backend. `__future__` for annotations.
 COMMON_IMPORTS = frozenset(
@@ -39,6 +39,17 @@ BACKEND_IMPORTS = {
 ALLOWED_IMPORTS = COMMON_IMPORTS.union(*BACKEND_IMPORTS.values())
 # Submodules allowed by prefix (triton.language.extra.libdevice and the like).
 ALLOWED_IMPORT_PREFIXES = ("triton.language.",)
+
+# What the evaluator cannot run on a device although the rules allow it elsewhere: a name or
+# module (and everything under it) -> why. `check_source(device=...)` rejects their use before
+# anything runs, and the prompts state them per device (`device_limits`).
+DEVICE_UNAVAILABLE = {
+    "cpu": {
+        "triton.autotune": "the Triton interpreter has no GPU driver to time its configurations "
+        "(it fails with '0 active drivers')",
+        "triton.language.extra": "libdevice functions return None in the Triton interpreter",
+    },
+}
 
 # Modules that run work on another thread or process (row 11), reported with THREAD_MESSAGE.
 THREAD_MODULES = ("threading", "_thread", "multiprocessing", "concurrent", "torch.multiprocessing")
@@ -386,3 +397,9 @@ def library_rule() -> dict[str, list[str] | str]:
         "modules": sorted(LIBRARY_MODULES),
         "operator": LIBRARY_OPERATOR,
     }
+
+
+def device_limits(device: str) -> dict[str, str]:
+    """What candidates may not use on `device` although the rules allow it elsewhere, and why
+    (the table `check_source(device=...)` enforces; empty for the GPU)."""
+    return dict(DEVICE_UNAVAILABLE.get(device, {}))
