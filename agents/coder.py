@@ -102,6 +102,8 @@ class PromptContext(BaseModel):
     gpu: GpuSpec | None = None
     precision: str = "strict"
     """The run's precision policy (forge.evaluator.precision)."""
+    sol_stop: float | None = None
+    """The fraction of the speed of light at which the loop stops a trajectory (None: never)."""
 
     def variables(self) -> dict:
         p = self.problem
@@ -116,6 +118,7 @@ class PromptContext(BaseModel):
             "library": library_rule(),
             "unavailable": device_limits(self.device),
             "precision": prompt_facts(self.precision, p.dtype, p.atol, p.rtol),
+            "sol_stop": self.sol_stop,
         }
 
 

@@ -46,7 +46,8 @@ class LimitReached(StopTrajectory):
 
 
 class Converged(StopTrajectory):
-    """No improvement for `patience` rounds."""
+    """No improvement for `patience` rounds, or the best is within `sol_stop` of the speed of
+    light."""
 
 
 class ResumeError(AgentError):

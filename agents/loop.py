@@ -94,6 +94,11 @@ class LoopConfig(BaseModel):
     patience: int | None = Field(4, ge=1)
     """Stop a trajectory after this many rounds in a row without a new best (None: never)."""
 
+    sol_stop: float | None = Field(0.95, gt=0, le=1)
+    """Stop a trajectory once its best candidate runs at this fraction of the speed of light
+    (the roofline floor) at the target sets, geometric mean: what is left is within the noise of
+    the bound (None: never). The Judge is shown the headroom and this threshold."""
+
     min_gain: float = Field(0.02, ge=0)
     """A faster correct candidate counts as progress (for `patience`) and becomes what its
     trajectory builds on only if its speedup is this fraction higher. The run's best is the
@@ -186,6 +191,11 @@ class Evaluated:
     def speedup(self) -> float | None:
         r = self.result
         return r.speedup_vs_eager if r.timing_meaningful and not r.suspicious else None
+
+    @property
+    def speed_of_light(self) -> float | None:
+        """Its fraction of the roofline at the target sets, when its timings are trusted."""
+        return self.result.roofline_at_targets if self.speedup is not None else None
 
 
 @dataclass
@@ -310,6 +320,7 @@ class OptimizeLoop:
             precision=resolve_precision(
                 config.evaluation.precision, problem.name, problem.precisions
             ),
+            sol_stop=config.sol_stop,
         )
         self.coder = Coder(context)
         self.judge = Judge(context)
@@ -433,7 +444,18 @@ class OptimizeLoop:
             raise LimitReached("rounds", f"{self.config.rounds} rounds played")
         if self.config.patience is not None and traj.rounds_without_gain >= self.config.patience:
             raise Converged("patience", f"no new best in {traj.rounds_without_gain} rounds")
+        self.check_speed_of_light(traj)
         self.check_spending()
+
+    def check_speed_of_light(self, traj: Trajectory) -> None:
+        best, stop_at = traj.best, self.config.sol_stop
+        reached = best.speed_of_light if best is not None else None
+        if stop_at is not None and reached is not None and reached >= stop_at:
+            raise Converged(
+                "speed_of_light",
+                f"candidate {best.candidate_id} runs at {reached:.0%} of the speed of light at "
+                f"the target sets (the run stops a trajectory at {stop_at:.0%})",
+            )
 
     def check_interrupt(self) -> None:
         """Before anything that costs money or device time: nothing new after Ctrl-C."""

@@ -298,6 +298,16 @@ class EvalResult(BaseModel):
     def first_failure(self) -> Check | None:
         return next((c for c in self.checks if not c.passed), None)
 
+    @property
+    def roofline_at_targets(self) -> float | None:
+        """How close the candidate runs to the speed of light at the target sets: the geometric
+        mean of their roofline fractions (floor / device time); None when a target set has no
+        floor or nothing was timed."""
+        fractions = [t.roofline_fraction for t in self.timings if t.target]
+        if not fractions or None in fractions:
+            return None
+        return geomean(fractions)
+
 
 def geomean(values: list[float]) -> float | None:
     positive = [v for v in values if v > 0]

@@ -331,3 +331,75 @@ def test_budget_with_an_unpriced_model_is_unknown_cost(store, tmp_path):
         store,
     )
     assert not runner.cost_known
+
+
+def _at_speed_of_light(fraction: float):
+    """An evaluator (the loop's interface) whose every verdict is a timed, correct candidate
+    running at `fraction` of the roofline at its target set."""
+    stats = TimingStats(
+        n=50, median_ms=1.0, p20_ms=1.0, p80_ms=1.0, mean_ms=1.0, cv=0.0, host_median_ms=0.01
+    )
+
+    def evaluate(problem, source):  # noqa: ANN001, ANN202
+        timing = SetTiming(
+            input_set="large",
+            target=True,
+            candidate=stats,
+            eager=stats.model_copy(update={"median_ms": 1.5}),
+            speedup_vs_eager=1.5,
+            floor_ms=fraction,
+            roofline_fraction=fraction,
+        )
+        return EvalResult(
+            status=Status.correct,
+            problem=problem.name,
+            backend="triton",
+            environment=Environment(device="cuda", gpu_name="NVIDIA H200"),
+            timings=[timing],
+            timing_meaningful=True,
+            speedup_vs_eager=1.5,
+            target_sets=["large"],
+        )
+
+    return evaluate
+
+
+@pytest.mark.parametrize(
+    ("fraction", "sol_stop", "calls"),
+    [
+        (0.97, 0.95, ["coder"]),
+        (0.97, None, ["coder", "judge", "coder"]),
+        (0.6, 0.95, ["coder", "judge", "coder"]),
+    ],
+)
+def test_a_trajectory_at_the_speed_of_light_stops(store, tmp_path, fraction, sol_stop, calls):
+    """Within `sol_stop` of the roofline at the target sets nothing is left to win: the
+    trajectory stops and says so; below it (or with the stop off) the Judge is asked, and sees
+    the headroom."""
+    name = script(tmp_path, [coder("C0"), judge("J1"), coder("C1")])
+    events: list = []
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=2, sol_stop=sol_stop),
+        get_model(name, "coder"),
+        get_model(name, "judge"),
+        store,
+        evaluator=_at_speed_of_light(fraction),
+        on_event=events.append,
+    )
+    outcome = runner.run()
+    assert [c.role for c in store.llm_calls(outcome.run_id)] == calls
+    if calls == ["coder"]:
+        assert outcome.stops[0] == (
+            f"speed_of_light: candidate {outcome.best_candidate_id} runs at 97% of the speed of "
+            "light at the target sets (the run stops a trajectory at 95%)"
+        )
+        assert events[-1].kind == "stopped" and "speed of light" in events[-1].detail
+    else:
+        assert outcome.stops[0].startswith("rounds")
+        judge_prompt = json.loads(store.llm_calls(outcome.run_id, role="judge")[0].messages_json)
+        headroom = f"runs at {fraction:.0%} of the speed of light"
+        assert headroom in judge_prompt[-1]["content"]
+        assert (
+            "stops this trajectory once its best reaches 95%" in judge_prompt[-1]["content"]
+        ) == (sol_stop is not None)

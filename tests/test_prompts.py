@@ -543,3 +543,24 @@ def test_cuda_examples_compile(example):
 
     result = evaluate(resolve_problem(example.problem), example.source, EvalConfig(device="cpu"))
     assert result.status is Status.compiled, (result.reasons, result.compile_log[-2000:])
+
+
+def test_the_headroom_to_the_speed_of_light_is_shown():
+    """The geometric mean of the target sets' roofline fractions, as headroom and as the loop's
+    stop; no line when a target set has no roofline floor."""
+    targeted = CORRECT.model_copy(
+        update={"timings": [t.model_copy(update={"target": True}) for t in CORRECT.timings]}
+    )
+    assert targeted.roofline_at_targets == pytest.approx((0.195 * 0.887) ** 0.5)
+    context = PromptContext(problem=SOFTMAX, backend="triton", device="cuda", sol_stop=0.95)
+    text = _one_line(Judge(context).optimize(CANDIDATE, targeted, HISTORY, 2)[-1].content)
+    assert (
+        "runs at 42% of the speed of light (the roofline floor), so at most 2.40x faster is possible"
+        in text
+    )
+    assert "stops this trajectory once its best reaches 95%" in text
+    unfloored = targeted.model_copy(
+        update={"timings": [targeted.timings[0].model_copy(update={"roofline_fraction": None})]}
+    )
+    assert unfloored.roofline_at_targets is None
+    assert "Headroom" not in Judge(context).optimize(CANDIDATE, unfloored, HISTORY, 2)[-1].content
