@@ -8,6 +8,7 @@ import re
 from pydantic import BaseModel, Field
 
 from forge import prompts
+from forge.agents import techniques
 from forge.agents.errors import FormatError, NoCodeBlock
 from forge.agents.interfaces import JudgePlan, Message
 from forge.evaluator.precision import prompt_facts
@@ -28,6 +29,8 @@ class GpuSpec(BaseModel):
     fp32_tflops: float | None = None
     bf16_tflops: float | None = None
     source: str = "measured on the device machine (docs/benchmarks.md)"
+    arch: str = ""
+    """Compute capability as `sm_90` ("" when not known)."""
 
 
 def detect_gpu() -> GpuSpec:
@@ -46,6 +49,7 @@ def detect_gpu() -> GpuSpec:
     ceilings = ceilings_for(props.name)
     return GpuSpec(
         name=props.name,
+        arch=f"sm_{props.major}{props.minor}",
         sm_count=props.multi_processor_count,
         l2_mb=round(props.L2_cache_size / 2**20, 1),
         bandwidth_tbs=ceilings.bandwidth_bytes_s / 1e12 if ceilings else None,
@@ -160,6 +164,7 @@ class Coder:
             code=code,
             result=result,
             plan=plan,
+            technique=techniques.find(plan.technique) if plan and plan.technique else None,
             history=history,
             code_round=code_round,
         )
@@ -177,6 +182,7 @@ class Coder:
             code=code,
             result=result,
             plan=plan,
+            technique=techniques.find(plan.technique) if plan and plan.technique else None,
             history=history,
             code_round=code_round,
         )

@@ -76,3 +76,6 @@ class JudgePlan(BaseModel):
     )
     plan: str = Field(description="one concrete change for the Coder to make next")
     expected_gain: str = Field("", description="what should move and by how much")
+    technique: str = Field(
+        "", description="the name of the listed technique the plan applies, or empty for none"
+    )

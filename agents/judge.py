@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from forge import prompts
+from forge.agents import techniques
 from forge.agents.coder import Attempt, PromptContext
 from forge.agents.errors import FormatError, InvalidPlan
 from forge.agents.interfaces import JudgePlan, Message
@@ -30,6 +31,7 @@ EXAMPLE_PLAN = JudgePlan(
     bottleneck="memory",
     plan="Keep the row in registers between the max and the sum passes so it is read once.",
     expected_gain="`large` from 0.210 ms towards 0.12 ms (1.7x)",
+    technique="single-pass",
 )
 """What a plan looks like, shown to the Judge with the list of fields."""
 
@@ -77,6 +79,15 @@ def parse_plan(text: str) -> JudgePlan:
         raise InvalidPlan(f"the JSON does not match the plan's fields ({problems})", text) from exc
     if not plan.diagnosis.strip() or not plan.plan.strip():
         raise InvalidPlan('"diagnosis" and "plan" must not be empty', text)
+    if plan.technique.strip():
+        technique = techniques.find(plan.technique)
+        if technique is None:
+            raise InvalidPlan(
+                f'"technique" {plan.technique!r} is not a listed technique: use one of '
+                f"{', '.join(techniques.names())}, or leave it empty",
+                text,
+            )
+        plan.technique = technique.name
     return plan
 
 
@@ -149,7 +160,9 @@ class Judge:
         )
         if earlier:
             return [*earlier, turn]
-        system = prompts.render("judge_system", **variables, **plan_format())
+        gpu = self.context.gpu
+        offered = techniques.applicable(gpu.arch or None if gpu else None)
+        system = prompts.render("judge_system", **variables, **plan_format(), techniques=offered)
         return [Message(role="system", content=system), turn]
 
     def repair(

@@ -13,6 +13,7 @@ import jinja2
 import pytest
 
 from forge import prompts
+from forge.agents import techniques
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext, extract_code
 from forge.agents.errors import InvalidPlan, NoCodeBlock
 from forge.agents.interfaces import JudgePlan
@@ -181,6 +182,7 @@ PLAN = JudgePlan(
     bottleneck="memory",
     plan="Loop over the row in blocks of 4096 with an online max/sum.",
     expected_gain="wide set from 0.041 ms to ~0.012 ms",
+    technique="single-pass",
 )
 HISTORY = [
     Attempt(round=0, kind="initial", status="compile_error", note="incompatible dimensions"),
@@ -201,6 +203,7 @@ CASES = {
         "code": CANDIDATE,
         "result": INCORRECT,
         "plan": PLAN,
+        "technique": None,
         "history": HISTORY,
         "code_round": 3,
     },
@@ -208,10 +211,11 @@ CASES = {
         "code": CANDIDATE,
         "result": CORRECT,
         "plan": PLAN,
+        "technique": techniques.find(PLAN.technique),
         "history": HISTORY,
         "code_round": 3,
     },
-    "judge_system": plan_format(),
+    "judge_system": {**plan_format(), "techniques": techniques.applicable("sm_90")},
     "judge_repair": {
         "code": CANDIDATE,
         "result": COMPILE_ERROR,
@@ -564,3 +568,42 @@ def test_the_headroom_to_the_speed_of_light_is_shown():
     )
     assert unfloored.roofline_at_targets is None
     assert "Headroom" not in Judge(context).optimize(CANDIDATE, unfloored, HISTORY, 2)[-1].content
+
+
+def test_the_judge_can_name_a_technique_and_the_coder_gets_its_hint():
+    """The catalogue reaches the Judge's system prompt (architecture-specific entries only for
+    their GPUs); a plan naming a technique is normalised, an unknown name is refused with the
+    list, and the named technique's hint reaches the Coder's prompt for the run's backend."""
+    hopper = H200.model_copy(update={"arch": "sm_90"})
+    ampere = H200.model_copy(update={"name": "NVIDIA A100", "arch": "sm_80"})
+
+    def system(gpu: GpuSpec | None) -> str:
+        context = PromptContext(problem=SOFTMAX, backend="triton", device="cuda", gpu=gpu)
+        return Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)[0].content
+
+    for t in techniques.TECHNIQUES:
+        assert f"- `{t.name}`: {t.summary}. When: {t.applies_when}." in system(hopper)
+    assert "`hopper-tma-wgmma`" not in system(ampere) and "`single-pass`" in system(ampere)
+    assert "`hopper-tma-wgmma`" in system(None)  # GPU unknown: the condition says when
+
+    answer = {"diagnosis": "d", "plan": "p", "technique": "Split Reduction"}
+    assert parse_plan(json.dumps(answer)).technique == "split-reduction"
+    with pytest.raises(InvalidPlan, match="not a listed technique: use one of single-pass, "):
+        parse_plan(json.dumps({**answer, "technique": "magic"}))
+    assert parse_plan(json.dumps({**answer, "technique": ""})).technique == ""
+
+    for backend in ("triton", "cuda"):
+        context = PromptContext(problem=SOFTMAX, backend=backend, device="cuda", gpu=hopper)
+        prompt = Coder(context).optimize(CANDIDATE, CORRECT, PLAN, HISTORY, 2)[-1].content
+        hint = techniques.find("single-pass").hint[backend]
+        assert "Technique `single-pass` (" in prompt
+        assert _one_line(hint) in _one_line(prompt)
+    plain = PLAN.model_copy(update={"technique": ""})
+    prompt = Coder(context).optimize(CANDIDATE, CORRECT, plain, HISTORY, 2)[-1].content
+    assert "Technique `" not in prompt
+
+
+def test_every_technique_has_a_hint_for_every_backend():
+    for t in techniques.TECHNIQUES:
+        assert set(t.hint) == set(rules.BACKENDS) and techniques.find(t.name) is t
+        assert t.name == "-".join(t.name.split()).lower()
