@@ -147,9 +147,9 @@ class Coder:
             Message(role="user", content=prompts.render(template, **variables, **ctx)),
         ]
 
-    def initial(self) -> list[Message]:
-        example = prompts.example_for(self.context.backend, self.context.problem.name)
-        return self._messages("coder_initial", example=example)
+    def initial(self, examples: list[prompts.Example]) -> list[Message]:
+        """The first prompt, with `examples` (`forge.agents.memory.examples_for`)."""
+        return self._messages("coder_initial", examples=examples)
 
     def repair(
         self,

@@ -49,6 +49,7 @@ from forge.agents.llm import (
     resume_model,
     stop_retries_on,
 )
+from forge.agents.memory import examples_for
 from forge.db.models import LLMCall, Run, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
@@ -103,6 +104,11 @@ class LoopConfig(BaseModel):
     """A faster correct candidate counts as progress (for `patience`) and becomes what its
     trajectory builds on only if its speedup is this fraction higher. The run's best is the
     fastest trusted candidate, by any margin."""
+
+    memory_examples: int = Field(1, ge=0)
+    """Verified kernels of similar operators, from earlier runs and the library, that the first
+    Coder prompt shows as examples (`forge.agents.memory`); with none found, or 0 here, the
+    fixed example of another operator."""
 
     history: int = Field(8, ge=0)
     """Most recent attempts shown to the agents as the search's history."""
@@ -324,6 +330,9 @@ class OptimizeLoop:
         )
         self.coder = Coder(context)
         self.judge = Judge(context)
+        self.examples = examples_for(
+            store, problem, config.backend, context.precision, run_id, config.memory_examples
+        )
         self.executor = executor
         if evaluator is None:  # where `config.evaluation.executor` says: local, queue:DIR ...
             self.executor = executor or make_executor(config.evaluation)
@@ -513,7 +522,7 @@ class OptimizeLoop:
     def ask_coder(self, traj: Trajectory) -> tuple[str | None, int | None]:
         current = traj.current
         if current is None:
-            messages = self.coder.initial()
+            messages = self.coder.initial(self.examples)
         elif current.passed:
             messages = self.coder.optimize(
                 current.source, current.result, traj.plan, self.history(traj), current.round

@@ -362,6 +362,23 @@ class RunStore:
         with self._session() as s:
             return list(s.exec(query).all())
 
+    def run_bests(
+        self, backend: str, exclude_run: int | None = None
+    ) -> list[tuple[Run, ProblemRow, Candidate]]:
+        """Every run's best candidate (verified correct, not suspicious: `Run.best_candidate_id`)
+        of `backend`, with its run and problem, newest run first."""
+        query = (
+            select(Run, ProblemRow, Candidate)
+            .join(ProblemRow, col(ProblemRow.id) == col(Run.problem_id))
+            .join(Candidate, col(Candidate.id) == col(Run.best_candidate_id))
+            .where(Run.backend == backend)
+            .order_by(col(Run.id).desc())
+        )
+        if exclude_run is not None:
+            query = query.where(Run.id != exclude_run)
+        with self._session() as s:
+            return [tuple(row) for row in s.exec(query).all()]  # type: ignore[misc]
+
     def finish_run(self, run_id: int, status: str | RunStatus, error: str = "") -> Run:
         """Set the final status (finished | failed | interrupted), the end time and the totals."""
         final = RunStatus(status)

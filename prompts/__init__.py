@@ -53,8 +53,12 @@ class Example(BaseModel):
 
     problem: str
     backend: str
-    path: str
+    path: str = ""
     source: str
+    origin: str = ""
+    """Where the example comes from, as the prompt states it (and so the prompt's record)."""
+    same_operator: bool = False
+    """It solves the very operator of the run (an earlier run's or the library's kernel)."""
 
 
 def examples(backend: str | None = None) -> list[Example]:
@@ -71,6 +75,7 @@ def examples(backend: str | None = None) -> list[Example]:
                     backend=header["backend"],
                     path=str(path),
                     source=source,
+                    origin=f"the fixed example prompts/examples/{path.name}",
                 )
             )
     return found

@@ -198,7 +198,7 @@ HISTORY = [
 
 CASES = {
     "coder_system": {},
-    "coder_initial": {"example": prompts.example_for("triton", "softmax")},
+    "coder_initial": {"examples": [prompts.example_for("triton", "softmax")]},
     "coder_repair": {
         "code": CANDIDATE,
         "result": INCORRECT,
@@ -338,10 +338,11 @@ def test_evidence_reaches_the_judge():
 
 def test_coder_and_judge_messages():
     context = PromptContext(problem=SOFTMAX, backend="triton", device="cpu")
-    first = Coder(context).initial()
+    first = Coder(context).initial([prompts.example_for("triton", "softmax")])
     assert [m.role for m in first] == ["system", "user"]
     assert "class Model(nn.Module)" in first[1].content
     assert "Example: gelu, triton" in first[1].content  # an example for another operator
+    assert "From the fixed example prompts/examples/triton_gelu.py." in first[1].content
     assert "tiny`: batch_size=7, dim=127 (checked on cpu in this run)" in first[1].content
     plan_prompt = Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)
     assert '"diagnosis" (required)' in plan_prompt[0].content
@@ -378,7 +379,7 @@ def test_a_problem_file_shows_its_gpu_sets_on_cpu(tmp_path):
     source = (Path(__file__).parent / "fixtures" / "batch" / "scale.py").read_text()
     problem = load_problem(source, "scale")
     context = PromptContext(problem=problem, backend="triton", device="cpu")
-    text = Coder(context).initial()[1].content
+    text = Coder(context).initial([])[1].content
     lines = {
         s.name: next(line for line in text.splitlines() if f"`{s.name}`:" in line)
         for s in problem.input_sets
