@@ -66,8 +66,13 @@ class Attempt(BaseModel):
     plan: str = ""
     status: str
     speedup: float | None = None
+    device_ms: float | None = None
+    """Device time per call at the target sets (geometric mean), when trusted timings exist."""
     note: str = ""
+    candidate_id: int | None = None
     is_best: bool = False
+    kept: bool = False
+    """The candidate the search went on from (among a round's several, the best)."""
 
 
 class PromptInputSet(BaseModel):

@@ -172,9 +172,17 @@ class Judge:
         history: list[Attempt],
         code_round: int,
         conversation: Conversation | None = None,
+        round_attempts: list[Attempt] | None = None,
     ) -> list[Message]:
+        """`round_attempts`: every candidate of `code_round` when there were several."""
         return self._messages(
-            "judge_repair", conversation, code, code_round, result=result, history=history
+            "judge_repair",
+            conversation,
+            code,
+            code_round,
+            result=result,
+            history=history,
+            round_attempts=round_attempts or [],
         )
 
     def optimize(
@@ -184,9 +192,16 @@ class Judge:
         history: list[Attempt],
         code_round: int,
         conversation: Conversation | None = None,
+        round_attempts: list[Attempt] | None = None,
     ) -> list[Message]:
         return self._messages(
-            "judge_optimize", conversation, code, code_round, result=result, history=history
+            "judge_optimize",
+            conversation,
+            code,
+            code_round,
+            result=result,
+            history=history,
+            round_attempts=round_attempts or [],
         )
 
     def reminder(self, error: FormatError) -> Message:

@@ -1,9 +1,14 @@
 """The optimize loop: Coder writes, the evaluator judges, the Judge plans, the Coder revises.
 
-Round 0 of a trajectory asks the Coder for a kernel. Each later round looks at the trajectory's
-last candidate: if it failed, the Judge diagnoses it and the Coder repairs it; if it passed, the
-Judge reads its measurements and plans one optimisation, which the Coder implements. `width`
-trajectories run in threads (LLM calls in parallel, evaluations serialized by one device lock).
+Round 0 of a trajectory asks the Coder for a kernel, with the best verified kernel of a similar
+operator as its example (`forge.agents.memory`). Each later round looks at the candidate the
+trajectory goes on from: if it failed, the Judge diagnoses it and the Coder repairs it; if it
+passed, the Judge reads its measurements and plans one optimisation, which the Coder implements.
+A round asks the Coder `candidates_per_round` times and goes on from the best answer. The
+Judge's prompts of a trajectory form one conversation (`forge.agents.judge.Conversation`). A
+trajectory stops at its round limit, after `patience` rounds without a new best, or once its
+best is within `sol_stop` of the speed of light. `width` trajectories run in threads (LLM calls
+in parallel, evaluations serialized by one device lock).
 
 Ctrl-C (or `stop_soon()`): the steps in flight finish and are recorded, and nothing new starts:
 no LLM call (no retry either) and no evaluation; the run ends `interrupted`. A second Ctrl-C
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext
 from forge.agents.errors import (
@@ -39,7 +44,7 @@ from forge.agents.errors import (
     ResumeError,
     StopTrajectory,
 )
-from forge.agents.interfaces import LLM, Evaluator, JudgePlan, LLMOptions, Message
+from forge.agents.interfaces import LLM, Evaluator, JudgePlan, Message
 from forge.agents.judge import Conversation, Judge
 from forge.agents.llm import (
     LLMError,
@@ -49,16 +54,16 @@ from forge.agents.llm import (
     resume_model,
     stop_retries_on,
 )
+from forge.agents.loop_config import LoopConfig
 from forge.agents.memory import examples_for
 from forge.db.models import LLMCall, Run, RunStatus
 from forge.db.redact import redact
 from forge.db.store import RunStore, Step
 from forge.evaluator import EvaluatorError
-from forge.evaluator.config import EvalConfig
-from forge.evaluator.executors import Executor, check_spec, make_executor
+from forge.evaluator.executors import Executor, make_executor
 from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem, load_problem
-from forge.evaluator.result import EvalResult, Status
+from forge.evaluator.result import EvalResult, Status, geomean
 from forge.sandbox.local import kill_session
 
 log = logging.getLogger("forge.loop")
@@ -67,107 +72,6 @@ STOPPING = "stopping after this step (Ctrl-C again to stop now)"
 STOPPING_NOW = "stopping now"
 UNUSABLE = "unusable answer: "
 PASSING = (Status.correct, Status.compiled)
-
-
-class LoopConfig(BaseModel):
-    """Settings of one `forge optimize` run (stored with the run; `--resume` reuses them)."""
-
-    backend: Literal["triton", "cuda"] = "triton"
-    """Kernel backend the Coder writes."""
-
-    rounds: int = Field(8, ge=1)
-    """Rounds per trajectory, round 0 included; each round yields at most one candidate."""
-
-    width: int = Field(1, ge=1)
-    """Independent trajectories run at once."""
-
-    budget_usd: float | None = Field(None, gt=0)
-    """Stop starting LLM calls once the run's recorded cost reaches this many dollars."""
-
-    time_limit_s: float | None = Field(None, gt=0)
-    """Stop starting rounds after this many seconds of this invocation (a resume starts afresh)."""
-
-    gpu_budget_s: float | None = Field(None, gt=0)
-    """Stop starting LLM calls once the run's evaluations have taken this many seconds: the
-    wall time each evaluation recorded (`phase_seconds.total`: static check, sandbox start,
-    compile, correctness, timing, profiling), not the time a job waited in a queue."""
-
-    patience: int | None = Field(4, ge=1)
-    """Stop a trajectory after this many rounds in a row without a new best (None: never)."""
-
-    sol_stop: float | None = Field(0.95, gt=0, le=1)
-    """Stop a trajectory once its best candidate runs at this fraction of the speed of light
-    (the roofline floor) at the target sets, geometric mean: what is left is within the noise of
-    the bound (None: never). The Judge is shown the headroom and this threshold."""
-
-    min_gain: float = Field(0.02, ge=0)
-    """A faster correct candidate counts as progress (for `patience`) and becomes what its
-    trajectory builds on only if its speedup is this fraction higher. The run's best is the
-    fastest trusted candidate, by any margin."""
-
-    memory_examples: int = Field(1, ge=0)
-    """Verified kernels of similar operators, from earlier runs and the library, that the first
-    Coder prompt shows as examples (`forge.agents.memory`); with none found, or 0 here, the
-    fixed example of another operator."""
-
-    history: int = Field(8, ge=0)
-    """Most recent attempts shown to the agents as the search's history."""
-
-    judge_turns: int = Field(4, ge=1)
-    """Judge prompts per conversation: a trajectory's Judge prompts form one conversation
-    (rules, operator and target GPU stated once, at its start) of at most this many turns, then
-    a fresh one starts; 1 sends every Judge prompt on its own."""
-
-    coder: LLMOptions = Field(default_factory=LLMOptions)
-    """LLM options of the Coder's calls."""
-
-    judge: LLMOptions = Field(default_factory=LLMOptions)
-    """LLM options of the Judge's calls (the same token bound as the Coder's: a reasoning
-    model spends part of it thinking)."""
-
-    evaluation: EvalConfig = Field(default_factory=EvalConfig)
-    """How candidates are evaluated (device, trials, timeouts ...)."""
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        backend: str | None = None,
-        api_base: str | None = None,
-        rounds: int | None = None,
-        width: int | None = None,
-        patience: int | None = None,
-        budget_usd: float | None = None,
-        gpu_budget_s: float | None = None,
-        time_limit_s: float | None = None,
-        device: str | None = None,
-        executor: str | None = None,
-        precision: str | None = None,
-        sampling: dict[str, object] | None = None,
-    ) -> LoopConfig:
-        """The settings of a new run from a user's options (None: not given, the default);
-        `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge.
-        Raises ExecutorSpecError for an executor that names none."""
-        chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
-        if patience is not None:
-            chosen["patience"] = patience or None
-        backend = backend or "triton"
-        defaults = cls()
-        given = {k: v for k, v in (sampling or {}).items() if v is not None}
-        llm = {**defaults.coder.model_dump(), **given, "api_base": api_base}
-        evaluation = EvalConfig(device=device or "cuda", backend=backend, precision=precision)
-        if executor is not None:
-            evaluation.executor = check_spec(executor)
-        return cls(
-            backend=backend,
-            coder=LLMOptions(**llm),
-            judge=LLMOptions(**llm),
-            evaluation=evaluation,
-            budget_usd=budget_usd,
-            gpu_budget_s=gpu_budget_s,
-            time_limit_s=time_limit_s,
-            **chosen,
-        )
 
 
 @dataclass
@@ -190,6 +94,16 @@ class Evaluated:
     replayed: bool = False
 
     @property
+    def rank(self) -> tuple[int, float]:
+        """Its place among one round's candidates (higher is better): trusted correct, then
+        compiled, then suspicious correct, then failed; then less device time at the target
+        sets (a tie on cpu, where nothing is timed, which keeps the first)."""
+        r = self.result
+        tier = {Status.correct: 3 if not r.suspicious else 1, Status.compiled: 2}
+        ms = self.target_ms
+        return tier.get(r.status, 0), -ms if ms is not None else float("-inf")
+
+    @property
     def passed(self) -> bool:
         return self.result.status in PASSING
 
@@ -197,6 +111,13 @@ class Evaluated:
     def speedup(self) -> float | None:
         r = self.result
         return r.speedup_vs_eager if r.timing_meaningful and not r.suspicious else None
+
+    @property
+    def target_ms(self) -> float | None:
+        """Device time per call at the target sets (geometric mean), when its timings are
+        trusted."""
+        targets = [t.candidate.median_ms for t in self.result.timings if t.target]
+        return geomean(targets) if self.speedup is not None and targets else None
 
     @property
     def speed_of_light(self) -> float | None:
@@ -208,7 +129,8 @@ class Evaluated:
 class Trajectory:
     index: int
     journal: deque[LLMCall]
-    stored: dict[int, Step]
+    stored: dict[int, deque[Step]]
+    """Recorded candidates not yet replayed, per round, in the order they were made."""
     round: int = 0
     current: Evaluated | None = None
     judged: bool = False
@@ -222,6 +144,16 @@ class Trajectory:
     @property
     def replaying(self) -> bool:
         return bool(self.journal) or bool(self.stored)
+
+    def take_stored(self) -> Step | None:
+        """The next recorded candidate of this round, when there is one."""
+        waiting = self.stored.get(self.round)
+        if not waiting:
+            return None
+        step = waiting.popleft()
+        if not waiting:
+            del self.stored[self.round]
+        return step
 
     @property
     def kind(self) -> str:
@@ -436,7 +368,9 @@ class OptimizeLoop:
 
     def restore(self, index: int) -> Trajectory:
         calls = [c for c in self.store.llm_calls(self.run_id, trajectory=index) if answered(c)]
-        stored = {s.candidate.round: s for s in self.store.history(self.run_id, trajectory=index)}
+        stored: dict[int, deque[Step]] = {}
+        for step in self.store.history(self.run_id, trajectory=index):
+            stored.setdefault(step.candidate.round, deque()).append(step)
         return Trajectory(
             index=index,
             journal=deque(calls),
@@ -494,18 +428,27 @@ class OptimizeLoop:
         if traj.current is not None and not traj.judged:
             traj.plan = self.ask_judge(traj)
             traj.judged = True
-        source, call_id = self.ask_coder(traj)
-        if source is None:
-            self.observe(traj, None)
-        else:
-            self.observe(traj, self.evaluate(traj, source, call_id))
+        produced = [self.attempt(traj) for _ in range(self.config.candidates_per_round)]
+        self.observe(traj, produced)
         traj.round += 1
+
+    def attempt(self, traj: Trajectory) -> Evaluated | None:
+        """One candidate of the round: the Coder's answer to the round's prompt, evaluated
+        (None when no answer was usable)."""
+        source, call_id = self.ask_coder(traj)
+        return None if source is None else self.evaluate(traj, source, call_id)
 
     def ask_judge(self, traj: Trajectory) -> JudgePlan | None:
         current = traj.current
         ask = self.judge.optimize if current.passed else self.judge.repair
+        this_round = [a for a in self.history(traj) if a.round == current.round]
         messages = ask(
-            current.source, current.result, self.history(traj), current.round, traj.conversation
+            current.source,
+            current.result,
+            self.history(traj),
+            current.round,
+            traj.conversation,
+            this_round,
         )
         plan, answer = self.query(traj, "judge", self.judge, messages, current.candidate_id)
         if plan is not None:
@@ -592,7 +535,7 @@ class OptimizeLoop:
         self.emit("unusable", traj, detail=error.reason, replayed=answer.replayed)
 
     def evaluate(self, traj: Trajectory, source: str, coder_call_id: int | None) -> Evaluated:
-        stored = traj.stored.pop(traj.round, None)
+        stored = traj.take_stored()
         parent = traj.current.candidate_id if traj.current else None
         if stored is None:
             self.check_interrupt()  # the Coder's answer is recorded: a resume evaluates it
@@ -629,34 +572,41 @@ class OptimizeLoop:
                 self.eval_seconds += result.phase_seconds.total
         return Evaluated(candidate_id, traj.round, traj.kind, source, result, traj.plan, replayed)
 
-    def observe(self, traj: Trajectory, evaluated: Evaluated | None) -> None:
-        if evaluated is None:
+    def observe(self, traj: Trajectory, produced: list[Evaluated | None]) -> None:
+        """Record a round's candidates; the trajectory goes on from the best of them."""
+        for evaluated in produced:
+            self.record_attempt(traj, evaluated)
+        evaluated = [e for e in produced if e is not None]
+        if not evaluated:
             traj.rounds_without_gain += 1
-            traj.attempts.append(
-                Attempt(
-                    round=traj.round,
-                    kind=traj.kind,
-                    plan=traj.plan.plan if traj.plan else "",
-                    status="no usable code",
-                )
-            )
             return
-        improved = is_improvement(evaluated, traj.best, self.config.min_gain)
-        if improved:
-            traj.best = evaluated
+        kept = max(evaluated, key=lambda e: e.rank)  # the first of equals: cpu keeps the first
+        if is_improvement(kept, traj.best, self.config.min_gain):
+            traj.best = kept
             traj.rounds_without_gain = 0
         else:
             traj.rounds_without_gain += 1
-        traj.current, traj.judged, traj.plan = evaluated, False, None
+        traj.current, traj.judged, traj.plan = kept, False, None
+
+    def record_attempt(self, traj: Trajectory, evaluated: Evaluated | None) -> None:
+        """One line of the history; the run's best and the live display follow it."""
+        plan = traj.plan.plan if traj.plan else ""
+        if evaluated is None:
+            traj.attempts.append(
+                Attempt(round=traj.round, kind=traj.kind, plan=plan, status="no usable code")
+            )
+            return
         result = evaluated.result
         traj.attempts.append(
             Attempt(
                 round=evaluated.round,
                 kind=evaluated.kind,
-                plan=evaluated.plan.plan if evaluated.plan else "",
+                plan=plan,
                 status=result.status.value,
                 speedup=result.speedup_vs_eager,
+                device_ms=evaluated.target_ms,
                 note="" if evaluated.passed else (result.reasons[0] if result.reasons else ""),
+                candidate_id=evaluated.candidate_id,
             )
         )
         with self.totals_lock:
@@ -672,10 +622,16 @@ class OptimizeLoop:
         )
 
     def history(self, traj: Trajectory) -> list[Attempt]:
-        best_round = traj.best.round if traj.best else None
+        best = traj.best.candidate_id if traj.best else None
+        kept = traj.current.candidate_id if traj.current else None
         recent = traj.attempts[-self.config.history :] if self.config.history else []
         return [
-            a.model_copy(update={"is_best": a.round == best_round and a.status != "no usable code"})
+            a.model_copy(
+                update={
+                    "is_best": a.candidate_id is not None and a.candidate_id == best,
+                    "kept": a.candidate_id is not None and a.candidate_id == kept,
+                }
+            )
             for a in recent
         ]
 

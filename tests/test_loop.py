@@ -403,3 +403,92 @@ def test_a_trajectory_at_the_speed_of_light_stops(store, tmp_path, fraction, sol
         assert (
             "stops this trajectory once its best reaches 95%" in judge_prompt[-1]["content"]
         ) == (sol_stop is not None)
+
+
+def timed_coder(ms: float) -> dict:
+    """A Coder answer whose candidate the `by_device_time` evaluator times at `ms`."""
+    return {"role": "coder", "text": f"```python\n# ms={ms}\n{FALLBACK}```"}
+
+
+def by_device_time(problem, source):  # noqa: ANN001, ANN201 (the loop's Evaluator interface)
+    """Every candidate correct, timed at the `# ms=` its source declares, at the target set."""
+    ms = float(re.search(r"# ms=([\d.]+)", source).group(1))
+    stats = TimingStats(
+        n=50, median_ms=ms, p20_ms=ms, p80_ms=ms, mean_ms=ms, cv=0.0, host_median_ms=0.01
+    )
+    eager = stats.model_copy(update={"median_ms": 1.0})
+    timing = SetTiming(
+        input_set="large", target=True, candidate=stats, eager=eager, speedup_vs_eager=1.0 / ms
+    )
+    return EvalResult(
+        status=Status.correct,
+        problem=problem.name,
+        backend="triton",
+        environment=Environment(device="cuda", gpu_name="NVIDIA H200"),
+        timings=[timing],
+        timing_meaningful=True,
+        speedup_vs_eager=1.0 / ms,
+        target_sets=["large"],
+    )
+
+
+def test_best_of_n_goes_on_from_the_fastest_and_the_judge_sees_all(store, tmp_path):
+    items = [timed_coder(0.8), timed_coder(0.5), judge("J1"), timed_coder(0.6), timed_coder(0.4)]
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=2, candidates_per_round=2),
+        get_model(script(tmp_path, items), "coder"),
+        get_model(script(tmp_path, items), "judge"),
+        store,
+        evaluator=by_device_time,
+    )
+    outcome = runner.run()
+    history = store.history(outcome.run_id)
+    assert [(s.candidate.round, s.result.timings[0].candidate.median_ms) for s in history] == [
+        (0, 0.8),
+        (0, 0.5),
+        (1, 0.6),
+        (1, 0.4),
+    ]
+    fastest = history[1].id
+    assert [s.candidate.parent_id for s in history[2:]] == [fastest, fastest]
+    assert outcome.best_candidate_id == history[3].id
+    judge_prompt = json.loads(store.llm_calls(outcome.run_id, role="judge")[0].messages_json)
+    turn = judge_prompt[-1]["content"]
+    assert "## The 2 answers of round 0 to one prompt" in turn
+    assert f"- candidate {history[0].id}: correct, 0.8000 ms at the target set(s)" in turn
+    assert (
+        f"- candidate {fastest}: correct, 0.5000 ms at the target set(s), 2.00x vs eager [kept"
+        in turn
+    )
+    assert "goes on from the fastest at the target set(s)" in turn and "# ms=0.5" in turn
+
+
+def test_best_of_n_on_cpu_keeps_the_first_and_resumes_mid_round(store, tmp_path):
+    """Without timings the first of equals is kept (and the Judge is told why); a run that
+    failed between a round's answers resumes with the recorded ones and asks for the rest."""
+    items = [
+        coder("C0"),
+        coder("C1"),
+        judge("J1"),
+        coder("C2"),
+        {"role": "coder", "error": "provider down"},
+        coder("C3"),
+    ]
+    name = script(tmp_path, items)
+    first = start(store, name, config(rounds=2, candidates_per_round=2)).run()
+    assert first.status == "failed" and first.candidates == 3
+    history = store.history(first.run_id)
+    assert [s.candidate.parent_id for s in history] == [None, None, history[0].id]
+    turn = json.loads(store.llm_calls(first.run_id, role="judge")[0].messages_json)[-1]["content"]
+    assert f"- candidate {history[0].id}: rejected" in turn and "[kept: shown below]" in turn
+    assert "goes on from the first one (none passed)" in turn
+
+    second = loop.resume(first.run_id, get_model(name, "coder"), get_model(name, "judge"), store)
+    assert second.run().status == "finished"
+    history = store.history(first.run_id)
+    assert [(s.candidate.round, s.candidate.parent_id) for s in history][2:] == [
+        (1, history[0].id),
+        (1, history[0].id),
+    ]
+    assert tags(store, first.run_id) == ["C0", "C1", "J1", "C2", "C3"]

@@ -195,6 +195,22 @@ HISTORY = [
         is_best=True,
     ),
 ]
+ROUND = [
+    Attempt(
+        round=2, kind="optimize", status="correct", speedup=1.1, device_ms=0.09, candidate_id=7
+    ),
+    Attempt(round=2, kind="optimize", status="no usable code"),
+    Attempt(
+        round=2,
+        kind="optimize",
+        status="correct",
+        speedup=1.35,
+        device_ms=0.071,
+        candidate_id=9,
+        kept=True,
+    ),
+    Attempt(round=2, kind="optimize", status="incorrect", note="mismatch on 'odd'", candidate_id=8),
+]
 
 CASES = {
     "coder_system": {},
@@ -223,6 +239,7 @@ CASES = {
         "code_round": 1,
         "opening": True,
         "diff": "",
+        "round_attempts": [],
     },
     "judge_optimize": {
         "code": CANDIDATE,
@@ -231,6 +248,7 @@ CASES = {
         "code_round": 2,
         "opening": False,
         "diff": "--- round 1\n+++ round 2\n@@ -1 +1 @@\n-BLOCK = 1024\n+BLOCK = 2048",
+        "round_attempts": ROUND,
     },
     "format_reminder_code": {"reason": "no ```python code block"},
     "format_reminder_json": {
