@@ -36,19 +36,23 @@ EXAMPLE_PLAN = JudgePlan(
 """What a plan looks like, shown to the Judge with the list of fields."""
 
 
-def plan_fields() -> list[dict[str, object]]:
-    """The keys of a plan as the prompts list them: name, whether required, what it holds."""
+def plan_fields(technique: bool = True) -> list[dict[str, object]]:
+    """The keys of a plan as the prompts list them: name, whether required, what it holds
+    (`technique` only when techniques are offered)."""
     return [
         {"name": name, "required": info.is_required(), "description": info.description or ""}
         for name, info in JudgePlan.model_fields.items()
+        if technique or name != "technique"
     ]
 
 
-def plan_format() -> dict[str, object]:
+def plan_format(technique: bool = True) -> dict[str, object]:
     """What the answer-format partial renders: the fields and an example answer."""
+    left_out = set() if technique else {"technique"}
+    example = EXAMPLE_PLAN.model_dump(exclude_defaults=True, exclude=left_out)
     return {
-        "plan_fields": plan_fields(),
-        "plan_example": json.dumps(EXAMPLE_PLAN.model_dump(exclude_defaults=True), indent=1),
+        "plan_fields": plan_fields(technique),
+        "plan_example": json.dumps(example, indent=1),
     }
 
 
@@ -128,8 +132,14 @@ class Conversation:
 
 
 class Judge:
-    def __init__(self, context: PromptContext):
+    def __init__(self, context: PromptContext, offered: list[techniques.Technique] | None = None):
+        """`offered`: the techniques the Judge may name (default: those that apply to the
+        context's GPU; [] for none)."""
         self.context = context
+        gpu = context.gpu
+        self.offered = techniques.applicable(gpu.arch or None if gpu else None)
+        if offered is not None:
+            self.offered = offered
 
     def _messages(
         self,
@@ -160,9 +170,9 @@ class Judge:
         )
         if earlier:
             return [*earlier, turn]
-        gpu = self.context.gpu
-        offered = techniques.applicable(gpu.arch or None if gpu else None)
-        system = prompts.render("judge_system", **variables, **plan_format(), techniques=offered)
+        system = prompts.render(
+            "judge_system", **variables, **plan_format(bool(self.offered)), techniques=self.offered
+        )
         return [Message(role="system", content=system), turn]
 
     def repair(
@@ -208,7 +218,9 @@ class Judge:
         return Message(
             role="user",
             content=prompts.render(
-                "format_reminder_json", reason=error.reason, plan_fields=plan_fields()
+                "format_reminder_json",
+                reason=error.reason,
+                plan_fields=plan_fields(bool(self.offered)),
             ),
         )
 

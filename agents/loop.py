@@ -261,7 +261,7 @@ class OptimizeLoop:
             sol_stop=config.sol_stop,
         )
         self.coder = Coder(context)
-        self.judge = Judge(context)
+        self.judge = Judge(context, None if config.technique_hints else [])
         self.examples = examples_for(
             store, problem, config.backend, context.precision, run_id, config.memory_examples
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from forge.agents.interfaces import LLMOptions
 from forge.evaluator.config import EvalConfig
@@ -63,6 +63,10 @@ class LoopConfig(BaseModel):
     history: int = Field(8, ge=0)
     """Most recent attempts shown to the agents as the search's history."""
 
+    technique_hints: bool = True
+    """Offer the Judge the technique catalogue (`forge.agents.techniques`) to name in its plans
+    (the Coder then gets the named technique's how-to)."""
+
     judge_turns: int = Field(4, ge=1)
     """Judge prompts per conversation: a trajectory's Judge prompts form one conversation
     (rules, operator and target GPU stated once, at its start) of at most this many turns, then
@@ -94,10 +98,12 @@ class LoopConfig(BaseModel):
         executor: str | None = None,
         precision: str | None = None,
         sampling: dict[str, object] | None = None,
+        search: dict[str, object] | None = None,
     ) -> LoopConfig:
         """The settings of a new run from a user's options (None: not given, the default);
-        `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge.
-        Raises ExecutorSpecError for an executor that names none."""
+        `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge,
+        `search` the `SEARCH_SETTINGS` given (`parse_search`). Raises ExecutorSpecError for an
+        executor that names none."""
         chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
         if patience is not None:
             chosen["patience"] = patience or None
@@ -117,4 +123,39 @@ class LoopConfig(BaseModel):
             gpu_budget_s=gpu_budget_s,
             time_limit_s=time_limit_s,
             **chosen,
+            **(search or {}),
         )
+
+
+SEARCH_SETTINGS = (
+    "candidates_per_round",
+    "judge_turns",
+    "memory_examples",
+    "sol_stop",
+    "technique_hints",
+)
+"""The search's settings `--search NAME=VALUE` may set (to compare them, say)."""
+
+
+class SearchSettingError(ValueError):
+    """A `--search NAME=VALUE` that names no search setting or gives it a bad value."""
+
+
+def parse_search(pairs: list[str]) -> dict[str, object]:
+    """`["judge_turns=1", "sol_stop=none"]` -> their values, checked against LoopConfig's
+    fields (`none` sets an optional one to None)."""
+    chosen: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = (part.strip() for part in pair.partition("="))
+        if not sep or name not in SEARCH_SETTINGS:
+            raise SearchSettingError(
+                f"--search expects NAME=VALUE with NAME one of {', '.join(SEARCH_SETTINGS)}, "
+                f"got '{pair}'"
+            )
+        value = None if text.lower() == "none" else text
+        try:
+            checked = LoopConfig.model_validate({name: value})
+        except ValidationError as exc:
+            raise SearchSettingError(f"--search {pair}: {exc.errors()[0]['msg']}") from None
+        chosen[name] = getattr(checked, name)
+    return chosen

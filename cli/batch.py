@@ -30,6 +30,7 @@ from forge.cli.options import (
     PrecisionOption,
     ReasoningEffortOpt,
     RoundsOpt,
+    SearchOpt,
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
@@ -111,6 +112,7 @@ def batch(
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
     precision: PrecisionOption = None,
+    search: SearchOpt = None,
     budget_usd: Annotated[
         float | None,
         typer.Option(
@@ -181,6 +183,7 @@ def batch(
     """Optimize many problems unattended: a resumable batch of optimize runs, one per item."""
     from forge.agents.batch import BatchError, BatchSettings, Limits, Models
     from forge.agents.llm import MissingCredentials, NoModelConfigured, ScriptError
+    from forge.agents.loop_config import SearchSettingError
     from forge.agents.suite import SuiteError
     from forge.db.store import RecordNotFound, RunLeased
     from forge.evaluator import EvaluatorError
@@ -214,6 +217,7 @@ def batch(
         "--device": device,
         "--executor": executor,
         "--precision": precision,
+        "--search": search or None,
         "--item-budget-usd": item_budget_usd,
         "--item-budget-gpu-hours": item_budget_gpu_hours,
         "--item-time-limit": item_time_limit,
@@ -233,12 +237,14 @@ def batch(
         MissingCredentials,
         NoModelConfigured,
         ScriptError,
+        SearchSettingError,
     )
     models = Models(model, coder_model, judge_model)
     try:
         limits = Limits(budget_usd, _hours(budget_gpu_hours), deadline_from(until, time_limit))
         if resume is None:
             from forge.agents.batch import plan_items
+            from forge.agents.loop_config import parse_search
             from forge.agents.suite import parse_duration, read_suite
 
             loaded = read_suite(suite, level, problems)
@@ -256,6 +262,7 @@ def batch(
                 "time_limit_s": parse_duration(item_time_limit, "--item-time-limit")
                 if item_time_limit
                 else None,
+                "search": parse_search(search or []),
                 "sampling": {
                     "temperature": temperature,
                     "top_p": top_p,

@@ -27,6 +27,7 @@ from forge.cli.options import (
     PrecisionOption,
     ReasoningEffortOpt,
     RoundsOpt,
+    SearchOpt,
     TemperatureOpt,
     TopPOpt,
     WidthOpt,
@@ -159,6 +160,7 @@ def optimize(
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
     precision: PrecisionOption = None,
+    search: SearchOpt = None,
     db: DbOpt = None,
     resume: Annotated[
         int | None,
@@ -180,6 +182,7 @@ def optimize(
         get_model,
         resolve_models,
     )
+    from forge.agents.loop_config import SearchSettingError, parse_search
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
@@ -202,6 +205,7 @@ def optimize(
         "--max-tokens": max_tokens,
         "--executor": executor,
         "--precision": precision,
+        "--search": search or None,
     }
     if (op is None) == (resume is None):
         fail(
@@ -243,6 +247,7 @@ def optimize(
                 device=device.value if device else None,
                 executor=executor,
                 sampling=sampling,
+                search=parse_search(search or []),
             )
             config.evaluation.precision = precision
             problem.sets_for(config.evaluation.device)
@@ -275,6 +280,7 @@ def optimize(
         ResumeError,
         EvaluatorError,
         ExecutorSpecError,
+        SearchSettingError,
     ) as exc:
         if lease is not None:
             lease.release()

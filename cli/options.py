@@ -84,6 +84,17 @@ ExecutorOpt = Annotated[
         "ray:HOST:PORT (ray:auto) for an existing Ray cluster [default: local]"
     ),
 ]
+SearchOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--search",
+        help="a search setting NAME=VALUE, repeatable: candidates_per_round (answers per round, "
+        "the best kept) [1], judge_turns (Judge prompts per conversation) [4], memory_examples "
+        "(recalled kernels as examples, 0: the fixed one) [1], sol_stop (stop a trajectory at "
+        "this fraction of the speed of light, none: never) [0.95], technique_hints (true/false) "
+        "[true]",
+    ),
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),

@@ -199,9 +199,10 @@ def test_kernelbench_checkout_selects_problems_by_number(forge, tmp_path, nested
     assert "L1/1_Scale" in dry.stdout and "L1/40_Forty" in dry.stdout
     assert "L1/3_Unused" not in dry.stdout and "nothing was stored" in dry.stdout
     assert not forge.db.exists()
-    result = forge(*args, "--model", model, "--rounds", 1)
+    result = forge(*args, "--model", model, "--rounds", 1, "--search", "judge_turns=2")
     assert result.exit_code == 0, result.output
     store = forge.batches().runs
+    assert {store.run_config(r.id)["judge_turns"] for _, r in forge.batches().with_runs(1)} == {2}
     ops = [(i.label, r.op) for i, r in forge.batches().with_runs(1)]
     assert ops == [
         ("L1/1_Scale", "1_Scale"),
@@ -662,6 +663,10 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "bad time limit": ([kb, "--time-limit", "soon"], "is not a duration"),
         "bad budget": ([kb, "--budget-usd", "0"], "--budget-usd must be greater than 0"),
         "bad precision": ([kb, "--precision", "fp8"], "fp8"),
+        "bad search": (
+            [kb, "--level", 1, "--problems", "1", "--search", "width=2"],
+            "--search expects NAME=VALUE with NAME one",
+        ),
         "precision not accepted": ([tmp_path / "bf16.toml"], "does not accept --precision bf16"),
     }
 

@@ -247,3 +247,50 @@ def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     store = RunStore(f"sqlite:///{db}")
     assert store.get_run(1).status == "interrupted"
     assert [(c.role, c.round) for c in store.llm_calls(1)] == [("coder", 0)]
+
+
+# ----------------------------------------------------------------- search settings
+
+
+def test_search_settings_reach_the_stored_run(tmp_path: Path) -> None:
+    """`--search NAME=VALUE` sets the search's settings for a comparison; they are stored."""
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps([{"role": "coder", "text": CODE}] * 2))
+    result = optimize(
+        tmp_path,
+        "--model",
+        f"scripted:{script}",
+        "--rounds",
+        "1",
+        "--search",
+        "candidates_per_round=2",
+        "--search",
+        "sol_stop=none",
+        "--search",
+        "technique_hints=false",
+    )
+    assert result.exit_code == 0, result.output
+    store = RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+    run = store.list_runs()[0]
+    stored = store.run_config(run.id)
+    assert (stored["candidates_per_round"], stored["sol_stop"], stored["technique_hints"]) == (
+        2,
+        None,
+        False,
+    )
+    assert stored["judge_turns"] == 4 and len(store.candidates(run.id)) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("rounds=3", "--search expects NAME=VALUE with NAME one of candidates_per_round, "),
+        ("judge_turns", "--search expects NAME=VALUE"),
+        ("judge_turns=0", "--search judge_turns=0: Input should be greater than or equal to 1"),
+        ("sol_stop=2", "--search sol_stop=2: Input should be less than or equal to 1"),
+    ],
+)
+def test_bad_search_settings_are_one_line(tmp_path: Path, value: str, message: str) -> None:
+    result = optimize(tmp_path, "--model", f"scripted:{tmp_path / 's.json'}", "--search", value)
+    assert message in one_error_line(result)
+    assert not (tmp_path / "forge.db").exists()

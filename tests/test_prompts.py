@@ -626,3 +626,15 @@ def test_every_technique_has_a_hint_for_every_backend():
     for t in techniques.TECHNIQUES:
         assert set(t.hint) == set(rules.BACKENDS) and techniques.find(t.name) is t
         assert t.name == "-".join(t.name.split()).lower()
+
+
+def test_without_technique_hints_the_judge_hears_of_none():
+    """`technique_hints` off (the loop passes no techniques): no catalogue, no such field."""
+    context = PromptContext(problem=SOFTMAX, backend="triton", device="cuda", gpu=H200)
+    judge = Judge(context, [])
+    system = judge.optimize(CANDIDATE, CORRECT, HISTORY, 2)[0].content
+    assert "## Techniques" not in system and '"technique"' not in system
+    assert (
+        "technique" not in judge.reminder(InvalidPlan("no JSON object in the answer", "")).content
+    )
+    assert '"technique"' in Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)[0].content
