@@ -284,10 +284,12 @@ class OptimizeLoop:
         on_interrupt: Callable[[str], None] | None = None,
         device_lock: threading.Lock | None = None,
         halt: Callable[[], str | None] | None = None,
+        owns_executor: bool = True,
     ):
         """`device_lock` serialises evaluations (pass one lock to the loops that share a
         device); `halt`, asked before every round and LLM call, returns why the run must stop
-        now (a batch's deadline or total budget) or None: the run then ends `interrupted`."""
+        now (a batch's deadline or total budget) or None: the run then ends `interrupted`.
+        An `executor` shared with other runs (`owns_executor=False`) is left open at the end."""
         self.run_id = run_id
         self.problem = problem
         self.config = config
@@ -308,6 +310,7 @@ class OptimizeLoop:
         self.coder = Coder(context)
         self.judge = Judge(context)
         self.executor = executor
+        self.owns_executor = owns_executor
         if evaluator is None:  # where `config.evaluation.executor` says: local, queue:DIR ...
             self.executor = executor or make_executor(config.evaluation)
             evaluator = partial(self.executor.evaluate, config=config.evaluation)
@@ -350,7 +353,7 @@ class OptimizeLoop:
         except KeyboardInterrupt:
             return self.stop_now()
         finally:
-            if self.executor is not None and not self.aborted.is_set():
+            if self.executor is not None and self.owns_executor and not self.aborted.is_set():
                 self.executor.close()
         return self.finish([f.result() for f in futures])
 
@@ -384,7 +387,7 @@ class OptimizeLoop:
         self.aborted.set()
         self.on_interrupt(STOPPING_NOW)
         kill_sandbox_sessions()
-        if self.executor is not None:
+        if self.executor is not None and self.owns_executor:
             self.executor.close()
         run = self.store.finish_run(self.run_id, RunStatus.interrupted, "")
         return self.outcome(run, {})
@@ -712,7 +715,7 @@ def start(
     """A new run, recorded in the database, ready to `run()`. The stored settings leave out the
     compiler cache folder, which a resumed run takes from its own environment. The executor is
     made first: one that cannot be (no Ray, no cluster) leaves nothing recorded."""
-    if kwargs.get("evaluator") is None:
+    if kwargs.get("evaluator") is None and kwargs.get("executor") is None:
         kwargs["executor"] = make_executor(config.evaluation)
     run_id = store.create_run(
         problem,
@@ -735,7 +738,7 @@ def resume(
             f"run {run_id} finished ({run.rounds_done} rounds); start a new run instead"
         )
     config = LoopConfig.model_validate(store.run_config(run_id))
-    if kwargs.get("evaluator") is None:
+    if kwargs.get("evaluator") is None and kwargs.get("executor") is None:
         kwargs["executor"] = make_executor(config.evaluation)
     row = store.problem(run_id)
     problem = load_problem(row.source, row.name)
