@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,21 @@ def test_docker_sandbox_without_an_engine(env):
         "Docker engine unavailable",
         "--sandbox local",
     )
+
+
+@pytest.mark.parametrize("after_s", [0.6, 1.5])
+def test_ctrl_c_while_starting_is_one_line(home, env, after_s):
+    """Ctrl-C in the first second or two (the commands' imports: torch, litellm, SQLAlchemy)
+    ends `forge` (the installed command) with one line and status 130, not a traceback."""
+    script = Path(sys.executable).parent / "forge"
+    (home / "answers.json").write_text('[{"role": "coder", "text": "no code", "delay_s": 3}]')
+    proc = subprocess.Popen(
+        [str(script), "optimize", "softmax", "--device", "cpu", "--rounds", "1",
+         "--model", f"scripted:{home / 'answers.json'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 130, stderr
