@@ -25,6 +25,7 @@ from forge.cli.options import (
     ModelOpt,
     PatienceOpt,
     PrecisionOption,
+    QueueWaitOpt,
     ReasoningEffortOpt,
     RoundsOpt,
     TemperatureOpt,
@@ -152,6 +153,7 @@ def optimize(
     patience: PatienceOpt = None,
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
+    queue_wait: QueueWaitOpt = None,
     precision: PrecisionOption = None,
     db: DbOpt = None,
     resume: Annotated[
@@ -195,6 +197,7 @@ def optimize(
         "--reasoning-effort": reasoning_effort,
         "--max-tokens": max_tokens,
         "--executor": executor,
+        "--queue-wait": queue_wait,
         "--precision": precision,
     }
     if (op is None) == (resume is None):
@@ -236,6 +239,7 @@ def optimize(
                 time_limit_s=time_limit,
                 device=device.value if device else None,
                 executor=executor,
+                queue_wait_s=queue_wait,
                 sampling=sampling,
             )
             config.evaluation.precision = precision

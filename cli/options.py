@@ -84,6 +84,15 @@ ExecutorOpt = Annotated[
         "ray:HOST:PORT (ray:auto) for an existing Ray cluster [default: local]"
     ),
 ]
+QueueWaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--queue-wait",
+        min=1.0,
+        help="queue:DIR and ray: seconds to wait for a worker to take a job before the "
+        "evaluation fails [default: 900]",
+    ),
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),
