@@ -45,8 +45,8 @@ def judge(tag: str, cost: float = 0.0) -> dict:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+def store(db_url: str) -> RunStore:
+    return RunStore(db_url)
 
 
 def script(tmp_path: Path, items: list[dict]) -> str:
