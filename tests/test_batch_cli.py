@@ -709,3 +709,23 @@ def test_bad_resume_is_one_line(forge, tmp_path):
     assert fixed.exit_code == 2 and "drop --rounds, --device" in fixed.stderr
     both = forge("batch", tmp_path, "--resume", 9)
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_a_batch_on_either_database(db_url, tmp_path):
+    """The batch, its listing, its resume refusal once finished and its report on SQLite and on
+    a real PostgreSQL server (FORGE_DB_URL), with the item's run finished and recorded."""
+    forge = Forge(tmp_path / "home")
+    forge.runner.env["FORGE_DB_URL"] = db_url
+    suite = suite_dir(tmp_path / "suite", "scale", "shift")
+    model = two_rounds(tmp_path)
+    result = forge("batch", suite, "--device", "cpu", "--model", model, "--rounds", 2)
+    assert result.exit_code == 0, result.output
+    batches = BatchStore(RunStore(db_url))
+    assert [i.status for i in batches.items(1)] == ["finished", "finished"]
+    listed = json.loads(forge("batches", "--json").stdout)
+    assert [(b["id"], b["status"], b["items"]) for b in listed] == [(1, "finished", 2)]
+    assert "finished" in forge("batch", "--resume", 1).output
+    reported = forge("report", 1, "--out", tmp_path / "report")
+    assert reported.exit_code == 0, reported.output
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [i["run_id"] for i in data["items"]] == [r.id for _, r in batches.with_runs(1)]
