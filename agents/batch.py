@@ -329,10 +329,10 @@ class BatchRunner:
             ).start()
         try:
             try:
-                _wait(workers)
+                loop.wait_interruptibly(workers)
             except KeyboardInterrupt:
                 self.stop_soon()
-                _wait(workers)
+                loop.wait_interruptibly(workers)
         except KeyboardInterrupt:
             return self.stop_now()
         finally:
@@ -566,13 +566,3 @@ class BatchRunner:
         row = self.batches.update_item(item.id, **values)
         self.display.item_changed(row)
         return row
-
-
-def _wait(futures: list[Future]) -> None:
-    """Wait in short slices, so that Ctrl-C reaches the main thread at once."""
-    for future in futures:
-        while not future.done():
-            try:
-                future.exception(timeout=0.1)
-            except TimeoutError:
-                continue

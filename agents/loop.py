@@ -349,10 +349,10 @@ class OptimizeLoop:
             ).start()
         try:
             try:
-                self._wait(futures)
+                wait_interruptibly(futures)
             except KeyboardInterrupt:
                 self.stop_soon()
-                self._wait(futures)
+                wait_interruptibly(futures)
         except KeyboardInterrupt:
             return self.stop_now()
         finally:
@@ -366,16 +366,6 @@ class OptimizeLoop:
             future.set_result(self.run_trajectory(index))
         except BaseException as exc:  # noqa: BLE001 (handed to the main thread, re-raised there)
             future.set_exception(exc)
-
-    @staticmethod
-    def _wait(futures: list[Future]) -> None:
-        """Wait for the trajectories, in short slices so that Ctrl-C is seen at once."""
-        for future in futures:
-            while not future.done():
-                try:
-                    future.exception(timeout=0.1)
-                except TimeoutError:
-                    continue
 
     def stop_soon(self) -> None:
         """The first Ctrl-C: finish the steps in flight, start nothing new."""
@@ -749,3 +739,13 @@ def resume(
     resume_model(judge_model, store, run_id, "judge")
     store.reopen_run(run_id)
     return OptimizeLoop(run_id, problem, config, coder_model, judge_model, store, **kwargs)
+
+
+def wait_interruptibly(futures: list[Future]) -> None:
+    """Wait for `futures` in short slices, so that Ctrl-C reaches the main thread at once."""
+    for future in futures:
+        while not future.done():
+            try:
+                future.exception(timeout=0.1)
+            except TimeoutError:
+                continue
