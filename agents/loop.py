@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -681,8 +682,11 @@ class OptimizeLoop:
 
 
 def kill_sandbox_sessions() -> None:
-    """Kill the sandboxed evaluations this process started: each runs in a session of its own
-    (so a terminal's Ctrl-C does not reach it), led by a child of this process."""
+    """Kill the sandboxed evaluations this process started: each local one runs in a session of
+    its own (so a terminal's Ctrl-C does not reach it), led by a child of this process; docker
+    ones in containers this process created."""
+    if "forge.sandbox.docker" in sys.modules:  # imported only by a run with docker sandboxes
+        sys.modules["forge.sandbox.docker"].kill_live_containers()
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
