@@ -275,7 +275,7 @@ def batch(
             if dry_run:
                 console.print(plan_table(loaded.description, planned, settings, limits))
                 return
-            batches, lease = _create(
+            batches, lease = create_stored(
                 name or loaded.name, loaded.description, settings, limits, planned, db
             )
         else:
@@ -288,8 +288,8 @@ def batch(
     except errors as exc:
         fail(str(exc))
     with lease:
-        outcome = _run(batches, lease.what.id, models if resume is not None else Models())
-    _finish(batches, outcome)
+        outcome = run_stored(batches, lease.what.id, models if resume is not None else Models())
+    raise typer.Exit(summarize(batches, outcome))
 
 
 def plan_table(description: str, planned: list, settings, limits) -> Table:  # noqa: ANN001
@@ -334,7 +334,8 @@ def plan_table(description: str, planned: list, settings, limits) -> Table:  # n
     return table
 
 
-def _create(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
+def create_stored(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
+    """Store a planned batch; (its BatchStore, the batch's lease)."""
     from forge.agents.batch import create_batch
     from forge.db.batches import BatchStore
     from forge.db.store import RunStore
@@ -354,7 +355,8 @@ def _timed_on(items: list) -> str:
     return "cpu" if all(_evaluation(i)["device"] == "cpu" for i in items) else "cuda"
 
 
-def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
+def run_stored(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
+    """Play a stored batch with the live (terminal) or line display."""
     from forge.agents.batch import BatchRunner
     from forge.agents.coder import detect_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
@@ -380,7 +382,8 @@ def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, M
     return BatchRunner(batches, batch_id, models, gpu, display).run()
 
 
-def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome)
+def summarize(batches, outcome) -> int:  # noqa: ANN001 (BatchStore, BatchOutcome)
+    """Print the batch's summary; the exit status it calls for."""
     from forge.cli.batch_view import summary_table
 
     batch = outcome.batch
@@ -404,7 +407,7 @@ def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome
             f"`forge batch --resume {batch.id}`"
         )
     code = EXIT_CODES[batch.status]
-    raise typer.Exit(1 if code == 0 and failed else code)
+    return 1 if code == 0 and failed else code
 
 
 def batches(
