@@ -3,8 +3,8 @@
 `create_batch` stores a batch and its items (each with its problem and the settings of its run);
 `BatchRunner(...).run()` plays the items, highest priority first (suite order among equals),
 `concurrency` of them at once in threads: their LLM calls overlap while evaluations run, and
-evaluations through an executor that uses this machine's device take turns (one lock for the
-batch). Each item's run is an ordinary `forge.agents.loop` run, held by its run lease; the
+items whose evaluations use this machine's devices share one executor (`local`: its pool gives
+each GPU one evaluation at a time, so no item times its kernels while another evaluates there). Each item's run is an ordinary `forge.agents.loop` run, held by its run lease; the
 batch is held by its own lease.
 
 An item ends as one of:
@@ -57,7 +57,8 @@ from forge.db.models import (
 )
 from forge.db.store import Lease, RecordNotFound, RunLeased, ensure_datetime
 from forge.evaluator import EvaluatorError
-from forge.evaluator.executors import shares_device
+from forge.evaluator.config import EvalConfig
+from forge.evaluator.executors import Executor, make_executor, shares_device
 from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem, ProblemError, load_problem
 from forge.kernels_library.storage import LibraryError
@@ -299,7 +300,8 @@ class BatchRunner:
             batch.budget_usd, batch.budget_gpu_s, ensure_datetime(batch.deadline_at)
         )
         self.lock = threading.Lock()
-        self.device_lock = threading.Lock()
+        self.executors: dict[str, Executor] = {}
+        """Executors shared by the items whose evaluations use this machine's devices."""
         self.queue: list[BatchItem] = []
         self.active: dict[int, _Active] = {}
         self.gpu_seconds: dict[int, float] = {}
@@ -327,15 +329,34 @@ class BatchRunner:
             ).start()
         try:
             try:
-                _wait(workers)
+                loop.wait_interruptibly(workers)
             except KeyboardInterrupt:
                 self.stop_soon()
-                _wait(workers)
+                loop.wait_interruptibly(workers)
         except KeyboardInterrupt:
             return self.stop_now()
+        finally:
+            self.close_executors()
         for future in workers:
             future.result()  # a bug in a worker surfaces here
         return self.finish()
+
+    def shared_executor(self, evaluation: EvalConfig) -> Executor | None:
+        """One executor per distinct local setting for the items that use this machine's
+        devices; None where each run keeps its own (a queue, a Ray cluster)."""
+        if not shares_device(evaluation.executor):
+            return None
+        key = evaluation.model_dump_json(include={"executor", "device", "sandbox", "cache_dir"})
+        with self.lock:
+            if key not in self.executors:
+                self.executors[key] = make_executor(evaluation)
+            return self.executors[key]
+
+    def close_executors(self) -> None:
+        with self.lock:
+            executors, self.executors = list(self.executors.values()), {}
+        for executor in executors:
+            executor.close()
 
     def _work(self, future: Future) -> None:
         try:
@@ -473,9 +494,10 @@ class BatchRunner:
             "gpu": self.gpu,
             "on_event": lambda event: self.display.event(item, event),
             "on_interrupt": lambda _message: None,
-            "device_lock": self.device_lock if shares_device(config.evaluation.executor) else None,
             "halt": self.halted,
         }
+        if shared := self.shared_executor(config.evaluation):
+            hooks.update(executor=shared, owns_executor=False)
         if item.run_id is None:
             row = self.batches.problem(item.problem_id)
             problem = load_problem(row.source, row.name)
@@ -544,13 +566,3 @@ class BatchRunner:
         row = self.batches.update_item(item.id, **values)
         self.display.item_changed(row)
         return row
-
-
-def _wait(futures: list[Future]) -> None:
-    """Wait in short slices, so that Ctrl-C reaches the main thread at once."""
-    for future in futures:
-        while not future.done():
-            try:
-                future.exception(timeout=0.1)
-            except TimeoutError:
-                continue

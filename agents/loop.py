@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -238,10 +239,12 @@ class OptimizeLoop:
         on_interrupt: Callable[[str], None] | None = None,
         device_lock: threading.Lock | None = None,
         halt: Callable[[], str | None] | None = None,
+        owns_executor: bool = True,
     ):
         """`device_lock` serialises evaluations (pass one lock to the loops that share a
         device); `halt`, asked before every round and LLM call, returns why the run must stop
-        now (a batch's deadline or total budget) or None: the run then ends `interrupted`."""
+        now (a batch's deadline or total budget) or None: the run then ends `interrupted`.
+        An `executor` shared with other runs (`owns_executor=False`) is left open at the end."""
         self.run_id = run_id
         self.problem = problem
         self.config = config
@@ -266,6 +269,7 @@ class OptimizeLoop:
             store, problem, config.backend, context.precision, run_id, config.memory_examples
         )
         self.executor = executor
+        self.owns_executor = owns_executor
         if evaluator is None:  # where `config.evaluation.executor` says: local, queue:DIR ...
             self.executor = executor or make_executor(config.evaluation)
             evaluator = partial(self.executor.evaluate, config=config.evaluation)
@@ -301,14 +305,14 @@ class OptimizeLoop:
             ).start()
         try:
             try:
-                self._wait(futures)
+                wait_interruptibly(futures)
             except KeyboardInterrupt:
                 self.stop_soon()
-                self._wait(futures)
+                wait_interruptibly(futures)
         except KeyboardInterrupt:
             return self.stop_now()
         finally:
-            if self.executor is not None and not self.aborted.is_set():
+            if self.executor is not None and self.owns_executor and not self.aborted.is_set():
                 self.executor.close()
         return self.finish([f.result() for f in futures])
 
@@ -318,16 +322,6 @@ class OptimizeLoop:
             future.set_result(self.run_trajectory(index))
         except BaseException as exc:  # noqa: BLE001 (handed to the main thread, re-raised there)
             future.set_exception(exc)
-
-    @staticmethod
-    def _wait(futures: list[Future]) -> None:
-        """Wait for the trajectories, in short slices so that Ctrl-C is seen at once."""
-        for future in futures:
-            while not future.done():
-                try:
-                    future.exception(timeout=0.1)
-                except TimeoutError:
-                    continue
 
     def stop_soon(self) -> None:
         """The first Ctrl-C: finish the steps in flight, start nothing new."""
@@ -342,7 +336,7 @@ class OptimizeLoop:
         self.aborted.set()
         self.on_interrupt(STOPPING_NOW)
         kill_sandbox_sessions()
-        if self.executor is not None:
+        if self.executor is not None and self.owns_executor:
             self.executor.close()
         run = self.store.finish_run(self.run_id, RunStatus.interrupted, "")
         return self.outcome(run, {})
@@ -683,8 +677,11 @@ class OptimizeLoop:
 
 
 def kill_sandbox_sessions() -> None:
-    """Kill the sandboxed evaluations this process started: each runs in a session of its own
-    (so a terminal's Ctrl-C does not reach it), led by a child of this process."""
+    """Kill the sandboxed evaluations this process started: each local one runs in a session of
+    its own (so a terminal's Ctrl-C does not reach it), led by a child of this process; docker
+    ones in containers this process created."""
+    if "forge.sandbox.docker" in sys.modules:  # imported only by a run with docker sandboxes
+        sys.modules["forge.sandbox.docker"].kill_live_containers()
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -710,7 +707,7 @@ def start(
     """A new run, recorded in the database, ready to `run()`. The stored settings leave out the
     compiler cache folder, which a resumed run takes from its own environment. The executor is
     made first: one that cannot be (no Ray, no cluster) leaves nothing recorded."""
-    if kwargs.get("evaluator") is None:
+    if kwargs.get("evaluator") is None and kwargs.get("executor") is None:
         kwargs["executor"] = make_executor(config.evaluation)
     run_id = store.create_run(
         problem,
@@ -733,7 +730,7 @@ def resume(
             f"run {run_id} finished ({run.rounds_done} rounds); start a new run instead"
         )
     config = LoopConfig.model_validate(store.run_config(run_id))
-    if kwargs.get("evaluator") is None:
+    if kwargs.get("evaluator") is None and kwargs.get("executor") is None:
         kwargs["executor"] = make_executor(config.evaluation)
     row = store.problem(run_id)
     problem = load_problem(row.source, row.name)
@@ -741,3 +738,13 @@ def resume(
     resume_model(judge_model, store, run_id, "judge")
     store.reopen_run(run_id)
     return OptimizeLoop(run_id, problem, config, coder_model, judge_model, store, **kwargs)
+
+
+def wait_interruptibly(futures: list[Future]) -> None:
+    """Wait for `futures` in short slices, so that Ctrl-C reaches the main thread at once."""
+    for future in futures:
+        while not future.done():
+            try:
+                future.exception(timeout=0.1)
+            except TimeoutError:
+                continue

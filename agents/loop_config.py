@@ -97,6 +97,7 @@ class LoopConfig(BaseModel):
         device: str | None = None,
         executor: str | None = None,
         precision: str | None = None,
+        queue_wait_s: float | None = None,
         sampling: dict[str, object] | None = None,
         search: dict[str, object] | None = None,
     ) -> LoopConfig:
@@ -112,6 +113,8 @@ class LoopConfig(BaseModel):
         given = {k: v for k, v in (sampling or {}).items() if v is not None}
         llm = {**defaults.coder.model_dump(), **given, "api_base": api_base}
         evaluation = EvalConfig(device=device or "cuda", backend=backend, precision=precision)
+        if queue_wait_s is not None:
+            evaluation.queue_wait_s = queue_wait_s
         if executor is not None:
             evaluation.executor = check_spec(executor)
         return cls(

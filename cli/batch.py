@@ -28,6 +28,7 @@ from forge.cli.options import (
     ModelOpt,
     PatienceOpt,
     PrecisionOption,
+    QueueWaitOpt,
     ReasoningEffortOpt,
     RoundsOpt,
     SearchOpt,
@@ -111,6 +112,7 @@ def batch(
     max_tokens: MaxTokensOpt = None,
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
+    queue_wait: QueueWaitOpt = None,
     precision: PrecisionOption = None,
     search: SearchOpt = None,
     budget_usd: Annotated[
@@ -216,6 +218,7 @@ def batch(
         "--max-tokens": max_tokens,
         "--device": device,
         "--executor": executor,
+        "--queue-wait": queue_wait,
         "--precision": precision,
         "--search": search or None,
         "--item-budget-usd": item_budget_usd,
@@ -256,6 +259,7 @@ def batch(
                 "patience": patience,
                 "device": device.value if device else None,
                 "executor": executor,
+                "queue_wait_s": queue_wait,
                 "precision": precision,
                 "budget_usd": item_budget_usd,
                 "gpu_budget_s": _hours(item_budget_gpu_hours),
@@ -278,7 +282,7 @@ def batch(
             if dry_run:
                 console.print(plan_table(loaded.description, planned, settings, limits))
                 return
-            batches, lease = _create(
+            batches, lease = create_stored(
                 name or loaded.name, loaded.description, settings, limits, planned, db
             )
         else:
@@ -291,8 +295,8 @@ def batch(
     except errors as exc:
         fail(str(exc))
     with lease:
-        outcome = _run(batches, lease.what.id, models if resume is not None else Models())
-    _finish(batches, outcome)
+        outcome = run_stored(batches, lease.what.id, models if resume is not None else Models())
+    raise typer.Exit(summarize(batches, outcome))
 
 
 def plan_table(description: str, planned: list, settings, limits) -> Table:  # noqa: ANN001
@@ -337,7 +341,8 @@ def plan_table(description: str, planned: list, settings, limits) -> Table:  # n
     return table
 
 
-def _create(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
+def create_stored(name, description, settings, limits, planned, db):  # noqa: ANN001, ANN202
+    """Store a planned batch; (its BatchStore, the batch's lease)."""
     from forge.agents.batch import create_batch
     from forge.db.batches import BatchStore
     from forge.db.store import RunStore
@@ -357,7 +362,8 @@ def _timed_on(items: list) -> str:
     return "cpu" if all(_evaluation(i)["device"] == "cpu" for i in items) else "cuda"
 
 
-def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
+def run_stored(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
+    """Play a stored batch with the live (terminal) or line display."""
     from forge.agents.batch import BatchRunner
     from forge.agents.coder import detect_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
@@ -383,7 +389,8 @@ def _run(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, M
     return BatchRunner(batches, batch_id, models, gpu, display).run()
 
 
-def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome)
+def summarize(batches, outcome) -> int:  # noqa: ANN001 (BatchStore, BatchOutcome)
+    """Print the batch's summary; the exit status it calls for."""
     from forge.cli.batch_view import summary_table
 
     batch = outcome.batch
@@ -407,7 +414,7 @@ def _finish(batches, outcome) -> None:  # noqa: ANN001 (BatchStore, BatchOutcome
             f"`forge batch --resume {batch.id}`"
         )
     code = EXIT_CODES[batch.status]
-    raise typer.Exit(1 if code == 0 and failed else code)
+    return 1 if code == 0 and failed else code
 
 
 def batches(

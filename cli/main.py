@@ -107,13 +107,14 @@ def _root(
 
 
 def _register() -> None:
-    from forge.cli import batch, browse, evaluate, library, optimize, report, serve, worker
+    from forge.cli import batch, browse, evaluate, library, model, optimize, report, serve, worker
 
     evaluate.register(app)
     optimize.register(app)
     batch.register(app)
     browse.register(app)
     library.register(app)
+    model.register(app)
     worker.register(app)
     report.register(app)
     serve.register(app)

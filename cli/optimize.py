@@ -25,6 +25,7 @@ from forge.cli.options import (
     ModelOpt,
     PatienceOpt,
     PrecisionOption,
+    QueueWaitOpt,
     ReasoningEffortOpt,
     RoundsOpt,
     SearchOpt,
@@ -159,6 +160,7 @@ def optimize(
     patience: PatienceOpt = None,
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
+    queue_wait: QueueWaitOpt = None,
     precision: PrecisionOption = None,
     search: SearchOpt = None,
     db: DbOpt = None,
@@ -204,6 +206,7 @@ def optimize(
         "--reasoning-effort": reasoning_effort,
         "--max-tokens": max_tokens,
         "--executor": executor,
+        "--queue-wait": queue_wait,
         "--precision": precision,
         "--search": search or None,
     }
@@ -246,6 +249,7 @@ def optimize(
                 time_limit_s=time_limit,
                 device=device.value if device else None,
                 executor=executor,
+                queue_wait_s=queue_wait,
                 sampling=sampling,
                 search=parse_search(search or []),
             )

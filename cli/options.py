@@ -95,6 +95,15 @@ SearchOpt = Annotated[
         "[true]",
     ),
 ]
+QueueWaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--queue-wait",
+        min=1.0,
+        help="queue:DIR and ray: seconds to wait for a worker to take a job before the "
+        "evaluation fails [default: 900]",
+    ),
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),

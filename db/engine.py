@@ -11,10 +11,14 @@ run writes, and parallel trajectories of one run can write from several threads.
 Migrations are Alembic's, run programmatically: the script location is this package's
 `migrations` folder, so it works from an installed wheel with no alembic.ini.
 
+PostgreSQL is the choice for several controllers (and the browse commands) on one database:
+every connection runs in UTC (`SET TIME ZONE 'UTC'`), whatever the server's time zone.
+
 Read-only use (`get_engine(url, read_only=True)`, for `forge runs`, `show`, `diff`, `library
 list`...) opens a SQLite file with `mode=ro` (`immutable=1` when even the WAL index cannot be
 created, i.e. the folder is read-only too), never migrates and never writes; a file that does not
-exist yet reads as an empty database and is not created.
+exist yet reads as an empty database and is not created. On PostgreSQL every transaction of a
+read-only engine is `READ ONLY`: the server refuses a write.
 
 What goes wrong with the database itself (a file that is not SQLite, a locked or read-only file,
 a folder that cannot be created, a missing driver, a server that does not answer) is raised as
@@ -124,6 +128,10 @@ def explain(
                 "or set FORGE_HOME to a writable folder (or --db / FORGE_DB_URL)"
             )
         return None
+    text = _masked(text, url)
+    refusal = SERVER_REFUSALS.get(getattr(original, "sqlstate", None) or "")
+    if refusal is not None:
+        return DatabaseError(refusal.format(name=name, text=text))
     if statement is None and type(original).__name__ in (
         "OperationalError",
         "InterfaceError",
@@ -134,6 +142,25 @@ def explain(
             "and the URL (--db / FORGE_DB_URL) is right"
         )
     return None
+
+
+SERVER_REFUSALS = {
+    "25006": "cannot write to the database {name} ({text}): this command opened it read-only",
+    "42501": "the database {name} refused the statement ({text}): grant its user what Forge "
+    "needs (SELECT for the commands that only read; INSERT, UPDATE, DELETE, and CREATE for the "
+    "first run that creates the tables)",
+}
+"""Server errors (by SQLSTATE) that are the database's environment, with their message."""
+
+
+def _masked(text: str, url: str | URL) -> str:
+    """A driver's message with the URL's password and any secret-looking value masked."""
+    from forge.db.redact import redact
+
+    password = (make_url(url) if isinstance(url, str) else url).password
+    if password:
+        text = text.replace(str(password), "***")
+    return redact(text)
 
 
 def _translate_errors(engine: Engine, read_only: bool) -> None:
@@ -177,6 +204,21 @@ def _sqlite_pragmas(busy_timeout_ms: int, read_only: bool):  # noqa: ANN202
         cursor.close()
 
     return pragmas
+
+
+def _postgres_session(read_only: bool):  # noqa: ANN202
+    """Set every new PostgreSQL connection to UTC (and, for a read-only engine, READ ONLY
+    transactions), committed so that the pool's rollbacks keep it."""
+
+    def configure(dbapi_connection, _record) -> None:  # noqa: ANN001 (DBAPI types vary)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        if read_only:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cursor.close()
+        dbapi_connection.commit()
+
+    return configure
 
 
 def _read_only_query(path: Path) -> dict[str, str]:
@@ -231,6 +273,8 @@ def get_engine(url: str | None = None, *, echo: bool = False, read_only: bool = 
             engine = create_engine(resolved, echo=echo, pool_pre_ping=True)
         except ImportError as exc:
             raise _missing_driver(resolved, exc) from exc
+        if resolved.get_backend_name() == "postgresql":
+            event.listen(engine, "connect", _postgres_session(read_only))
         _translate_errors(engine, read_only)
         return engine
     busy_ms = _busy_timeout_ms(read_only)

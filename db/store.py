@@ -1,8 +1,8 @@
 """`RunStore`: the one object the optimize loop talks to about the database.
 
 Every write method commits before it returns, so a run killed at any instant (kill -9) loses at
-most the step in flight. Every text that enters the database passes through
-`forge.db.redact.redact`, so provider keys never reach it.
+most the step in flight. Every text that enters the database passes through `storable`
+(`forge.db.redact.redact`), so provider keys never reach it.
 
 Resuming a run (`forge optimize --resume RUN`): `rounds(run_id)` groups everything recorded for
 a run by (trajectory, round), in order, as `RoundRecord`s holding that round's LLM calls and its
@@ -186,6 +186,13 @@ class Lease:
         self.release()
 
 
+def storable(text: str) -> str:
+    """Text as the database receives it: secrets redacted, and NUL characters (which a model's
+    answer or a process's output may hold, and PostgreSQL's text columns refuse) replaced by
+    U+FFFD, on every backend alike."""
+    return redact(text).replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def source_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -325,9 +332,9 @@ class RunStore:
         run = Run(
             problem_id=self._problem_id(problem),
             op=problem.name,
-            config_json=redact(_json(config)),
-            coder_model=redact(coder_model),
-            judge_model=redact(judge_model),
+            config_json=storable(_json(config)),
+            coder_model=storable(coder_model),
+            judge_model=storable(judge_model),
             backend=backend,
             device=device,
             gpu_name=gpu_name,
@@ -387,7 +394,7 @@ class RunStore:
             s.exec(
                 update(Run)
                 .where(col(Run.id) == run_id)
-                .values(status=final.value, finished_at=utcnow(), error=redact(error))
+                .values(status=final.value, finished_at=utcnow(), error=storable(error))
             )
             s.commit()
         return self.update_run_totals(run_id)
@@ -560,6 +567,11 @@ class RunStore:
             "gpu_name": func.coalesce(gpu, Run.gpu_name),
         }
         with self._session() as s:
+            # The run's row lock first: on PostgreSQL an UPDATE that waited for a concurrent
+            # one would otherwise write totals from the snapshot it started with.
+            s.exec(
+                select(Run.id).where(col(Run.id) == run_id).with_for_update(key_share=True)
+            ).first()
             s.exec(update(Run).where(col(Run.id) == run_id).values(**values))
             s.commit()
         return self.get_run(run_id)
@@ -590,7 +602,7 @@ class RunStore:
         plan: dict | BaseModel | None = None,
     ) -> int:
         """Store a candidate's source (and the Judge plan it implements); its id."""
-        text = redact(source)
+        text = storable(source)
         row = Candidate(
             run_id=run_id,
             trajectory=trajectory,
@@ -600,7 +612,7 @@ class RunStore:
             backend=backend,
             source=text,
             source_hash=source_hash(text),
-            plan_json=redact(_json(plan)),
+            plan_json=storable(_json(plan)),
         )
         return self._insert(row).id
 
@@ -628,7 +640,7 @@ class RunStore:
         env = result.environment
         row = Evaluation(
             candidate_id=candidate_id,
-            result_json=redact(result_to_json(result)),
+            result_json=storable(result_to_json(result)),
             status=result.status.value,
             suspicious=result.suspicious,
             speedup_vs_eager=result.speedup_vs_eager,
@@ -757,15 +769,15 @@ class RunStore:
             trajectory=trajectory,
             round=round,
             role=Role(role).value,
-            model=redact(model),
-            messages_json=redact(json.dumps(plain)),
-            response_text=redact(response_text),
+            model=storable(model),
+            messages_json=storable(json.dumps(plain)),
+            response_text=storable(response_text),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=cost_usd,
             latency_s=latency_s,
             attempts=attempts,
-            error=redact(error),
+            error=storable(error),
         )
         return self._insert(row).id
 
@@ -781,7 +793,7 @@ class RunStore:
     def set_llm_call_error(self, call_id: int, error: str) -> None:
         """Mark a call whose answer was unusable (no code block, invalid plan JSON)."""
         with self._session() as s:
-            s.exec(update(LLMCall).where(col(LLMCall.id) == call_id).values(error=redact(error)))
+            s.exec(update(LLMCall).where(col(LLMCall.id) == call_id).values(error=storable(error)))
             s.commit()
 
     def llm_calls(
@@ -845,7 +857,10 @@ class RunStore:
 
 
 def ensure_datetime(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; they are UTC."""
-    if value is None or value.tzinfo is not None:
+    """A stored time in UTC: SQLite returns naive datetimes (they are UTC), PostgreSQL aware
+    ones in the session's time zone."""
+    if value is None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)

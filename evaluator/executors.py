@@ -306,8 +306,8 @@ class ExecutorKind:
     build: Callable[[str, EvalConfig], Executor]
     """Makes the executor from the normalised argument and the run's EvalConfig."""
     shares_device: bool = False
-    """Its evaluations use this machine's device: runs in flight together (a batch's items)
-    take turns, so that none times its kernels while another evaluation runs."""
+    """Its evaluations use this machine's devices: runs in flight together (a batch's items)
+    share one executor, whose pool gives each device one evaluation at a time."""
     on_this_machine: bool = False
     """Whether the evaluations run on the controller's machine (its GPU is the one to name in
     the Coder's prompt)."""
@@ -379,7 +379,7 @@ def check_spec(spec: str) -> str:
 
 
 def shares_device(spec: str) -> bool:
-    """Whether evaluations through `spec` must take turns with other runs' (`ExecutorKind`)."""
+    """Whether runs evaluating through `spec` must share one executor (`ExecutorKind`)."""
     return EXECUTORS[check_spec(spec).partition(":")[0]].shares_device
 
 

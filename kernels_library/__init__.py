@@ -7,6 +7,7 @@
         ...
     Softmax = kl.load("softmax")     # the best entry's ModelNew class, for explicit use
     kl.stats()                       # library calls and fallbacks to PyTorch, by reason
+    torch.compile(model, backend=kl.compile_backend())   # served ops as custom ops in the graph
 
 `FORGE_KERNELS_DISABLE=1` turns `enable`/`use` into no-ops. Entries are read from
 `$FORGE_LIBRARY` (directories separated by os.pathsep), else `$FORGE_HOME/library`; see
@@ -31,6 +32,7 @@ _EXPORTS = {
     "stats": "forge.kernels_library.runtime",
     "reset_stats": "forge.kernels_library.runtime",
     "EnableReport": "forge.kernels_library.runtime",
+    "compile_backend": "forge.kernels_library.compiled",
     "LibraryError": "forge.kernels_library.storage",
     "LibraryIntegrityError": "forge.kernels_library.storage",
     "library_dirs": "forge.kernels_library.storage",

@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -147,7 +147,10 @@ _CLASSES: dict[tuple, type] = {}
 
 class _Local(threading.local):
     """Per thread: the re-entrancy flag and the ModelNew instances (their parameter slots are
-    rebound per call, so threads must not share them)."""
+    rebound per call, so threads must not share them). `depth` is 0 outside the library, 1
+    inside a library kernel (an ATen call from there is a counted re-entrant fallback), and
+    `BYPASS` where the runtime itself calls PyTorch's op (the custom ops' fallback, fake and
+    backward implementations): PyTorch's kernel runs with nothing counted."""
 
     def __init__(self) -> None:
         self.depth = 0
@@ -155,6 +158,7 @@ class _Local(threading.local):
 
 
 _local = _Local()
+BYPASS = 2
 
 
 def module_class(record: EntryRecord) -> type:
@@ -238,6 +242,11 @@ class _OpState:
     entries: int
     library: torch.library.Library | None = None
     keys: list[str] = field(default_factory=list)
+    custom: Callable | None = None
+    """The forge::<op> custom op's kernel (torch.compile path): routes like the ATen one."""
+    decide: Callable | None = None
+    """(ATen args, kwargs) -> None when the library would serve the call, else the reason;
+    asked at trace time by `compile_backend` (no kernel runs)."""
 
 
 @dataclass
@@ -327,18 +336,71 @@ class _Routes(threading.local):
         self.table: dict = {}
 
 
-def _make_impl(
-    op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool
-):
-    adapter = state.adapter
-    prepare = adapter.prepare
-    # (device index, dtype) -> bucket table: the arch lookup done once, here
-    by_device = {
+def _tables_by_device(state: _OpState, archs: dict[int, str]) -> dict[tuple, dict]:
+    """(device index, dtype) -> bucket table: the arch lookup done once, at registration."""
+    return {
         (device, dtype): table
         for (arch, dtype), table in state.index.items()
         for device, a in archs.items()
         if a == arch
     }
+
+
+def _dtype_miss(state: _OpState, archs: dict[int, str], device: int, dtype) -> _Miss:
+    return _Miss(
+        OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE,
+        (archs.get(device), dtype, None),
+    )
+
+
+def _log_decision(op: str, adapter: _adapters.Adapter, miss: _Miss) -> None:
+    """The first time a (reason, arch, dtype, bucket) is decided: a debug line with the details
+    (decisions are cached, so this runs once per key, never per call)."""
+    if (
+        miss.detail is not None
+        and len(_DETAILS_SEEN) < _MAX_DETAILS
+        and log.isEnabledFor(logging.DEBUG)
+        and (op, miss.reason, miss.detail) not in _DETAILS_SEEN
+    ):
+        _DETAILS_SEEN.add((op, miss.reason, miss.detail))
+        log.debug("%s: %s (%s)", op, miss.reason, _detail_text(adapter, miss.detail))
+
+
+def _make_decide(op: str, state: _OpState, archs: dict[int, str]):
+    """`decide(args, kwargs)`: None when the library would serve this call (by its arguments,
+    dtype, device and shape bucket), else the reason. For `compile_backend`, on the FakeTensors
+    of a traced graph: nothing is instantiated or run."""
+    adapter = state.adapter
+    by_device = _tables_by_device(state, archs)
+    bucketer = _bucketer(state.pow2)
+
+    def decide(args: tuple, kwargs: dict) -> str | None:
+        call = adapter.prepare(*args, **kwargs)
+        if call.__class__ is str:
+            return call
+        x = args[0]
+        device = x.get_device()
+        table = by_device.get((device, x.dtype))
+        if table is None:
+            return _dtype_miss(state, archs, device, x.dtype).reason
+        constants = call[0]
+        if not all(type(c) is int for c in constants):
+            return "symbolic (dynamic) shape: decided per call only for static shapes"
+        choice = table.get(bucketer(constants))
+        if choice is None:
+            return NO_BUCKET
+        return UNBINDABLE if choice.broken else None
+
+    return decide
+
+
+def _make_impl(
+    op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool
+):
+    adapter = state.adapter
+    prepare = adapter.prepare
+    by_device = _tables_by_device(state, archs)
+    served_keys = frozenset(by_device)
     counts = _counts(op)
     by_entry = _ENTRY_COUNTS.setdefault(op, {})
     tensor_types = (torch.Tensor, torch.nn.Parameter)
@@ -349,30 +411,17 @@ def _make_impl(
     dispatch_modes = torch._C._len_torch_dispatch_stack
     local = _local
     routes = _Routes()
-    debug_on = log.isEnabledFor
+    call_original = original.call_boxed
 
-    def fallback(args, kwargs, reason, detail=None):
+    def fallback(args, kwargs, reason):
         counts[reason] = counts.get(reason, 0) + 1
         if (op, reason) not in _SEEN:
             _first_time(op, reason)
-        if (
-            detail is not None
-            and len(_DETAILS_SEEN) < _MAX_DETAILS
-            and debug_on(logging.DEBUG)
-            and (op, reason, detail) not in _DETAILS_SEEN
-        ):
-            _DETAILS_SEEN.add((op, reason, detail))
-            log.debug("%s: %s (%s)", op, reason, _detail_text(adapter, detail))
-        return original.call_boxed(keyset, *args, **kwargs)
+        return call_original(keyset, *args, **kwargs)
 
     def route(device: int, dtype: torch.dtype, constants: tuple, init_args: tuple, x: torch.Tensor):
         """(forward, parameter slots, entry id) of the entry serving these calls, or a _Miss."""
-        table = by_device.get((device, dtype))
-        if table is None:
-            return _Miss(
-                OTHER_MACHINE if dtype in state.foreign_dtypes else NO_DTYPE,
-                (archs.get(device), dtype, None),
-            )
+        table = by_device[(device, dtype)]
         bucket = bucketer(constants)
         choice = table.get(bucket)
         if choice is None:
@@ -382,9 +431,20 @@ def _make_impl(
             return _Miss(UNBINDABLE)
         return (*slot, choice.key)
 
+    def decided(key, decision):
+        table = routes.table
+        if len(table) >= _Routes.LIMIT:
+            table.clear()
+        table[key] = decision
+        if decision.__class__ is _Miss:
+            _log_decision(op, adapter, decision)
+        return decision
+
     def impl(*args, **kwargs):
         x = args[0]
         if local.depth:
+            if local.depth == BYPASS:
+                return call_original(keyset, *args, **kwargs)
             return fallback(args, kwargs, REENTRANT)
         if type(x) not in tensor_types:
             return fallback(args, kwargs, SUBCLASS)
@@ -395,21 +455,25 @@ def _make_impl(
                 for a in (*args, *kwargs.values()):
                     if isinstance(a, torch.Tensor) and a.requires_grad:
                         return fallback(args, kwargs, AUTOGRAD)
+        device = x.get_device()
+        dtype = x.dtype
+        if (device, dtype) not in served_keys:
+            # no entry for this dtype on this device: decided before looking at the arguments
+            key = (device, dtype)
+            decision = routes.table.get(key) or decided(
+                key, _dtype_miss(state, archs, device, dtype)
+            )
+            return fallback(args, kwargs, decision.reason)
         call = prepare(*args, **kwargs)
         if call.__class__ is str:
             return fallback(args, kwargs, call)
         constants, init_args, params, inputs, out_shape = call
-        device = x.get_device()
-        table = routes.table
-        key = (device, x.dtype, constants, init_args)
-        decision = table.get(key)
+        key = (device, dtype, constants, init_args)
+        decision = routes.table.get(key)
         if decision is None:
-            decision = route(device, x.dtype, constants, init_args, x)
-            if len(table) >= _Routes.LIMIT:
-                table.clear()
-            table[key] = decision
+            decision = decided(key, route(device, dtype, constants, init_args, x))
         if decision.__class__ is _Miss:
-            return fallback(args, kwargs, decision.reason, decision.detail)
+            return fallback(args, kwargs, decision.reason)
         forward, binds, entry = decision
         if binds:
             for (slots, name), tensor in zip(binds, params, strict=True):
@@ -429,6 +493,45 @@ def _make_impl(
         return out if out_shape is None else out.reshape(out_shape)
 
     return impl
+
+
+class _PublicOp:
+    """PyTorch's operator called through the dispatcher, as the custom ops' fallback (the
+    `original` of `_make_impl` there): the call runs with the runtime bypassed."""
+
+    def __init__(self, overload) -> None:
+        self.overload = overload
+
+    def call_boxed(self, _keyset, *args, **kwargs):
+        return bypassed(self.overload, *args, **kwargs)
+
+
+def bypassed(fn, *args, **kwargs):
+    """`fn(...)` with the runtime's ATen kernels passing every call to PyTorch uncounted."""
+    previous = _local.depth
+    _local.depth = BYPASS
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _local.depth = previous
+
+
+def custom_impl(op: str) -> Callable | None:
+    """The enabled library's kernel for the `forge::<op>` custom op (None: not enabled for it)."""
+    state = _STATE
+    if state is None:
+        return None
+    op_state = state.ops.get(op)
+    return op_state.custom if op_state is not None else None
+
+
+def decider(op: str) -> Callable | None:
+    """The enabled library's trace-time decision for `op` (None: not enabled for it)."""
+    state = _STATE
+    if state is None:
+        return None
+    op_state = state.ops.get(op)
+    return op_state.decide if op_state is not None else None
 
 
 _CATALOGUE_RULES: dict[str, dict[str, str]] = {}
@@ -528,11 +631,20 @@ def _register(state: _State) -> None:
             f"kl.enable() needs torch >= 2.9 (torch.library.get_kernel, to call PyTorch's own kernel on "
             f"fallback); this is torch {torch.__version__}. kl.load(op) works on any torch."
         )
+    from forge.kernels_library import custom_ops
+
+    custom_ops.define_all()
     for op, op_state in state.ops.items():
         adapter = op_state.adapter
         library = torch.library.Library("aten", "IMPL")
         op_state.library = library
-        for device in state.config.devices:
+        op_state.custom = _make_impl(
+            op, op_state, _PublicOp(custom_ops.aten_overload(adapter)), None, state.archs, False
+        )
+        op_state.decide = _make_decide(op, op_state, state.archs)
+        # only the device types some entry serves: a call on another device never enters Python
+        served_devices = {"cpu" if arch == "cpu" else "cuda" for arch, _ in op_state.index}
+        for device in (d for d in state.config.devices if d in served_devices):
             backend_key = "CUDA" if device == "cuda" else "CPU"
             keys = (
                 [(f"Autograd{backend_key}", True), (backend_key, False)]
@@ -570,6 +682,8 @@ def _unregister(state: _State) -> None:
             op_state.library._destroy()
             op_state.library = None
             op_state.keys = []
+        op_state.custom = None
+        op_state.decide = None
 
 
 # ------------------------------------------------------------------------------------ public API

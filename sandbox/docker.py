@@ -59,6 +59,21 @@ CACHE_DIR = "/forge/cache"
 RESULT_DIR = "/forge/result"
 RESULT_FILE = f"{RESULT_DIR}/message"
 OUTPUT_CAP = 1 << 20
+_LIVE: dict[str, DockerSandbox] = {}
+"""Containers of this process's evaluations now running (`kill_live_containers`)."""
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_live_containers() -> int:
+    """Kill the containers of this process's evaluations in flight (a second Ctrl-C): each
+    `run` then returns at once as a killed job and removes its container. Returns how many."""
+    with _LIVE_LOCK:
+        live = list(_LIVE.items())
+    for container, sandbox in live:
+        sandbox._kill(container)
+    return len(live)
+
+
 """Bytes kept of stdout, of stderr, and the most the result file may hold (as the local backend)."""
 TMPFS = "rw,nosuid,nodev,exec,size=1g,mode=1777"
 WORKER = ["-P", "-m", "forge.sandbox.worker"]
@@ -306,6 +321,8 @@ class DockerSandbox:
                 labels={LABEL: job_id},
                 host_config=host_config,
             )["Id"]
+            with _LIVE_LOCK:
+                _LIVE[container] = self
             notes, timed_out, status = self._start_and_wait(container, spec, start + job.timeout_s)
             wall = time.perf_counter() - start
             state = api.inspect_container(container)["State"]
@@ -323,6 +340,8 @@ class DockerSandbox:
                 channel_error = str(exc)
         finally:
             if container is not None:
+                with _LIVE_LOCK:
+                    _LIVE.pop(container, None)
                 api.remove_container(container, force=True)
             shutil.rmtree(tmp)
         code = status.get("StatusCode", state.get("ExitCode"))

@@ -452,6 +452,32 @@ def test_concurrent_items_overlap(forge, tmp_path):
     assert a.started_at < b.finished_at and b.started_at < a.finished_at
 
 
+@pytest.mark.parametrize("spec", ["local", "local:2"])
+def test_items_share_one_local_pool_one_evaluation_per_worker(forge, tmp_path, spec):
+    """Two items in flight evaluate through the batch's one `local` executor: its workers
+    (one on `local`, two on `local:2`, standing in for GPUs) never hold two evaluations at
+    once, and with one worker the items' evaluations never overlap."""
+    suite = suite_dir(tmp_path / "suite", "scale", "shift")
+    model = script(tmp_path, "kernel", [coder(TRITON_SCALE, "K0")])
+    result = forge(
+        "batch", suite, "--device", "cpu", "--model", model, "--rounds", 1,
+        "--concurrency", 2, "--executor", spec,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    store = forge.batches().runs
+    held = [
+        (step.result.sandbox.worker, step.result.sandbox.held_from, step.result.sandbox.held_until)
+        for _, run in forge.batches().with_runs(1)
+        for step in store.history(run.id)
+    ]
+    assert len(held) == 2 and all(start and end for _, start, end in held), held
+    workers = {"local": {"cpu 0"}, "local:2": {"cpu 0", "cpu 1"}}[spec]
+    assert {w for w, _, _ in held} <= workers, held
+    (w1, s1, e1), (w2, s2, e2) = held
+    if w1 == w2:
+        assert e1 <= s2 or e2 <= s1, f"two evaluations held {w1} at once: {held}"
+
+
 # ------------------------------------------------------------- retries
 
 
@@ -688,3 +714,23 @@ def test_bad_resume_is_one_line(forge, tmp_path):
     assert fixed.exit_code == 2 and "drop --rounds, --device" in fixed.stderr
     both = forge("batch", tmp_path, "--resume", 9)
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_a_batch_on_either_database(db_url, tmp_path):
+    """The batch, its listing, its resume refusal once finished and its report on SQLite and on
+    a real PostgreSQL server (FORGE_DB_URL), with the item's run finished and recorded."""
+    forge = Forge(tmp_path / "home")
+    forge.runner.env["FORGE_DB_URL"] = db_url
+    suite = suite_dir(tmp_path / "suite", "scale", "shift")
+    model = two_rounds(tmp_path)
+    result = forge("batch", suite, "--device", "cpu", "--model", model, "--rounds", 2)
+    assert result.exit_code == 0, result.output
+    batches = BatchStore(RunStore(db_url))
+    assert [i.status for i in batches.items(1)] == ["finished", "finished"]
+    listed = json.loads(forge("batches", "--json").stdout)
+    assert [(b["id"], b["status"], b["items"]) for b in listed] == [(1, "finished", 2)]
+    assert "finished" in forge("batch", "--resume", 1).output
+    reported = forge("report", 1, "--out", tmp_path / "report")
+    assert reported.exit_code == 0, reported.output
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [i["run_id"] for i in data["items"]] == [r.id for _, r in batches.with_runs(1)]

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,33 @@ def test_docker_sandbox_without_an_engine(env):
         "Docker engine unavailable",
         "--sandbox local",
     )
+
+
+def _mapped(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("after_s", [0.0, 1.5])
+def test_ctrl_c_while_starting_is_one_line(home, env, after_s):
+    """Ctrl-C while `forge` (the installed command) imports its modules (pydantic, SQLAlchemy,
+    litellm: a second or more), or soon after, ends it with one line and status 130, not a
+    traceback. The signal is sent once pydantic's extension is loaded: Python's own start-up,
+    before any of Forge runs, is not Forge's to handle."""
+    script = Path(sys.executable).parent / "forge"
+    (home / "answers.json").write_text('[{"role": "coder", "text": "no code", "delay_s": 3}]')
+    proc = subprocess.Popen(
+        [str(script), "optimize", "softmax", "--device", "cpu", "--rounds", "1",
+         "--model", f"scripted:{home / 'answers.json'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _mapped(proc.pid, "pydantic_core") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 130, stderr

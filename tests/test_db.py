@@ -3,6 +3,7 @@ concurrent access (WAL, threads), and secrets kept out."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -124,29 +125,9 @@ def make_result(
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'forge.db'}"
-
-
-POSTGRES_ENV = "FORGE_TEST_POSTGRES_URL"
-
-
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else []))
-def store(request: pytest.FixtureRequest, db_url: str) -> RunStore:
-    """The store on a fresh SQLite file, and on PostgreSQL when FORGE_TEST_POSTGRES_URL names a
-    scratch database (its tables are dropped and recreated)."""
-    if request.param == "sqlite":
-        return RunStore(db_url)
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(
-            f"set {POSTGRES_ENV}=postgresql+psycopg://... (a scratch database) to run on PostgreSQL"
-        )
-    from alembic import command
-
-    engine = get_engine(url)
-    command.downgrade(db_engine.alembic_config(migrate(engine)), "base")
-    return RunStore(engine)
+def store(db_url: str) -> RunStore:
+    """A store on a fresh database: SQLite, then PostgreSQL (tests/conftest.py, `db_url`)."""
+    return RunStore(db_url)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +172,44 @@ def test_a_newer_schema_is_refused_with_a_clear_message(db_url: str) -> None:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(db_engine.SchemaTooNew, match="revision 9999, newer than this Forge"):
         RunStore(db_url)
+
+
+MIGRATOR = """
+import sys, time
+from pathlib import Path
+from forge.db.store import RunStore
+go = Path(sys.argv[2])
+print("waiting", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+RunStore(sys.argv[1])
+print("ready", flush=True)
+"""
+
+
+def test_controllers_starting_at_once_on_a_blank_database_all_start(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Several controllers pointed at one new database migrate it at the same moment: one
+    creates the schema, the others wait for it and find it done."""
+    go = tmp_path / "go"
+    starters = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATOR, db_url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    assert [p.stdout.readline().strip() for p in starters] == ["waiting"] * 4
+    go.touch()
+    outputs = [p.communicate(timeout=120) for p in starters]
+    assert [out.strip() for out, _ in outputs] == ["ready"] * 4, outputs
+    engine = get_engine(db_url)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
 
 
 def test_migration_renders_for_postgresql() -> None:
@@ -351,8 +370,6 @@ def test_run_store_round_trip(store: RunStore, problem) -> None:
     assert calls[0].candidate_id == c0 and calls[1].error.startswith("malformed")
     assert [c.id for c in store.llm_calls(run_id, role="judge")] == [k1]
     assert [c.id for c in store.llm_calls(run_id, trajectory=0, round=1)] == [k1, k2]
-    import json
-
     assert json.loads(calls[0].messages_json) == msgs
 
     history = store.history(run_id)
@@ -473,8 +490,8 @@ def test_rounds_view_for_resume(store: RunStore, problem) -> None:
 # -------------------------------------------------------------- concurrency
 
 
-def test_sqlite_is_in_wal_mode(db_url: str) -> None:
-    engine = migrate(db_url)
+def test_sqlite_is_in_wal_mode(sqlite_url: str) -> None:
+    engine = migrate(sqlite_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert (
@@ -501,18 +518,18 @@ print("committed", flush=True)
 """
 
 
-def test_second_process_reads_while_a_run_writes(db_url: str, problem) -> None:
-    store = RunStore(db_url)
+def test_second_process_reads_while_a_run_writes(sqlite_url: str, problem) -> None:
+    store = RunStore(sqlite_url)
     run_id = store.create_run(problem, {}, "a", "b", "triton", "cuda")
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, db_url],
+        [sys.executable, "-c", WRITER, sqlite_url],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert writer.stdout.readline().strip() == "writing"
-        reader = RunStore(get_engine(db_url), migrate_schema=False)
+        reader = RunStore(get_engine(sqlite_url), migrate_schema=False)
         started = time.monotonic()
         assert [r.id for r in reader.list_runs()] == [
             run_id
@@ -638,6 +655,40 @@ def test_session_commits_and_datetimes_are_utc(store: RunStore, problem) -> None
     assert ensure_datetime(run.started_at).tzinfo is timezone.utc
 
 
+def test_naive_times_are_utc_and_come_back_utc(store: RunStore, problem) -> None:
+    """A time without a zone (an imported entry's promotion time, say) is UTC on every backend,
+    whatever the PostgreSQL server's own time zone (the test server's is +12:45)."""
+    from datetime import datetime, timezone
+
+    from forge.db.engine import session
+    from forge.db.models import Run
+    from forge.db.store import ensure_datetime
+
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cpu")
+    with session(store.engine) as s:
+        s.get(Run, run_id).finished_at = datetime(2026, 1, 1, 12, 0)
+    back = ensure_datetime(store.get_run(run_id).finished_at)
+    assert back == datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert back.utcoffset().total_seconds() == 0
+
+
+def test_nul_characters_are_stored_as_replacement_characters(store: RunStore, problem) -> None:
+    """A model's answer or a process's output may hold NUL, which PostgreSQL's text refuses:
+    every backend stores U+FFFD in its place instead of failing the run."""
+    run_id = store.create_run(problem, {}, "a", "b", "triton", "cpu")
+    cid = store.add_candidate(run_id, 0, 0, SOURCE + "# \x00\n", "triton", "initial")
+    call = store.record_llm_call(
+        run_id, "coder", "m", [{"role": "user", "content": "x\x00"}], "a\x00b", 1, 1, 0.0, 0.1
+    )
+    store.set_llm_call_error(call, "malformed: \x00")
+    store.finish_run(run_id, "failed", error="crash\x00")
+    assert store.candidate(cid).source == SOURCE + "# \ufffd\n"
+    (stored,) = store.llm_calls(run_id)
+    assert (stored.response_text, stored.error) == ("a\ufffdb", "malformed: \ufffd")
+    assert json.loads(stored.messages_json) == [{"role": "user", "content": "x\x00"}]
+    assert store.get_run(run_id).error == "crash\ufffd"
+
+
 # ------------------------------------------------------------------ run leases
 
 LEASED = r"run \d+ is being run by [^ ]+:\d+:[0-9a-f]{6} \(heartbeat \d+ s ago\); wait or stop it"
@@ -646,7 +697,7 @@ LEASED = r"run \d+ is being run by [^ ]+:\d+:[0-9a-f]{6} \(heartbeat \d+ s ago\)
 def test_a_run_lease_has_one_holder_at_a_time(db_url: str, problem) -> None:
     from forge.db.store import RunLeased
 
-    first, second = RunStore(db_url), RunStore(get_engine(db_url))  # two engines, one file
+    first, second = RunStore(db_url), RunStore(get_engine(db_url))  # two engines, one database
     run_id = first.create_run(problem, {}, "a", "b", "triton", "cuda")
     lease = first.acquire_run_lease(run_id, ttl_s=30)
     with pytest.raises(RunLeased, match=LEASED):
@@ -715,6 +766,7 @@ from pathlib import Path
 from forge.db.store import RunLeased, RunStore
 store = RunStore(sys.argv[1], migrate_schema=False)
 go = Path(sys.argv[3])
+print("waiting", flush=True)
 while not go.exists():
     time.sleep(0.005)
 try:
@@ -741,7 +793,7 @@ def test_processes_racing_for_a_lease_have_one_winner(db_url: str, problem, tmp_
         )
         for _ in range(4)
     ]
-    time.sleep(2.0)  # let them import and wait at the line
+    assert [p.stdout.readline().strip() for p in racers] == ["waiting"] * 4
     go.touch()
     outputs = [p.communicate(timeout=120) for p in racers]
     verdicts = [out.split()[0] if out else err for out, err in outputs]
@@ -749,9 +801,7 @@ def test_processes_racing_for_a_lease_have_one_winner(db_url: str, problem, tmp_
     assert store.run_lease(run_id) is None
 
 
-def test_delete_run_removes_its_rows_and_waits_for_no_holder(
-    store: RunStore, problem, db_url: str
-) -> None:
+def test_delete_run_removes_its_rows_and_waits_for_no_holder(store: RunStore, problem) -> None:
     from forge.db.store import RunLeased
 
     keep = store.create_run(problem, {}, "a", "b", "triton", "cuda")
@@ -810,8 +860,14 @@ def test_environment_errors_are_one_line_database_errors(tmp_path: Path, monkeyp
     blocker.touch()
     with pytest.raises(DatabaseError, match=f"cannot create the folder {blocker}/home.*FORGE_HOME"):
         RunStore(f"sqlite:///{blocker}/home/forge.db")
-    with pytest.raises(DatabaseError, match=r"pip install 'opforge\[postgres\]'"):
-        RunStore("postgresql+psycopg://forge@localhost/forge")
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "psycopg", None)  # as where the postgres extra is missing
+        with pytest.raises(
+            DatabaseError, match=r"needs a postgresql driver.*pip install 'opforge\[postgres\]'"
+        ):
+            RunStore("postgresql+psycopg://forge@localhost/forge")
+    with pytest.raises(DatabaseError, match=r"install pg8000, or use postgresql\+psycopg://"):
+        RunStore("postgresql+pg8000://forge@localhost/forge")
     with pytest.raises(DatabaseError, match="not a database URL"):
         RunStore("no-such-scheme:::")
     with pytest.raises(DatabaseError, match=f"{db_engine.BUSY_TIMEOUT_ENV}='soon'"):
@@ -831,11 +887,11 @@ sys.stdin.readline()
 
 
 def test_a_locked_database_is_reported_after_the_busy_timeout(
-    db_url: str, tmp_path: Path, problem, monkeypatch
+    sqlite_url: str, tmp_path: Path, problem, monkeypatch
 ) -> None:
     from forge.db.engine import DatabaseError
 
-    writer = RunStore(db_url)
+    writer = RunStore(sqlite_url)
     writer.create_run(problem, {}, "a", "b", "triton", "cuda")
     writer.engine.dispose()  # the locker takes an exclusive lock: no other connection open
     monkeypatch.setenv(db_engine.BUSY_TIMEOUT_ENV, "0.3")
@@ -850,9 +906,9 @@ def test_a_locked_database_is_reported_after_the_busy_timeout(
         for read_only in (True, False):
             started = time.monotonic()
             with pytest.raises(DatabaseError, match=r"forge.db is locked by another process"):
-                RunStore(db_url, read_only=read_only).list_runs()
+                RunStore(sqlite_url, read_only=read_only).list_runs()
             assert time.monotonic() - started < 10
     finally:
         locker.stdin.close()
         locker.wait(timeout=30)
-    assert len(RunStore(db_url, read_only=True).list_runs()) == 1
+    assert len(RunStore(sqlite_url, read_only=True).list_runs()) == 1

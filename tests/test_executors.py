@@ -387,6 +387,8 @@ def test_optimize_through_a_queue_drained_between_rounds(tmp_path, home):
             "0",
             "--executor",
             f"queue:{queue}",
+            "--queue-wait",
+            "120",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -408,6 +410,7 @@ def test_optimize_through_a_queue_drained_between_rounds(tmp_path, home):
     (row,) = store.list_runs()
     assert row.status == "finished"
     assert store.run_config(row.id)["evaluation"]["executor"] == f"queue:{queue}"
+    assert store.run_config(row.id)["evaluation"]["queue_wait_s"] == 120
     assert [s.status for s in store.history(row.id)] == [
         "compile_error",
         "incorrect",

@@ -159,9 +159,9 @@ def test_a_timed_set_unknown_to_the_problem_is_refused():
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch) -> RunStore:
+def store(tmp_path, monkeypatch, db_url) -> RunStore:
     monkeypatch.setenv("FORGE_HOME", str(tmp_path / "home"))
-    return RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+    return RunStore(db_url)
 
 
 def add_candidate(

@@ -62,8 +62,8 @@ def test_write_then_read_is_identical(tmp_path):
     )
 
 
-def test_export_import_round_trip_between_databases(tmp_path, home):
-    first = RunStore(f"sqlite:///{tmp_path / 'a.db'}")
+def test_export_import_round_trip_between_databases(tmp_path, home, new_db_url):
+    first = RunStore(new_db_url())
     run = first.create_run(SOFTMAX, {}, "m", "m", "triton", "cuda")
     cid = first.add_candidate(run, 0, 0, SOURCE, "triton", "initial")
     first.add_evaluation(cid, make_result(SOFTMAX))
@@ -73,7 +73,7 @@ def test_export_import_round_trip_between_databases(tmp_path, home):
     written = export_library(first, shipped)
     assert len(written) == 2 and len(entry_folders(shipped)) == 2
 
-    second = RunStore(f"sqlite:///{tmp_path / 'b.db'}")
+    second = RunStore(new_db_url())
     stored = import_library(second, shipped, publish_to=tmp_path / "local")
     assert [created for _, created in stored] == [True, True]
     before = {r.op: record_from_row(r) for r in list_entries(first)}
@@ -130,11 +130,11 @@ def test_a_modified_problem_or_metadata_is_refused(tmp_path):
         read_entry(folder)
 
 
-def test_import_is_all_or_nothing(tmp_path, home):
+def test_import_is_all_or_nothing(tmp_path, home, db_url):
     shipped = write_all(tmp_path / "shipped", entry("sm_90"), entry("sm_80"))
     bad = entry_folders(shipped)[0]
     tamper(bad, "kernel.py", "import torch", "import torch  # edited")
-    store = RunStore(f"sqlite:///{tmp_path / 'c.db'}")
+    store = RunStore(db_url)
     with pytest.raises(LibraryIntegrityError, match=bad.name):
         import_library(store, shipped)
     assert list_entries(store) == []
@@ -157,8 +157,8 @@ def test_runtime_refuses_a_tampered_library(tmp_path):
         kl.load("softmax", path=library, device="cpu")
 
 
-def test_publish_keeps_the_local_library_equal_to_the_active_entries(tmp_path, home):
-    store = RunStore(f"sqlite:///{tmp_path / 'd.db'}")
+def test_publish_keeps_the_local_library_equal_to_the_active_entries(tmp_path, home, db_url):
+    store = RunStore(db_url)
     a, _ = add_entry(store, entry("sm_90"))
     b, _ = add_entry(store, entry("sm_80"))
     publish(store)
@@ -182,8 +182,8 @@ def test_library_dirs_rules(tmp_path, monkeypatch):
     assert library_dirs(tmp_path / "z") == [tmp_path / "z"]
 
 
-def test_secrets_are_not_stored(tmp_path):
-    store = RunStore(f"sqlite:///{tmp_path / 'e.db'}")
+def test_secrets_are_not_stored(tmp_path, db_url):
+    store = RunStore(db_url)
     leaky = build_entry(
         SOFTMAX, SOURCE + "\nAPI_KEY = 'sk-abcdefghijklmnop1234'\n", make_result(SOFTMAX), 1.05
     )

@@ -45,8 +45,8 @@ def judge(tag: str, cost: float = 0.0) -> dict:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+def store(db_url: str) -> RunStore:
+    return RunStore(db_url)
 
 
 def script(tmp_path: Path, items: list[dict]) -> str:
@@ -319,8 +319,10 @@ def test_interrupt_during_the_coder_call_skips_the_evaluation(store, tmp_path):
     assert [s.candidate.round for s in store.history(outcome.run_id)] == [0]  # C1 not evaluated
 
 
-def test_budget_with_an_unpriced_model_is_unknown_cost(store, tmp_path):
+def test_budget_with_an_unpriced_model_is_unknown_cost(sqlite_url, tmp_path):
     from forge.agents.llm import LiteLLMModel
+
+    store = RunStore(sqlite_url)  # about litellm's prices: one backend is enough
 
     name = script(tmp_path, [coder("C0")])
     runner = loop.start(

@@ -445,7 +445,7 @@ def test_prompt_states_the_policy_from_the_table():
     assert "Allowed number formats:\n  fp64, fp32." in strict
     assert "tolerances are atol=0.0001, rtol=0.0001" in strict
     context = PromptContext(problem=problem, backend="triton", device="cuda", precision="tf32")
-    tf32 = prompts.render("judge_system", **context.variables(), **plan_format())
+    tf32 = prompts.render("judge_system", **context.variables(), **plan_format(), techniques=[])
     assert "Precision `tf32`" in tf32 and "TF32 (10-bit mantissa)" in tf32
     assert f"atol = {precision.SAFETY:g} x the largest error of the PyTorch reference" in tf32
 

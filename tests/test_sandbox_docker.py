@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,6 +134,32 @@ def test_timeout_kills_and_removes_the_container(sandbox):
     assert 2.0 <= outcome.wall_s < 8.0
     assert not leftover_containers(sandbox)
     assert set(Path(tempfile.gettempdir()).glob("forge-docker-job-*")) == tmp_before
+
+
+def test_a_second_ctrl_c_kills_the_containers_in_flight(sandbox):
+    """`kill_live_containers` (what the loop's second Ctrl-C calls) ends a running job at once,
+    long before its deadline, and its container is removed."""
+    from forge.sandbox import docker as docker_sandbox
+
+    sleeper = script("import time\nprint('sleeping', flush=True)\ntime.sleep(120)\n")
+    outcomes = []
+    worker = threading.Thread(
+        target=lambda: outcomes.append(
+            sandbox.run(SandboxJob(payload={"kind": "probe"}, timeout_s=100, argv_prefix=sleeper))
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not docker_sandbox._LIVE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the worker start in its container
+    assert docker_sandbox.kill_live_containers() == 1
+    worker.join(30)
+    assert not worker.is_alive()
+    (outcome,) = outcomes
+    assert outcome.message is None and outcome.wall_s < 60, outcome
+    assert outcome.signal == 9 or outcome.exit_code == 137, outcome
+    assert not leftover_containers(sandbox)
 
 
 def test_timeout_holds_when_stdin_is_never_read(sandbox):

@@ -22,6 +22,14 @@ from forge.db.engine import get_engine
 config = context.config
 target_metadata = SQLModel.metadata
 
+MIGRATION_LOCKS = {
+    "postgresql": "SELECT pg_advisory_xact_lock(4242420001)",
+    "sqlite": "BEGIN IMMEDIATE",
+}
+"""Taken before Alembic reads the schema's revision, held until the migration commits: several
+controllers starting at once on a new database migrate it once, the others wait for the lock
+and then find it at the newest revision."""
+
 
 def run_migrations_offline() -> None:
     """Emit SQL for the URL's dialect without connecting (`forge.db.engine.migration_sql`)."""
@@ -37,6 +45,9 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine") or get_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as connection:
+        lock = MIGRATION_LOCKS.get(connection.dialect.name)
+        if lock is not None:
+            connection.exec_driver_sql(lock)
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Relay a queue:DIR executor's jobs through the device tool, which copies the working tree to the
+# GPU machine and brings back files from $OUT, but shares no directory while a command runs.
+#
+# Here (controller: `forge optimize|batch ... --executor queue:$PWD/.queue`, with .queue ignored
+# by git), once jobs are pending, make a device call that carries .queue and .whl and runs:
+#   bash bench/queue_relay.sh drain          # GPU machine: forge worker --drain, results -> $OUT
+# then here:
+#   bash bench/queue_relay.sh collect /work/.device/N/results.tgz
+# which puts the results where the waiting controllers read them and removes their pending jobs
+# (the GPU machine claimed its copies). The controllers wait `queue_wait_s` for a claim: set it
+# longer than the time between rounds.
+set -euo pipefail
+QUEUE=${QUEUE:-.queue}
+case ${1:-} in
+  drain)
+    source bench/gpu_setup.sh
+    apply_sandbox_diagnosis /tmp/sandbox_diag.txt >/dev/null
+    python3 -m forge.cli.main worker --queue "$QUEUE" --drain
+    tar -czf "${OUT:?}/results.tgz" -C "$QUEUE" results
+    ;;
+  collect)
+    archive=${2:?usage: queue_relay.sh collect RESULTS.tgz}
+    tar -xzf "$archive" -C "$QUEUE"
+    for result in "$QUEUE"/results/*.json; do
+      [ -e "$result" ] && rm -f "$QUEUE/pending/$(basename "$result")"
+    done
+    ls "$QUEUE/results" | wc -l | xargs echo "results in $QUEUE/results:"
+    ;;
+  *) echo "usage: bash bench/queue_relay.sh drain | collect RESULTS.tgz" >&2; exit 2 ;;
+esac
