@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,10 @@ import pytest
 from postgres_server import PostgresServer, PostgresUnavailable, start_server
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+
+# Tests Ctrl-C `forge` processes: a suite started in the background (`nohup`, `&` in a script)
+# inherits SIGINT ignored, and so would every process it starts, which then never sees Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

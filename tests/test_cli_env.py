@@ -158,13 +158,16 @@ def test_an_unwritable_folder_for_a_new_database(home, env):
         writable(home)
 
 
-def test_postgresql_without_its_driver_names_the_extra(env):
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("psycopg is installed here")
+def test_postgresql_without_its_driver_names_the_extra(env, tmp_path):
+    """As on an install without the postgres extra: psycopg shadowed by a module that is not
+    there (the dev extra installs the real one)."""
+    (tmp_path / "psycopg.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n"
+    )
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])),
+    }
     for args in (["runs"], ["show", "1"], ["library", "list"]):
         one_line_error(
             forge(*args, "--db", "postgresql+psycopg://forge@localhost/forge", env=env),
