@@ -64,6 +64,7 @@ def every_path(seeded: Seeded, store: RunStore) -> list[str]:
             if c.parent_id is not None:
                 paths.append(f"/candidates/{c.id}/diff")
     paths += [f"/library/{e}" for e in (1, 2)]
+    paths += ["/batches", f"/batches/{seeded.batch}"]
     return paths
 
 
@@ -78,6 +79,21 @@ def test_every_page_answers(site):
     css = site["client"].get("/static/code.css")
     assert css.status_code == 200 and ".code .k" in css.text
     assert site["client"].get("/static/forge.css").status_code == 200
+
+
+def test_batches_list_and_a_batch_links_its_runs_and_library_entry(site):
+    seeded = site["seeded"]
+    listing = page(site, "/batches")
+    assert f'href="/batches/{seeded.batch}"' in listing and "nightly" in listing
+    assert "1 failed, 1 finished" in listing and "$0.6250" in listing and ">2.0<" in listing
+    batch = page(site, f"/batches/{seeded.batch}")
+    for run in (seeded.runs["softmax"], seeded.runs["rms_norm"]):
+        assert f'href="/runs/{run}"' in batch
+    assert f'href="/library/{seeded.library_entry}"' in batch
+    assert "provider did not answer" in batch and "(2 retried)" in batch
+    assert f"forge report {seeded.batch}" in batch
+    missing = site["client"].get("/batches/999")
+    assert missing.status_code == 404 and "no batch 999" in missing.text
 
 
 def test_runs_filter_and_sort(site):

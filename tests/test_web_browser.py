@@ -140,6 +140,8 @@ def main_pages(seeded) -> dict[str, str]:  # noqa: ANN001 (web_seed.Seeded)
         "library": "/library",
         "entry": f"/library/{seeded.library_entry}",
         "search": "/search?q=exp2",
+        "batches": "/batches",
+        "batch": f"/batches/{seeded.batch}",
     }
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from forge.db.batches import BatchStore
 from forge.db.library import promote
-from forge.db.models import LLMCall, Run
+from forge.db.models import Batch, BatchItem, LLMCall, Run
 from forge.db.store import RunStore
 from forge.evaluator.problem import Problem, resolve_problem
 from forge.evaluator.result import (
@@ -257,6 +258,7 @@ class Seeded:
     runs: dict[str, int] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     library_entry: int | None = None
+    batch: int | None = None
 
 
 def _search(store: RunStore, seeded: Seeded, problem: Problem) -> int:
@@ -469,8 +471,46 @@ def seed(url: str, library_dir: Path) -> Seeded:
     store.finish_run(run, "interrupted")
     seeded.runs["interrupted"] = run
     _spread_times(store, run, START + timedelta(days=4), 5.0)
+    seeded.batch = _batch(store, seeded)
     store.engine.dispose()
     return seeded
+
+
+def _batch(store: RunStore, seeded: Seeded) -> int:
+    """A finished batch of two items: softmax promoted, rms_norm failed after retries."""
+    softmax, rms_norm = seeded.runs["softmax"], seeded.runs["rms_norm"]
+    items = [
+        BatchItem(
+            label="softmax",
+            problem_id=store.problem(softmax).id,
+            run_id=softmax,
+            status="finished",
+            attempts=1,
+            cost_usd=0.125,
+            gpu_seconds=90.0,
+            library_entry_id=seeded.library_entry,
+            promotion=f"promoted as library entry {seeded.library_entry}",
+        ),
+        BatchItem(
+            label="rms_norm",
+            problem_id=store.problem(rms_norm).id,
+            run_id=rms_norm,
+            status="failed",
+            attempts=3,
+            retries=2,
+            cost_usd=0.5,
+            gpu_seconds=30.0,
+            error="llm_error: the provider did not answer after 3 tries",
+        ),
+    ]
+    batch = Batch(
+        name="nightly",
+        suite="nightly.toml",
+        status="finished",
+        created_at=START + timedelta(days=5),
+        finished_at=START + timedelta(days=5, hours=8),
+    )
+    return BatchStore(store).create(batch, items).id
 
 
 if __name__ == "__main__":

@@ -113,6 +113,15 @@ def candidate_diff(request: Request) -> Response:
     return page(request, "diff.html.j2", data=data)
 
 
+def batches_index(request: Request) -> Response:
+    return page(request, "batches.html.j2", data=views.batches_page(_store(request)))
+
+
+def batch_detail(request: Request) -> Response:
+    data = views.batch_page(_store(request), request.path_params["batch_id"])
+    return page(request, "batch.html.j2", data=data)
+
+
 def library_index(request: Request) -> Response:
     data = views.library_page(_store(request), _query(views.LibraryFilter, request))
     return page(request, "library.html.j2", data=data)
@@ -138,6 +147,11 @@ SECTIONS: tuple[Section, ...] = (
             Route("/candidates/{candidate_id:int}", candidate_detail),
             Route("/candidates/{candidate_id:int}/diff", candidate_diff),
         ),
+    ),
+    Section(
+        "Batches",
+        "/batches",
+        (Route("/batches", batches_index), Route("/batches/{batch_id:int}", batch_detail)),
     ),
     Section(
         "Library",
