@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from forge.agents.batch import FINAL, BatchDisplay
+from forge.db.batches import totals
 from forge.db.models import Batch, BatchItem, Run
 from forge.db.redact import redact
 from forge.db.store import ensure_datetime
@@ -202,19 +203,17 @@ def summary_table(batch: Batch, rows: list[tuple[BatchItem, Run | None]], device
 
 def batch_json(batch: Batch, items: list[BatchItem]) -> dict:
     """A batch as `--json` prints it (stable keys)."""
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item.status] = counts.get(item.status, 0) + 1
+    summed = totals(items)
     return {
         "id": batch.id,
         "name": batch.name,
         "suite": batch.suite,
         "status": batch.status,
         "stop_reason": batch.stop_reason,
-        "items": len(items),
-        "item_statuses": counts,
-        "cost_usd": sum(i.cost_usd for i in items),
-        "gpu_seconds": sum(i.gpu_seconds for i in items),
+        "items": summed.items,
+        "item_statuses": summed.statuses,
+        "cost_usd": summed.cost_usd,
+        "gpu_seconds": summed.gpu_seconds,
         "budget_usd": batch.budget_usd,
         "budget_gpu_s": batch.budget_gpu_s,
         "deadline_at": _when(batch.deadline_at),
@@ -261,15 +260,16 @@ def batches_table(rows: list[tuple[Batch, list[BatchItem]]]) -> Table:
     )
     table.add_column("note", overflow="fold", ratio=1)
     for batch, items in rows:
+        summed = totals(items)
         table.add_row(
             str(batch.id),
             escape(batch.name),
             _status(batch.status),
-            str(len(items)),
-            str(sum(i.status == "finished" for i in items)),
-            str(sum(i.status == "failed" for i in items)),
-            f"${sum(i.cost_usd for i in items):.4f}",
-            f"{sum(i.gpu_seconds for i in items) / 60:.2f}",
+            str(summed.items),
+            str(summed.statuses.get("finished", 0)),
+            str(summed.statuses.get("failed", 0)),
+            f"${summed.cost_usd:.4f}",
+            f"{summed.gpu_seconds / 60:.2f}",
             f"{batch.created_at:%m-%d %H:%M}",
             escape(batch.stop_reason),
         )

@@ -8,12 +8,34 @@ One process at a time runs a batch (`acquire_lease`, the same lease as a run's).
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+
 from sqlalchemy import inspect, update
 from sqlmodel import Session, col, select
 
 from forge.db.models import Batch, BatchItem, BatchLease, ProblemRow, Run
 from forge.db.redact import redact
 from forge.db.store import LEASE_TTL_S, Leasable, Lease, RecordNotFound, RunStore
+
+
+@dataclass
+class BatchTotals:
+    """What a batch's items add up to (`forge batches` and the web pages show them)."""
+
+    items: int
+    statuses: dict[str, int]
+    cost_usd: float
+    gpu_seconds: float
+
+
+def totals(items: list[BatchItem]) -> BatchTotals:
+    return BatchTotals(
+        items=len(items),
+        statuses=dict(Counter(i.status for i in items)),
+        cost_usd=sum(i.cost_usd for i in items),
+        gpu_seconds=sum(i.gpu_seconds for i in items),
+    )
 
 
 class BatchStore:

@@ -676,12 +676,8 @@ class RunStore:
             return list(s.exec(query).all())
 
     def evaluation_seconds(self, run_id: int) -> float:
-        """Wall time of every evaluation of the run's candidates, as each recorded it
-        (`phase_seconds.total`): what a GPU budget counts."""
-        return sum(
-            json.loads(e.result_json).get("phase_seconds", {}).get("total", 0.0)
-            for e in self.evaluations(run_id)
-        )
+        """Wall time of every evaluation of the run's candidates: what a GPU budget counts."""
+        return recorded_seconds(self.evaluations(run_id))
 
     def evaluation_for(self, candidate_id: int) -> EvalResult | None:
         """The candidate's latest EvalResult, or None when it was never evaluated."""
@@ -864,3 +860,11 @@ def ensure_datetime(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def recorded_seconds(evaluations: Iterable[Evaluation]) -> float:
+    """The wall time `evaluations` recorded (`phase_seconds.total`: static check, sandbox
+    start, compile, correctness, timing, profiling), summed."""
+    return sum(
+        json.loads(e.result_json).get("phase_seconds", {}).get("total", 0.0) for e in evaluations
+    )

@@ -32,7 +32,13 @@ from sqlalchemy.engine import Engine
 
 import forge
 from forge.db.models import utcnow
-from forge.db.store import RecordNotFound, RunStore, Step, ensure_datetime, result_from_json
+from forge.db.store import (
+    RecordNotFound,
+    RunStore,
+    Step,
+    ensure_datetime,
+    recorded_seconds,
+)
 from forge.evaluator.result import EvalResult, Status, geomean
 
 VERDICT_ORDER = (
@@ -276,16 +282,12 @@ def _item(store: RunStore, run) -> Item:  # noqa: ANN001 (Run)
         completion_tokens=sum(c.completion_tokens for c in calls),
         cost_usd=sum(c.cost_usd for c in calls),
         llm_seconds=sum(c.latency_s for c in calls),
-        eval_seconds=sum(_eval_seconds(e.result_json) for e in evaluations),
+        eval_seconds=recorded_seconds(evaluations),
         started_at=ensure_datetime(run.started_at),
         finished_at=ensure_datetime(run.finished_at),
         error=run.error,
         progress=progress(evaluated, rounds),
     )
-
-
-def _eval_seconds(result_json: str) -> float:
-    return result_from_json(result_json).phase_seconds.total
 
 
 def _verdict(step: Step) -> str:

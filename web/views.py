@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from forge.agents.errors import InvalidPlan
 from forge.agents.interfaces import JudgePlan
 from forge.agents.judge import parse_plan
-from forge.db.batches import BatchStore
+from forge.db.batches import BatchStore, BatchTotals, totals
 from forge.db.library import content_id, get_entry, list_entries, record_from_row
 from forge.db.models import (
     Batch,
@@ -754,10 +754,7 @@ def search_page(store: RunStore, q: SearchQuery) -> SearchPage:
 @dataclass
 class BatchRow:
     batch: Batch
-    items: int
-    statuses: dict[str, int]
-    cost_usd: float
-    gpu_seconds: float
+    totals: BatchTotals
 
 
 @dataclass
@@ -771,26 +768,14 @@ class BatchPage:
     items: list[tuple[BatchItem, Run | None]]
 
 
-def _batch_row(batch: Batch, items: list[BatchItem]) -> BatchRow:
-    statuses: dict[str, int] = {}
-    for item in items:
-        statuses[item.status] = statuses.get(item.status, 0) + 1
-    return BatchRow(
-        batch,
-        len(items),
-        statuses,
-        sum(i.cost_usd for i in items),
-        sum(i.gpu_seconds for i in items),
-    )
-
-
 def batches_page(store: RunStore) -> BatchesPage:
     batches = BatchStore(store)
-    return BatchesPage([_batch_row(b, batches.items(b.id)) for b in batches.list(LIST_LIMIT)])
+    listed = batches.list(LIST_LIMIT)
+    return BatchesPage([BatchRow(b, totals(batches.items(b.id))) for b in listed])
 
 
 def batch_page(store: RunStore, batch_id: int) -> BatchPage:
     batches = BatchStore(store)
     batch = batches.get(batch_id)
     items = batches.with_runs(batch_id)
-    return BatchPage(_batch_row(batch, [i for i, _ in items]), items)
+    return BatchPage(BatchRow(batch, totals([i for i, _ in items])), items)
