@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device run: the steps named in STEPS (latency agreement sweep repro gputests library ceilings
-# precision), after a sandbox diagnosis that turns off any containment measure that stops CUDA on
+# Device run: the steps named in STEPS (latency agreement sweep repro gputests library model
+# ceilings precision), after a sandbox diagnosis that turns off any containment measure that stops CUDA on
 # this host. GPU_K: a pytest -k selection for gputests; *_T: seconds per step.
 set -u -o pipefail
 source bench/gpu_setup.sh || exit 1

@@ -51,8 +51,8 @@ from forge.evaluator.result import PrecisionReport, SetTolerance
 from forge.evaluator.shared import DTYPES, SharedBuffer, dtype_name
 from forge.sandbox.policy import NOBODY
 
-# A batch the host cannot queue within this much sleep is launch-bound beyond what device time
-# can measure without the host in series (20 ms per call at the default batch of 10).
+# A batch the host cannot queue within this much sleep (20 ms per call at the default batch of
+# 10) is timed with the host in series: its calls block the host (`time_with_host_in_series`).
 MAX_SLEEP_MS = 200.0
 # The trusted clock's allowance over a batch's sleep + fixed work + reported calls: the request,
 # the reply and the final device synchronize, on a host that may be busy compiling elsewhere.
