@@ -217,7 +217,7 @@ def evaluate(
     result = _from_outcome(outcome, base, env, deadline, problem)
     result.phase_seconds.static = static_s
     result.phase_seconds.total = time.perf_counter() - started
-    if worker_s := result.phase_seconds.detail.pop("worker", None):
+    if worker_s := (outcome.message or {}).get("phase_seconds", {}).get("worker_total"):
         result.phase_seconds.detail["sandbox"] = result.phase_seconds.total - static_s - worker_s
     return result
 
@@ -275,10 +275,7 @@ def _from_outcome(
         compile_log=trusted.compile_log,
         phase_seconds=PhaseSeconds(
             **{k: v for k, v in trusted.phase_seconds.items() if k in PhaseSeconds.model_fields},
-            detail={
-                **trusted.phase_detail,
-                "worker": trusted.phase_seconds.get("worker_total", 0.0),
-            },
+            detail=trusted.phase_detail,
         ),
         notes=trusted.notes,
         target_sets=trusted.target_sets,
