@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_forge(
@@ -18,3 +21,26 @@ def run_forge(
         input=stdin,
         cwd=cwd,
     )
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            children += [child, *descendants(child)]
+    return children
+
+
+def kill_9_tree(pid: int) -> None:
+    """SIGKILL `pid` and its descendants (a `forge` process and the sandboxed evaluations it
+    started), as a crash would; one that exited meanwhile is already where it should be."""
+    for victim in [pid, *descendants(pid)]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from forge_process import kill_9_tree
 from test_library_helpers import make_result
 from typer.testing import CliRunner
 
@@ -523,19 +524,6 @@ def test_infrastructure_failures_are_retried_other_failures_are_not(forge, tmp_p
 # ------------------------------------------------------------- resume
 
 
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            children += [child, *_descendants(child)]
-    return children
-
-
 def test_kill_9_then_resume_repeats_nothing(tmp_path):
     """A real `forge batch` process is killed (-9) while the second item waits for its Judge;
     `--resume` leaves the finished item alone and continues the second item's run from its
@@ -579,8 +567,7 @@ def test_kill_9_then_resume_repeats_nothing(tmp_path):
                 except sqlite3.OperationalError:  # tables not created yet
                     pass
         time.sleep(0.05)
-    for pid in [proc.pid, *_descendants(proc.pid)]:
-        os.kill(pid, signal.SIGKILL)
+    kill_9_tree(proc.pid)  # the CLI and the sandboxed evaluation it started
     proc.wait()
     proc.stdout.close()
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from forge_process import kill_9_tree
 from typer.testing import CliRunner
 
 from forge.db.store import RunStore
@@ -322,19 +323,6 @@ def test_no_model_configured_stops_at_once(tmp_path):
     assert not (tmp_path / "forge.db").exists()
 
 
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            children += [child, *_descendants(child)]
-    return children
-
-
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     db = tmp_path / "forge.db"
     env = {**os.environ, "FORGE_HOME": str(tmp_path), "FORGE_DB_URL": f"sqlite:///{db}"}
@@ -358,9 +346,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
         stderr=subprocess.STDOUT,
     )
     _wait_for_unevaluated_round_1(proc, db)
-    victims = [proc.pid, *_descendants(proc.pid)]  # the CLI and the sandboxed evaluation it started
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+    kill_9_tree(proc.pid)  # the CLI and the sandboxed evaluation it started
     proc.wait()
     proc.stdout.close()
 

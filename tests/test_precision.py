@@ -584,9 +584,11 @@ def test_cpu_evaluation_under_tf32_derives_tolerances_and_says_nothing_was_detec
     checks = result["checks"]
     assert {c["input_set"] for c in checks} == {"tiny"} and tiny["comparisons"] == 3  # seeds
     # each seed's comparisons use the atol of that seed's inputs: the plain normal seed 0 gets
-    # a tighter one than the seed with 50x outliers
+    # a tighter one than seed 2, with 50x outliers (seed 1's heavy tails may land either side
+    # of seed 0: the inputs are random, so the least atol is not always seed 0's)
     atols = {c["seed_index"]: c["atol"] for c in checks}
-    assert atols[0] == tiny["atol_min"] < tiny["atol"] == max(atols.values())
+    assert atols[0] < atols[2]
+    assert tiny["atol_min"] == min(atols.values()) < tiny["atol"] == max(atols.values())
     assert all(c["rtol"] == 1e-4 for c in checks)
 
 
