@@ -583,11 +583,10 @@ def test_cpu_evaluation_under_tf32_derives_tolerances_and_says_nothing_was_detec
     assert tiny["atol"] == max(1e-4, precision.SAFETY * tiny["reference_error"])
     checks = result["checks"]
     assert {c["input_set"] for c in checks} == {"tiny"} and tiny["comparisons"] == 3  # seeds
-    # each seed's comparisons use the atol of that seed's inputs: the plain normal seed 0 gets
-    # a tighter one than seed 2, with 50x outliers (seed 1's heavy tails may land either side
-    # of seed 0: the inputs are random, so the least atol is not always seed 0's)
+    # each seed's comparisons use the atol derived from that seed's own inputs (which seed
+    # gets the least depends on the random inputs: CI saw each of seeds 0 and 2 above the other)
     atols = {c["seed_index"]: c["atol"] for c in checks}
-    assert atols[0] < atols[2]
+    assert len(set(atols.values())) == 3, atols
     assert tiny["atol_min"] == min(atols.values()) < tiny["atol"] == max(atols.values())
     assert all(c["rtol"] == 1e-4 for c in checks)
 
