@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from forge.cli.errors import fail
-from forge.cli.options import PrecisionOption, check_precision
+from forge.cli.options import ExecutorOpt, PrecisionOption, check_precision
 
 console = Console()
 progress_console = Console(stderr=True, highlight=False)
@@ -104,6 +104,35 @@ def _report_phases(result) -> None:  # noqa: ANN001 (EvalResult)
     )
 
 
+ONE_SHOT_QUEUE_WAIT_S = 60.0
+"""`forge eval --executor queue:DIR`: how long a job may wait for a worker. A resident worker
+takes it within a poll (0.05 s), or after the job it is running; no worker at all should be said
+soon, not after a batch's 15 minutes."""
+
+
+def _run(prob, source: str, config, label: str):  # noqa: ANN001, ANN202 (Problem, EvalConfig -> EvalResult)
+    """The verdict, here (the sandbox's phases shown as they come) or through the executor
+    `config.executor` names."""
+    from forge.evaluator import evaluate
+    from forge.evaluator.executors import make_executor
+
+    if config.executor == "local":
+        phase = {"now": label}
+        return with_status(
+            f"evaluating {prob.name}",
+            lambda: evaluate(prob, source, config, on_phase=lambda p: phase.update(now=p)),
+            phase,
+        )
+    executor = make_executor(config)
+    try:
+        return with_status(
+            f"evaluating {prob.name} via {config.executor}",
+            lambda: executor.evaluate(prob, source, config),
+        )
+    finally:
+        executor.close()
+
+
 def eval_command(
     problem: Annotated[
         str, typer.Argument(help="catalogue operator (see `forge ops`) or problem .py file")
@@ -128,12 +157,25 @@ def eval_command(
         ),
     ] = None,
     precision: PrecisionOption = None,
+    executor: ExecutorOpt = None,
+    queue_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--queue-wait",
+            min=1.0,
+            metavar="SECONDS",
+            help="--executor queue:DIR or ray: seconds to wait for a worker to take the job "
+            f"before failing (default {ONE_SHOT_QUEUE_WAIT_S:g})",
+        ),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="print the EvalResult as JSON")] = False,
 ) -> None:
-    """Verify, time and profile a candidate kernel against a problem."""
+    """Verify, time and profile a candidate kernel against a problem (here, or through an
+    executor: `--executor queue:DIR` hands it to a resident `forge worker --queue DIR`)."""
     from pydantic import ValidationError
 
-    from forge.evaluator import EvalConfig, EvaluatorError, ProblemError, evaluate, resolve_problem
+    from forge.evaluator import EvalConfig, EvaluatorError, ProblemError, resolve_problem
+    from forge.evaluator.executors import on_this_machine
     from forge.evaluator.host import model_init_params
     from forge.evaluator.problem import parse_overrides
     from forge.evaluator.static import check_source
@@ -150,10 +192,14 @@ def eval_command(
             profile=not no_profile,
             timeout_s=timeout,
             precision=precision,
+            executor=executor or "local",
+            queue_wait_s=queue_wait or ONE_SHOT_QUEUE_WAIT_S,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        fail(f"--{first['loc'][0]}: {first['msg']}")
+        fail(f"--{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}")
+    if queue_wait is not None and on_this_machine(config.executor):
+        fail(f"--queue-wait is for an executor elsewhere (queue:DIR, ray), not {config.executor}")
     errors: tuple[type[Exception], ...] = (ProblemError, EvaluatorError)
     if config.sandbox == "docker":
         from forge.sandbox.docker import DockerUnavailable
@@ -170,12 +216,7 @@ def eval_command(
             ),
         )
         label = _sandbox_label(config.device, len(prob.sets_for(config.device)), config.profile)
-        phase = {"now": label}
-        result = with_status(
-            f"evaluating {prob.name}",
-            lambda: evaluate(prob, source, config, on_phase=lambda p: phase.update(now=p)),
-            phase,
-        )
+        result = _run(prob, source, config, label)
     except errors as exc:
         fail(str(exc))
     _report_phases(result)

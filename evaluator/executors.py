@@ -152,6 +152,18 @@ class LocalExecutor:
             raise EvaluatorError(f"no GPU for a GPU evaluation worker here ({where})")
         return [Slot(f"gpu {name}", {"CUDA_VISIBLE_DEVICES": name}) for name in chosen]
 
+    def start_ahead(self, device: str) -> None:
+        """Start the sandbox process (runner included) of the worker that the next job of
+        `device` gets, before any job comes (a resident `forge worker`); without this, a worker's
+        first job starts its own. Waits while every worker of `device` is busy."""
+        free = self.pool(device)
+        slot = free.get()
+        try:
+            if slot.sandbox is not None:
+                slot.sandbox.start_ahead(gpu=device == "cuda")
+        finally:
+            free.put(slot)
+
     def serves(self, config: EvalConfig) -> bool:
         """Whether its workers' pre-started sandboxes fit a job evaluated with `config`."""
         return config.sandbox == self.config.sandbox and config.cache_dir == self.config.cache_dir
@@ -265,11 +277,14 @@ class QueueExecutor:
                             "holding it; see their logs"
                         )
                 if now - since > queue_wait_s:
-                    flag = "" if device == "cuda" else f" --device {device}"
+                    flag, where = ("", " where the GPU is")
+                    if device != "cuda":
+                        flag, where = f" --device {device}", ""
                     raise EvaluatorError(
                         f"no worker took evaluation job {job.id} from {queue.root} within "
-                        f"{queue_wait_s:.0f} s: run `forge worker --queue {queue.root}{flag}` "
-                        "where the GPU is (add --drain to process what is pending and exit)"
+                        f"{queue_wait_s:.0f} s: run `forge worker --queue {queue.root}{flag}`"
+                        f"{where} (it serves until Ctrl-C; add --drain to process what is "
+                        "pending and exit)"
                     )
             elif where is not None:
                 if holder != where:

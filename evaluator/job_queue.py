@@ -238,16 +238,25 @@ class Queue:
             pass
 
 
+POLL_S = 0.05
+"""How often an idle worker looks for a pending job."""
+
+
 class Worker:
     """Takes jobs of one device from a queue directory and evaluates them here, one at a time,
-    heartbeating its claim; `log` hears one line per job (and per dead worker's job put back)."""
+    heartbeating its claim; `log` hears one line per job (and per dead worker's job put back).
+
+    Resident: what does not change between jobs stays up. The sandbox process of the next job,
+    with its runner, is started when the worker starts and again as soon as a job ends (each
+    job still gets a fresh process and runner: candidate code never runs in a reused one);
+    compiler caches and cached torch.compile baselines live in this host's cache directory."""
 
     def __init__(
         self,
         root: Path,
         device: str,
         stale_s: float = STALE_S,
-        poll_s: float = 0.5,
+        poll_s: float = POLL_S,
         log: Callable[[str], None] = print,
     ):
         from forge.evaluator.executors import LocalExecutor
@@ -278,6 +287,7 @@ class Worker:
         beat.start()
         done = 0
         try:
+            self.executor.start_ahead(self.device)
             while True:
                 for job_id, worker in self.queue.requeue_stale(self.stale_s):
                     self.log(f"{job_id}: put back in the queue (worker {worker} stopped answering)")

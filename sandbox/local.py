@@ -173,6 +173,12 @@ class LocalSandbox:
         spare.discard()
         return self._launch(job.gpu, job.argv_prefix, evaluates)
 
+    def start_ahead(self, gpu: bool) -> None:
+        """With `prestart`, start the next evaluation's worker now (its runner with it) rather
+        than after the first job: a resident process's first job finds it ready."""
+        if self.prestart and self._spare is None:
+            self._spare = self._launch(gpu, [], evaluates=True)
+
     def close(self) -> None:
         """Stop the pre-started worker, if any; jobs still running start no other."""
         self.prestart = False

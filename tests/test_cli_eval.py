@@ -67,6 +67,13 @@ def test_bad_override_is_a_one_line_error():
     )
 
 
+def test_queue_wait_without_an_executor_elsewhere_is_a_one_line_error():
+    out = forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--queue-wait", "5")
+    _one_line_error(out, "--queue-wait", "queue:DIR")
+    out = forge("eval", "softmax", str(LEGIT_SOFTMAX), "--device", "cpu", "--executor", "queue")
+    _one_line_error(out, "--executor", "needs a directory")
+
+
 def test_too_few_trials_is_a_one_line_error():
     _one_line_error(forge("eval", "softmax", str(LEGIT_SOFTMAX), "--trials", "5"), "--trials")
 

@@ -8,6 +8,7 @@ A worker started here serves `--device cpu` jobs; evaluations that end at the st
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from forge_process import run_forge
 
 from forge.db.store import RunStore
 from forge.evaluator import EvalConfig, EvaluatorError, evaluate, resolve_problem
@@ -30,7 +32,8 @@ from forge.evaluator.executors import (
 from forge.evaluator.job_queue import Queue, QueueJob, QueueResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
-LEGIT = (FIXTURES / "legit" / "triton_softmax.py").read_text()
+LEGIT_FILE = FIXTURES / "legit" / "triton_softmax.py"
+LEGIT = LEGIT_FILE.read_text()
 BROKEN = "def f(:\n    pass\n"
 
 
@@ -341,6 +344,58 @@ def test_no_worker_is_one_clear_error(tmp_path, home):
     message = str(error.value)
     assert "\n" not in message and "within 1 s" in message
     assert f"forge worker --queue {queue} --device cpu" in message
+    assert not list((queue / "pending").iterdir())  # the job is withdrawn
+
+
+def forge_eval(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`forge eval softmax <legit Triton softmax> --device cpu ...` as a user runs it."""
+    env = {**os.environ, "FORGE_HOME": str(home)}
+    return run_forge("eval", "softmax", str(LEGIT_FILE), "--device", "cpu", *args, env=env)
+
+
+def shown_verdict(out: subprocess.CompletedProcess) -> str:
+    """What `forge eval` prints, less what differs between two runs of one candidate: the
+    errors of its secret random inputs and the seconds."""
+    assert out.returncode == 0, out.stderr + out.stdout
+    return re.sub(r"\d\.\d\de[-+]\d\d", "ERR", out.stdout.split("seconds:")[0])
+
+
+def test_one_shot_eval_through_a_resident_worker(tmp_path, home):
+    """`forge eval --executor queue:DIR` hands the candidate to a `forge worker` already up and
+    prints what a local `forge eval` prints; the worker's next job finds its sandbox process
+    and runner started ahead, as soon as the previous job ended (a fresh pair per job)."""
+    queue = tmp_path / "q"
+    worker = start_worker(queue, home, "--device", "cpu")
+    try:
+        queued = forge_eval(home, "--executor", f"queue:{queue}")
+        local = forge_eval(home)  # 7-10 s, while the worker starts its next runner (2-10 s)
+        again = forge_eval(home, "--executor", f"queue:{queue}", "--json")
+    finally:
+        log = stop(worker)
+    assert shown_verdict(queued) == shown_verdict(local)
+    assert shown_verdict(local).startswith("correct  softmax (triton) on cpu")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["status"] == "correct"
+    assert {c["input_set"] for c in result["checks"]} == {"tiny", "odd"}
+    seconds = result["phase_seconds"]
+    # a runner started at the job's arrival is waited for as long as its start-up takes
+    assert seconds["detail"]["runner_wait"] < 0.25 * seconds["prepare"], seconds
+    # a sandbox process started then would import torch on the verdict's path as well
+    assert seconds["detail"]["sandbox"] < 0.5 * seconds["prepare"], seconds
+    assert len(re.findall(r"softmax from \S+: correct in", log)) == 2, log
+    assert not list((queue / "pending").iterdir()) and not list((queue / "results").iterdir())
+
+
+def test_one_shot_eval_without_a_worker_is_one_clear_error(tmp_path, home):
+    queue = tmp_path / "q"
+    started = time.monotonic()
+    out = forge_eval(home, "--executor", f"queue:{queue}", "--queue-wait", "1")
+    assert time.monotonic() - started < 30
+    assert out.returncode != 0 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: no worker took evaluation job") and "within 1 s" in line
+    assert f"`forge worker --queue {queue} --device cpu`" in line
     assert not list((queue / "pending").iterdir())  # the job is withdrawn
 
 
