@@ -40,7 +40,8 @@ def worker(
     ] = 30.0,
 ) -> None:
     """Evaluate queued candidates on this machine, one line per job on stderr (Ctrl-C stops;
-    a job in flight goes back in the queue)."""
+    a job in flight goes back in the queue). Kept running, it has the next job's sandbox
+    process and runner started ahead: `forge eval --executor queue:DIR` skips their start-up."""
     from forge.evaluator.host import EvaluatorError, require_gpu
     from forge.evaluator.job_queue import Worker
 
