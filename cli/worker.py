@@ -63,6 +63,8 @@ def worker(
     except KeyboardInterrupt:
         log(f"worker {runner.id}: stopped")
         raise typer.Exit(130) from None
+    except EvaluatorError as exc:
+        fail(str(exc))
     log(f"worker {runner.id}: {done} job{'s' if done != 1 else ''} done, queue empty")
 
 

@@ -161,6 +161,8 @@ class LocalExecutor:
         try:
             if slot.sandbox is not None:
                 slot.sandbox.start_ahead(gpu=device == "cuda")
+        except OSError as exc:
+            raise EvaluatorError(f"the sandbox of worker '{slot.label}' failed: {exc}") from exc
         finally:
             free.put(slot)
 

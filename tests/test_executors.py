@@ -22,7 +22,7 @@ import pytest
 from forge_process import run_forge
 
 from forge.db.store import RunStore
-from forge.evaluator import EvalConfig, EvaluatorError, evaluate, resolve_problem
+from forge.evaluator import EvalConfig, EvaluatorError, resolve_problem
 from forge.evaluator.executors import (
     ExecutorSpecError,
     check_spec,
@@ -68,14 +68,6 @@ def finish(worker: subprocess.Popen) -> str:
 
 def config_for(queue: Path, home: Path, **fields) -> EvalConfig:
     return EvalConfig(device="cpu", executor=f"queue:{queue}", cache_dir=home / "cache", **fields)
-
-
-def verdict(result) -> tuple:  # noqa: ANN001 (EvalResult)
-    return (
-        result.status,
-        result.reasons,
-        sorted((c.input_set, c.seed_index, c.phase, c.passed) for c in result.checks),
-    )
 
 
 def test_specs_are_checked_by_the_registry():
@@ -261,24 +253,6 @@ def test_local_runs_one_evaluation_per_gpu_at_once(home):
     assert one_job_at_a_time(*results) == {f"gpu {name}": 2 for name in gpus}
 
 
-def test_queue_gives_the_local_verdict(tmp_path, home):
-    problem = resolve_problem("softmax")
-    local = evaluate(problem, LEGIT, EvalConfig(device="cpu", cache_dir=home / "cache"))
-    worker = start_worker(tmp_path / "q", home, "--device", "cpu")
-    executor = make_executor(config_for(tmp_path / "q", home))
-    try:
-        queued = executor.evaluate(problem, LEGIT, config_for(tmp_path / "q", home))
-    finally:
-        executor.close()
-        log = stop(worker)
-    assert local.status.value == "correct"
-    assert verdict(queued) == verdict(local)
-    assert worker.returncode == 130
-    assert "softmax from" in log and ": correct in" in log
-    queue = tmp_path / "q"
-    assert not any(list((queue / d).iterdir()) for d in ("pending", "results", "claimed", "tmp"))
-
-
 def test_racing_workers_never_run_one_job_twice(tmp_path, home):
     queue = Queue(tmp_path / "q")
     problem = resolve_problem("softmax")
@@ -353,38 +327,40 @@ def forge_eval(home: Path, *args: str) -> subprocess.CompletedProcess:
     return run_forge("eval", "softmax", str(LEGIT_FILE), "--device", "cpu", *args, env=env)
 
 
-def shown_verdict(out: subprocess.CompletedProcess) -> str:
-    """What `forge eval` prints, less what differs between two runs of one candidate: the
-    errors of its secret random inputs and the seconds."""
+def json_verdict(out: subprocess.CompletedProcess) -> tuple[dict, tuple]:
+    """The EvalResult `forge eval --json` printed, and what two runs of one candidate share."""
     assert out.returncode == 0, out.stderr + out.stdout
-    return re.sub(r"\d\.\d\de[-+]\d\d", "ERR", out.stdout.split("seconds:")[0])
+    result = json.loads(out.stdout)
+    checks = sorted(
+        (c["input_set"], c["seed_index"], c["phase"], c["passed"]) for c in result["checks"]
+    )
+    return result, (result["status"], result["reasons"], checks)
 
 
 def test_one_shot_eval_through_a_resident_worker(tmp_path, home):
     """`forge eval --executor queue:DIR` hands the candidate to a `forge worker` already up and
-    prints what a local `forge eval` prints; the worker's next job finds its sandbox process
+    gives the verdict of a local `forge eval`; the worker's next job finds its sandbox process
     and runner started ahead, as soon as the previous job ended (a fresh pair per job)."""
     queue = tmp_path / "q"
     worker = start_worker(queue, home, "--device", "cpu")
     try:
-        queued = forge_eval(home, "--executor", f"queue:{queue}")
-        local = forge_eval(home)  # 7-10 s, while the worker starts its next runner (2-10 s)
+        queued = forge_eval(home, "--executor", f"queue:{queue}", "--json")
+        local = forge_eval(home, "--json")  # 7-10 s, while the worker starts its next runner
         again = forge_eval(home, "--executor", f"queue:{queue}", "--json")
     finally:
         log = stop(worker)
-    assert shown_verdict(queued) == shown_verdict(local)
-    assert shown_verdict(local).startswith("correct  softmax (triton) on cpu")
-    assert again.returncode == 0, again.stderr
-    result = json.loads(again.stdout)
-    assert result["status"] == "correct"
-    assert {c["input_set"] for c in result["checks"]} == {"tiny", "odd"}
+    (_, expected), (result, second) = json_verdict(local), json_verdict(again)
+    assert expected[0] == "correct" and {c[0] for c in expected[2]} == {"tiny", "odd"}
+    assert json_verdict(queued)[1] == expected
+    assert second == expected
     seconds = result["phase_seconds"]
     # a runner started at the job's arrival is waited for as long as its start-up takes
     assert seconds["detail"]["runner_wait"] < 0.25 * seconds["prepare"], seconds
     # a sandbox process started then would import torch on the verdict's path as well
     assert seconds["detail"]["sandbox"] < 0.5 * seconds["prepare"], seconds
+    assert worker.returncode == 130
     assert len(re.findall(r"softmax from \S+: correct in", log)) == 2, log
-    assert not list((queue / "pending").iterdir()) and not list((queue / "results").iterdir())
+    assert not any(list((queue / d).iterdir()) for d in ("pending", "results", "claimed", "tmp"))
 
 
 def test_one_shot_eval_without_a_worker_is_one_clear_error(tmp_path, home):
@@ -397,6 +373,19 @@ def test_one_shot_eval_without_a_worker_is_one_clear_error(tmp_path, home):
     assert line.startswith("error: no worker took evaluation job") and "within 1 s" in line
     assert f"`forge worker --queue {queue} --device cpu`" in line
     assert not list((queue / "pending").iterdir())  # the job is withdrawn
+
+
+def test_a_worker_whose_sandbox_cannot_start_stops_with_one_line(tmp_path):
+    """The worker starts its first job's sandbox process when it starts: a cache directory it
+    cannot use is said then, not at each job."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").write_text("not a directory")
+    worker = start_worker(tmp_path / "q", home, "--device", "cpu")
+    log = finish(worker)
+    assert worker.returncode == 2
+    assert log.strip().splitlines()[-1].startswith("error: the sandbox of worker 'cpu 0' failed")
+    assert not list((tmp_path / "q" / "claimed").iterdir())  # unregistered
 
 
 def test_a_late_duplicate_result_is_never_applied(tmp_path, home):
