@@ -83,10 +83,11 @@ def _build() -> ModuleType:
             verbose=False,
         )
     except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LibraryError(
-            f"the kernel library's C++ route could not be built in {directory} ({exc}): install a "
-            f"C++ compiler (g++) and ninja (`pip install ninja`), or use the Python route: "
-            f"kl.enable(..., route='python') or {ROUTE_ENV}=python"
+            f"the kernel library's C++ route could not be built in {directory} ({first_line}): "
+            f"install a C++ compiler (g++) and ninja (`pip install ninja`), or use the Python "
+            f"route: kl.enable(..., route='python') or {ROUTE_ENV}=python"
         ) from exc
     log.debug("C++ route loaded from %s in %.1f s", directory, time.perf_counter() - started)
     module.init(torch.Tensor, torch.nn.Parameter)
