@@ -224,6 +224,21 @@ def test_fake_tensors_are_left_to_python(lib):
     assert library_calls("layer_norm") == 2
 
 
+class Plain(torch.Tensor):
+    """A subclass without __torch_dispatch__ (no Python dispatch key): only its type differs."""
+
+
+def test_a_subclass_with_a_remembered_key_is_still_a_subclass(lib):
+    x = torch.randn(4, 100)
+    kl.enable(path=lib, devices=CPU)
+    for _ in range(3):
+        torch.softmax(x, -1)
+    for _ in range(2):
+        out = torch.softmax(x.as_subclass(Plain), -1)
+        assert torch.equal(out, torch.softmax(x, -1))
+    assert fallbacks("softmax") == {runtime.NO_BUCKET: 5, runtime.SUBCLASS: 2}
+
+
 def test_calls_from_inside_a_library_kernel_are_reentrant_not_remembered(tmp_path):
     # a gelu entry whose forward also calls torch.softmax on a shape no softmax entry serves
     source = (
