@@ -790,7 +790,6 @@ def _unregister(state: _State) -> None:
         if op_state.library is not None:
             op_state.library._destroy()
             op_state.library = None
-            op_state.keys = []
         op_state.custom = None
         op_state.decide = None
 
@@ -916,7 +915,8 @@ def stats() -> dict:
 
 def reset_stats() -> None:
     """Zero every counter (registered kernels keep counting into the same dictionaries); the C++
-    route forgets its decisions, so that each is made (and logged) again."""
+    route forgets its keys, so that the next call of each runs the Python kernel again (and logs
+    its reason once more)."""
     state = _STATE
     if state is not None:
         for op_state in state.ops.values():
