@@ -9,7 +9,9 @@
     kl.stats()                       # library calls and fallbacks to PyTorch, by reason
     torch.compile(model, backend=kl.compile_backend())   # served ops as custom ops in the graph
 
-`FORGE_KERNELS_DISABLE=1` turns `enable`/`use` into no-ops. Entries are read from
+`FORGE_KERNELS_DISABLE=1` turns `enable`/`use` into no-ops; `FORGE_KERNELS_ROUTE=python` (or
+`enable(..., route="python")`) skips the C++ route that answers unserved calls without Python
+(built on first use with g++ and ninja). Entries are read from
 `$FORGE_LIBRARY` (directories separated by os.pathsep), else `$FORGE_HOME/library`; see
 docs/library.md. The operator catalogue (reference problems) lives in `catalogue/`.
 

@@ -10,6 +10,12 @@ its dtype, shape bucket and device; otherwise it calls PyTorch's own kernel, obt
 log line the first time each reason is seen). `disable()` destroys the registrations, which
 restores PyTorch's kernels exactly.
 
+With the C++ route (the default, `cxx_route`), the kernel registered is a boxed C++ kernel in
+front of that Python kernel: a call whose key (its arguments' devices, dtypes, shapes, strides,
+scalar values, and grad mode) Python has already left to PyTorch, for a reason that depends on
+that key alone, is answered in C++ (PyTorch's kernel called, the reason counted there and merged
+into `stats()`); every other call runs the Python kernel as before.
+
 Needs torch >= 2.9 for `torch.library.get_kernel`; `load()` works with any torch.
 """
 
@@ -31,6 +37,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from forge.kernels_library import adapters as _adapters
+from forge.kernels_library import cxx_route
 from forge.kernels_library.keys import (
     Machine,
     bucket_of,
@@ -75,6 +82,11 @@ class RuntimeConfig(BaseModel):
     path: list[str] | None = None
     """Library directories to read (None: `$FORGE_LIBRARY`, else `$FORGE_HOME/library`)."""
 
+    route: cxx_route.Route = "cxx"
+    """How calls reach the routing: `cxx` registers a C++ kernel that answers the calls already
+    decided for PyTorch without entering Python (built on first use; see docs/library.md),
+    `python` registers the Python kernel directly."""
+
 
 @dataclass
 class EnableReport:
@@ -88,6 +100,7 @@ class EnableReport:
     skipped_entries: list[dict] = field(default_factory=list)
     disabled_reason: str | None = None
     library_dirs: list[str] = field(default_factory=list)
+    route: str = ""
 
 
 # ------------------------------------------------------------------------------------ machine
@@ -159,6 +172,17 @@ class _Local(threading.local):
 
 _local = _Local()
 BYPASS = 2
+# the C++ route's copy of `_local.depth` (its kernels send every call made at depth > 0 to
+# Python); None until the extension is loaded
+_mirror_depth: Callable[[int], int] | None = None
+
+
+def _set_depth(depth: int) -> int:
+    previous = _local.depth
+    _local.depth = depth
+    if _mirror_depth is not None:
+        _mirror_depth(depth)
+    return previous
 
 
 def module_class(record: EntryRecord) -> type:
@@ -205,6 +229,25 @@ def module_class(record: EntryRecord) -> type:
 _COUNTS: dict[str, dict[str, int]] = {}
 _ENTRY_COUNTS: dict[str, dict[str, int]] = {}
 _SEEN: set[tuple[str, str]] = set()
+# reason <-> the small integer the C++ route counts it under
+_REASON_IDS: dict[str, int] = {}
+_REASONS: list[str] = []
+
+
+def _reason_id(reason: str) -> int | None:
+    """The reason's id for the C++ route (None: more distinct reasons than it counts)."""
+    rid = _REASON_IDS.get(reason)
+    if rid is None:
+        with _LOCK:
+            rid = _REASON_IDS.get(reason)
+            if rid is None:
+                if len(_REASONS) >= cxx_route.extension().MAX_REASONS:
+                    return None
+                rid = _REASON_IDS[reason] = len(_REASONS)
+                _REASONS.append(reason)
+    return rid
+
+
 _DETAILS_SEEN: set[tuple] = set()
 _MAX_DETAILS = 1000
 
@@ -242,6 +285,8 @@ class _OpState:
     entries: int
     library: torch.library.Library | None = None
     keys: list[str] = field(default_factory=list)
+    routes: list = field(default_factory=list)
+    """The C++ route's registrations (`route.cpp`'s Route), one per key."""
     custom: Callable | None = None
     """The forge::<op> custom op's kernel (torch.compile path): routes like the ATen one."""
     decide: Callable | None = None
@@ -395,8 +440,16 @@ def _make_decide(op: str, state: _OpState, archs: dict[int, str]):
 
 
 def _make_impl(
-    op: str, state: _OpState, original, keyset, archs: dict[int, str], composite_level: bool
+    op: str,
+    state: _OpState,
+    original,
+    keyset,
+    archs: dict[int, str],
+    composite_level: bool,
+    remember: Callable[[int], bool] | None = None,
 ):
+    """The Python kernel. `remember` (the C++ route's, when it calls this kernel) is told each
+    fallback decided by the call's key alone, so that C++ answers the next calls with that key."""
     adapter = state.adapter
     prepare = adapter.prepare
     by_device = _tables_by_device(state, archs)
@@ -413,11 +466,20 @@ def _make_impl(
     routes = _Routes()
     call_original = original.call_boxed
 
-    def fallback(args, kwargs, reason):
+    def fallback_now(args, kwargs, reason):
+        """PyTorch's kernel for this call only (a reason not decided by the call's key)."""
         counts[reason] = counts.get(reason, 0) + 1
         if (op, reason) not in _SEEN:
             _first_time(op, reason)
         return call_original(keyset, *args, **kwargs)
+
+    def fallback(args, kwargs, reason):
+        """PyTorch's kernel, for a reason that every call with this key shares."""
+        if remember is not None:
+            rid = _reason_id(reason)
+            if rid is not None:
+                remember(rid)
+        return fallback_now(args, kwargs, reason)
 
     def route(device: int, dtype: torch.dtype, constants: tuple, init_args: tuple, x: torch.Tensor):
         """(forward, parameter slots, entry id) of the entry serving these calls, or a _Miss."""
@@ -445,12 +507,12 @@ def _make_impl(
         if local.depth:
             if local.depth == BYPASS:
                 return call_original(keyset, *args, **kwargs)
-            return fallback(args, kwargs, REENTRANT)
+            return fallback_now(args, kwargs, REENTRANT)
         if type(x) not in tensor_types:
-            return fallback(args, kwargs, SUBCLASS)
+            return fallback_now(args, kwargs, SUBCLASS)
         if composite_level:
             if dispatch_modes():
-                return fallback(args, kwargs, DISPATCH_MODE)
+                return fallback_now(args, kwargs, DISPATCH_MODE)
             if grad_enabled():
                 for a in (*args, *kwargs.values()):
                     if isinstance(a, torch.Tensor) and a.requires_grad:
@@ -479,6 +541,9 @@ def _make_impl(
             for (slots, name), tensor in zip(binds, params, strict=True):
                 slots[name] = tensor
         local.depth = 1
+        mirror_depth = _mirror_depth
+        if mirror_depth is not None:
+            mirror_depth(1)
         try:
             if several_gpus and device >= 0 and device != current_device():
                 with torch.cuda.device(device):
@@ -487,6 +552,8 @@ def _make_impl(
                 out = forward(*inputs)
         finally:
             local.depth = 0
+            if mirror_depth is not None:
+                mirror_depth(0)
             for slots, name in binds:
                 slots[name] = None
         by_entry[entry] = by_entry.get(entry, 0) + 1
@@ -508,12 +575,11 @@ class _PublicOp:
 
 def bypassed(fn, *args, **kwargs):
     """`fn(...)` with the runtime's ATen kernels passing every call to PyTorch uncounted."""
-    previous = _local.depth
-    _local.depth = BYPASS
+    previous = _set_depth(BYPASS)
     try:
         return fn(*args, **kwargs)
     finally:
-        _local.depth = previous
+        _set_depth(previous)
 
 
 def custom_impl(op: str) -> Callable | None:
@@ -554,7 +620,7 @@ def _disabled_by_env() -> str | None:
 
 def _build(config: RuntimeConfig) -> _State:
     dirs = library_dirs(config.path)
-    report = EnableReport(enabled=True, library_dirs=[str(d) for d in dirs])
+    report = EnableReport(enabled=True, library_dirs=[str(d) for d in dirs], route=config.route)
     wanted = list(_adapters.ADAPTERS) if config.ops is None else list(config.ops)
     for op in wanted:
         if op not in _adapters.ADAPTERS:
@@ -636,8 +702,6 @@ def _register(state: _State) -> None:
     custom_ops.define_all()
     for op, op_state in state.ops.items():
         adapter = op_state.adapter
-        library = torch.library.Library("aten", "IMPL")
-        op_state.library = library
         op_state.custom = _make_impl(
             op, op_state, _PublicOp(custom_ops.aten_overload(adapter)), None, state.archs, False
         )
@@ -657,14 +721,13 @@ def _register(state: _State) -> None:
                 # decompositions) do not read the keyset they are called with: a constant one
                 # spares the per-call conversion of `with_keyset=True`
                 keyset = torch._C.DispatchKeySet(key)
-                impl = _make_impl(op, op_state, original, keyset, state.archs, composite_level)
                 with warnings.catch_warnings():
                     # torch warns once per process that an ATen kernel is being overridden,
                     # which is what enable() is for
                     warnings.filterwarnings(
                         "ignore", message=r"(?s).*Overriding a previously registered kernel"
                     )
-                    library.impl(adapter.registered_name, impl, key)
+                    _register_key(state, op_state, original, keyset, key, composite_level)
                 op_state.keys.append(key)
         state.report.registered[op] = op_state.entries
         log.debug(
@@ -676,12 +739,57 @@ def _register(state: _State) -> None:
         )
 
 
+def _route_extension():
+    """The C++ route's extension (built on first use), with the runtime's depth mirrored to it."""
+    global _mirror_depth
+    extension = cxx_route.extension()
+    _mirror_depth = extension.set_depth
+    return extension
+
+
+def _register_key(
+    state: _State, op_state: _OpState, original, keyset, key: str, composite_level: bool
+) -> None:
+    """Register the kernel for one dispatch key: the C++ route in front of the Python kernel, or
+    the Python kernel itself."""
+    op = op_state.adapter.op
+    aten = op_state.adapter.aten
+    if state.config.route == "cxx":
+        extension = _route_extension()
+        impl = _make_impl(
+            op, op_state, original, keyset, state.archs, composite_level, extension.remember
+        )
+        debug = f"registered at {__file__} through {cxx_route.SOURCE}"
+        op_state.routes.append(extension.Route(aten, key, impl, debug))
+        return
+    if op_state.library is None:
+        op_state.library = torch.library.Library("aten", "IMPL")
+    impl = _make_impl(op, op_state, original, keyset, state.archs, composite_level)
+    op_state.library.impl(op_state.adapter.registered_name, impl, key)
+
+
+def _drain(state: _State) -> None:
+    """Add the C++ route's counts into the Python counters (and zero them there)."""
+    for op, op_state in state.ops.items():
+        for route in op_state.routes:
+            drained = route.drain()
+            if drained:
+                counts = _counts(op)
+                for rid, n in drained:
+                    reason = _REASONS[rid]
+                    counts[reason] = counts.get(reason, 0) + n
+
+
 def _unregister(state: _State) -> None:
+    _drain(state)
     for op_state in state.ops.values():
+        for route in op_state.routes:
+            route.unregister()
+        op_state.routes = []
+        op_state.keys = []
         if op_state.library is not None:
             op_state.library._destroy()
             op_state.library = None
-            op_state.keys = []
         op_state.custom = None
         op_state.decide = None
 
@@ -690,11 +798,16 @@ def _unregister(state: _State) -> None:
 
 
 def enable(
-    ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)
+    ops: Sequence[str] | None = None,
+    *,
+    path=None,
+    devices: Sequence[str] = ("cuda",),
+    route: str | None = None,
 ) -> EnableReport:
     """Dispatch the mapped ATen operators of `ops` (default: all with a usable entry) to the
-    library, replacing what an earlier `enable` registered. With FORGE_KERNELS_DISABLE set, it
-    registers nothing and says so in the report."""
+    library, replacing what an earlier `enable` registered. `route`: `cxx` (default, else
+    `$FORGE_KERNELS_ROUTE`) or `python`, see `RuntimeConfig.route`. With FORGE_KERNELS_DISABLE
+    set, it registers nothing and says so in the report."""
     global _STATE
     config = RuntimeConfig(
         ops=list(ops) if ops is not None else None,
@@ -702,6 +815,7 @@ def enable(
         path=[str(p) for p in (path if isinstance(path, list | tuple) else [path])]
         if path is not None
         else None,
+        route=cxx_route.chosen_route(route),
     )
     with _LOCK:
         reason = _disabled_by_env()
@@ -710,6 +824,8 @@ def enable(
             log.info("forge kernels library disabled by %s: PyTorch's kernels are used", reason)
             return EnableReport(enabled=False, disabled_reason=reason)
         state = _build(config)  # a library that cannot be read leaves the current state alone
+        if state.ops and config.route == "cxx":
+            _route_extension()  # a build that fails leaves the current state alone too
         disable()
         if not state.ops:
             log.info(
@@ -745,25 +861,32 @@ def enabled() -> bool:
 
 @contextmanager
 def use(
-    ops: Sequence[str] | None = None, *, path=None, devices: Sequence[str] = ("cuda",)
+    ops: Sequence[str] | None = None,
+    *,
+    path=None,
+    devices: Sequence[str] = ("cuda",),
+    route: str | None = None,
 ) -> Iterator[EnableReport]:
     """Within the block, dispatch exactly `ops` (default all) to the library; afterwards restore
     whatever was enabled before (or nothing)."""
     with _LOCK:
         previous = _STATE.config if _STATE is not None else None
     try:
-        yield enable(ops, path=path, devices=devices)
+        yield enable(ops, path=path, devices=devices, route=route)
     finally:
         disable()
         if previous is not None:
-            enable(previous.ops, path=previous.path, devices=previous.devices)
+            enable(previous.ops, path=previous.path, devices=previous.devices, route=previous.route)
 
 
 def stats() -> dict:
     """Per operator: calls served by the library and fallbacks to PyTorch by reason; what is
     registered, what is not and why, and skipped entries. Counters are per process (approximate
-    under concurrent threads) and survive disable(); `reset_stats()` clears them."""
+    under concurrent threads) and survive disable(); `reset_stats()` clears them. The C++
+    route's counts are included."""
     state = _STATE
+    if state is not None:
+        _drain(state)
     ops = {}
     for op in sorted(set(_COUNTS) | (set(state.ops) if state else set())):
         counts = dict(_COUNTS.get(op, {}))
@@ -782,6 +905,7 @@ def stats() -> dict:
         "enabled": enabled(),
         "disabled_reason": _disabled_by_env(),
         "devices": list(state.config.devices) if state else [],
+        "route": state.config.route if state else "",
         "library_dirs": list(state.report.library_dirs) if state else [],
         "ops": ops,
         "not_registered": dict(state.report.not_registered) if state else {},
@@ -790,7 +914,15 @@ def stats() -> dict:
 
 
 def reset_stats() -> None:
-    """Zero every counter (registered kernels keep counting into the same dictionaries)."""
+    """Zero every counter (registered kernels keep counting into the same dictionaries); the C++
+    route forgets its keys, so that the next call of each runs the Python kernel again (and logs
+    its reason once more)."""
+    state = _STATE
+    if state is not None:
+        for op_state in state.ops.values():
+            for route in op_state.routes:
+                route.drain()
+                route.forget()
     for counts in (*_COUNTS.values(), *_ENTRY_COUNTS.values()):
         counts.clear()
     _SEEN.clear()

@@ -34,9 +34,10 @@ CPU = ["cpu"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def interpreter():
+def interpreter(forge_cache_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")
+        mp.setenv("FORGE_HOME", str(forge_cache_dir))  # where the C++ route is built
         mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
         problem = runtime._interpreter_problem()
         assert problem is None, problem
