@@ -213,10 +213,15 @@ def evaluate(
         payload=job.model_dump(mode="json"), timeout_s=deadline, gpu=config.device == "cuda"
     )
     progress = {"on_phase": on_phase} if on_phase is not None else {}
+    handed_over = time.time()
     outcome = sandbox.run(sandbox_job, **progress)
     result = _from_outcome(outcome, base, env, deadline, problem)
     result.phase_seconds.static = static_s
-    result.phase_seconds.total = time.perf_counter() - started
+    held_from = outcome.info.held_from
+    waited_s = max(0.0, held_from - handed_over) if held_from is not None else 0.0
+    if waited_s:  # for a free worker of an executor's pool (`local`): not the evaluation's time
+        result.phase_seconds.detail["worker_wait"] = waited_s
+    result.phase_seconds.total = time.perf_counter() - started - waited_s
     if worker_s := (outcome.message or {}).get("phase_seconds", {}).get("worker_total"):
         result.phase_seconds.detail["sandbox"] = result.phase_seconds.total - static_s - worker_s
     return result
