@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
+from forge.evaluator.parsing import parse_python
 from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem
 from forge.evaluator.profiling import kernel_base_name
@@ -38,7 +39,7 @@ class EvaluatorError(RuntimeError):
 
 
 def model_init_params(problem_source: str) -> list[str] | None:
-    for node in ast.parse(problem_source).body:
+    for node in parse_python(problem_source).body:
         if isinstance(node, ast.ClassDef) and node.name == "Model":
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__":
