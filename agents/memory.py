@@ -20,9 +20,11 @@ import ast
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from forge.db.library import list_entries
 from forge.db.store import RunStore
+from forge.evaluator.parsing import parse_python
 from forge.evaluator.precision import STRICT
 from forge.evaluator.problem import Problem, ProblemError, load_problem
 from forge.prompts import Example, example_for
@@ -43,20 +45,22 @@ def words(name: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(name)} - BOILERPLATE
 
 
-def operator_words(name: str, source: str) -> set[str]:
-    """The words of a problem's name and of the calls in its reference `Model` class."""
+@lru_cache(maxsize=512)
+def operator_words(name: str, source: str) -> frozenset[str]:
+    """The words of a problem's name and of the calls in its reference `Model` class (kept per
+    problem: every run's start compares its problem with every earlier run's)."""
     found = words(name)
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except SyntaxError:
-        return found
+        return frozenset(found)
     model = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Model"), None)
     for node in ast.walk(model) if model is not None else ():
         if isinstance(node, ast.Call):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             found |= words(called)
-    return found
+    return frozenset(found)
 
 
 def similarity(problem: Problem, name: str, aten: str, source: str) -> float:
@@ -67,6 +71,7 @@ def similarity(problem: Problem, name: str, aten: str, source: str) -> float:
     return len(ours & theirs) / len(ours | theirs) if ours | theirs else 0.0
 
 
+@lru_cache(maxsize=512)
 def _aten(source: str, name: str) -> str:
     try:
         return load_problem(source, name).aten

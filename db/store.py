@@ -518,7 +518,7 @@ class RunStore:
         """Recompute tokens, cost, rounds done and the best candidate from the rows, in one
         UPDATE statement (correct even when several threads or processes write the run)."""
         calls = select(LLMCall).where(col(LLMCall.run_id) == run_id).subquery()
-        latest = self._latest_evaluation_ids().subquery()
+        latest = self._latest_evaluation_ids(run_id).subquery()
         evaluated = (
             select(
                 Candidate.id,
@@ -582,11 +582,18 @@ class RunStore:
         return (case((speedup.is_(None), 1), else_=0), speedup.desc(), candidate_id)
 
     @staticmethod
-    def _latest_evaluation_ids():  # noqa: ANN205
-        return select(
+    def _latest_evaluation_ids(run_id: int | None = None):  # noqa: ANN205
+        """(candidate_id, evaluation_id) of each candidate's latest evaluation; with `run_id`,
+        of that run's candidates only (the whole table grows with every run)."""
+        query = select(
             col(Evaluation.candidate_id).label("candidate_id"),
             func.max(Evaluation.id).label("evaluation_id"),
         ).group_by(Evaluation.candidate_id)
+        if run_id is None:
+            return query
+        return query.join(Candidate, col(Candidate.id) == col(Evaluation.candidate_id)).where(
+            col(Candidate.run_id) == run_id
+        )
 
     # ---------------------------------------------------------- candidates
 
@@ -719,7 +726,7 @@ class RunStore:
     def best_candidate(self, run_id: int, *, include_suspicious: bool = False) -> Step | None:
         """The correct candidate with the highest speedup vs eager (unmeasured ones rank last,
         ties go to the earliest); suspicious results are left out unless asked for."""
-        latest = self._latest_evaluation_ids().subquery()
+        latest = self._latest_evaluation_ids(run_id).subquery()
         query = (
             select(Candidate)
             .join(latest, col(latest.c.candidate_id) == col(Candidate.id))

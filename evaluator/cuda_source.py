@@ -27,6 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from forge.evaluator.parsing import parse_python
+
 GLOBAL = re.compile(r"\b__global__\b")
 # Declaration specifiers that take a parenthesised argument list between `__global__` and the
 # kernel's name (`__global__ void __launch_bounds__(256) k(...)`); skipped with their arguments.
@@ -571,7 +573,7 @@ def scan(candidate: str) -> Scan:
     """The CUDA sources of a candidate (sorted by line) and the problems that keep some from
     being compiled statically; nothing of the candidate is executed."""
     try:
-        tree = ast.parse(candidate)
+        tree = parse_python(candidate)
     except SyntaxError as exc:
         return Scan(problems=[f"candidate is not valid Python: line {exc.lineno}: {exc.msg}"])
     scanner = _Scanner(tree, candidate)

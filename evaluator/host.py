@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
+from forge.evaluator.parsing import parse_python
 from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem
 from forge.evaluator.profiling import kernel_base_name
@@ -38,7 +39,7 @@ class EvaluatorError(RuntimeError):
 
 
 def model_init_params(problem_source: str) -> list[str] | None:
-    for node in ast.parse(problem_source).body:
+    for node in parse_python(problem_source).body:
         if isinstance(node, ast.ClassDef) and node.name == "Model":
             for item in node.body:
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__":
@@ -213,10 +214,15 @@ def evaluate(
         payload=job.model_dump(mode="json"), timeout_s=deadline, gpu=config.device == "cuda"
     )
     progress = {"on_phase": on_phase} if on_phase is not None else {}
+    handed_over = time.time()
     outcome = sandbox.run(sandbox_job, **progress)
     result = _from_outcome(outcome, base, env, deadline, problem)
     result.phase_seconds.static = static_s
-    result.phase_seconds.total = time.perf_counter() - started
+    held_from = outcome.info.held_from
+    waited_s = max(0.0, held_from - handed_over) if held_from is not None else 0.0
+    if waited_s:  # for a free worker of an executor's pool (`local`): not the evaluation's time
+        result.phase_seconds.detail["worker_wait"] = waited_s
+    result.phase_seconds.total = time.perf_counter() - started - waited_s
     if worker_s := (outcome.message or {}).get("phase_seconds", {}).get("worker_total"):
         result.phase_seconds.detail["sandbox"] = result.phase_seconds.total - static_s - worker_s
     return result

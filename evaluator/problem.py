@@ -34,6 +34,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from forge.evaluator.parsing import parse_python
+
 CATALOGUE_DIR = Path(__file__).resolve().parent.parent / "kernels_library" / "catalogue"
 
 DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-2, "float64": 1e-7}
@@ -97,7 +99,7 @@ class _Scan:
 
 def _scan(source: str, label: str) -> _Scan:
     try:
-        tree = ast.parse(source, filename=label)
+        tree = parse_python(source, filename=label)
     except SyntaxError as exc:
         raise ProblemError(
             f"{label}:{exc.lineno}: syntax error in problem file: {exc.msg}"

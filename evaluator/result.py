@@ -206,7 +206,8 @@ class PhaseSeconds(BaseModel):
     detail: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per kind of step across phases (runner requests by op, reference, "
-        "inputs, comparison; 'sandbox' is the host's total less the worker's)",
+        "inputs, comparison; 'sandbox' is the host's total less the worker's; 'worker_wait' is the "
+        "time spent waiting for a free worker of the executor's pool, left out of 'total')",
     )
 
 

@@ -251,6 +251,11 @@ def test_local_runs_one_evaluation_per_gpu_at_once(home):
         executor.close()
     assert all(r.status.value == "correct" for r in results), [r.reasons for r in results]
     assert one_job_at_a_time(*results) == {f"gpu {name}": 2 for name in gpus}
+    waited = [r for r in results if r.phase_seconds.detail.get("worker_wait", 0.0) > 1.0]
+    assert len(waited) >= len(gpus), "the second job on each GPU did not wait for its worker"
+    for r in results:  # the wait for a free worker is not the evaluation's own (GPU) time
+        held = r.sandbox.held_until - r.sandbox.held_from
+        assert r.phase_seconds.total <= held + r.phase_seconds.static + 1.0, r.phase_seconds
 
 
 def test_racing_workers_never_run_one_job_twice(tmp_path, home):

@@ -7,6 +7,7 @@ import ast
 
 from pydantic import BaseModel, Field
 
+from forge.evaluator.parsing import parse_python
 from forge.evaluator.static.bindings import find_class, find_init, params
 from forge.evaluator.static.rules import BACKENDS, PREFIX, STRUCTURE, UNAVAILABLE, device_limits
 from forge.evaluator.static.visitor import Visitor
@@ -34,7 +35,7 @@ def class_init_params(source: str, class_name: str = "Model") -> list[str] | Non
     does not parse or has no such class. Use it on the problem's source to get the names
     `check_source(model_init_params=...)` compares against."""
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
     cls = find_class(tree, class_name)
@@ -45,7 +46,7 @@ def class_init_params(source: str, class_name: str = "Model") -> list[str] | Non
 
 def _parse(source: str) -> tuple[ast.Module | None, str, int]:
     try:
-        return ast.parse(source), "", 0
+        return parse_python(source), "", 0
     except SyntaxError as exc:
         return None, exc.msg, exc.lineno or 1
     except ValueError as exc:  # null bytes on Python < 3.12
