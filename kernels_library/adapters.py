@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import torch
 
+from forge.evaluator.parsing import parse_python
+
 CATALOGUE_DIR = Path(__file__).resolve().parent / "catalogue"
 
 # Fallback reasons (stable strings: they are the keys of kl.stats() counters).
@@ -277,7 +279,7 @@ NOT_MAPPED = {
 
 
 def _model_ast(source: str) -> str | None:
-    for node in ast.parse(source).body:
+    for node in parse_python(source).body:
         if isinstance(node, ast.ClassDef) and node.name == "Model":
             return ast.dump(node, include_attributes=False)
     return None

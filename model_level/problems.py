@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from forge.evaluator.parsing import parse_python
 from forge.evaluator.problem import CATALOGUE_DIR, load_problem
 from forge.kernels_library.adapters import ADAPTERS
 from forge.kernels_library.compiled import SPELLINGS
@@ -120,7 +121,7 @@ def _replace_assignments(source: str, values: dict[str, str]) -> str:
     """Set module-level `NAME = ...` assignments to the given source text (appended if absent)."""
     lines = source.splitlines()
     spans = {}
-    for node in ast.parse(source).body:
+    for node in parse_python(source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
             if isinstance(target, ast.Name) and target.id in values:
