@@ -229,6 +229,20 @@ def first_reason(result: EvalResult) -> str:
     return result.suspicious_reasons[0] if result.suspicious and result.suspicious_reasons else ""
 
 
+def config_choice(evaluated: Evaluated) -> str:
+    """Which of its answer's configs a candidate is, and why it was kept ("" without configs)."""
+    kept = next((c for c in evaluated.configs if c.kept), None)
+    if kept is None:
+        return ""
+    if kept.device_ms is not None:
+        why = "the fastest correct one"
+    elif evaluated.passed:
+        why = "the first that passed (nothing is timed here)"
+    else:
+        why = "none passed"
+    return f"config {kept.index} of {len(evaluated.configs)} kept: {why}"
+
+
 def answered(call: LLMCall) -> bool:
     """A recorded call that returned text (usable or not), as opposed to a failed request."""
     return not call.error or call.error.startswith(UNUSABLE)
@@ -460,7 +474,12 @@ class OptimizeLoop:
     ) -> Evaluated:
         """Every config as a candidate of its own; the best (by `Evaluated.rank`: the fastest
         trusted correct one, on cpu the first correct one) stands for the answer."""
-        tried = [self.evaluate(traj, v.source, coder_call_id) for v in pinned]
+        tried = [
+            self.evaluate(
+                traj, v.source, coder_call_id, detail=f"config {v.index} of {len(pinned)}"
+            )
+            for v in pinned
+        ]
         kept = max(tried, key=lambda e: e.rank)
         if coder_call_id is not None:
             self.store.link_llm_call(coder_call_id, kept.candidate_id)
@@ -592,9 +611,11 @@ class OptimizeLoop:
         source: str,
         coder_call_id: int | None,
         verdict: EvalResult | None = None,
+        detail: str = "",
     ) -> Evaluated:
         """`source` recorded as a candidate and evaluated (or given `verdict`, known without
-        evaluating it); a recorded one's stored verdict when replaying."""
+        evaluating it); a recorded one's stored verdict when replaying. `detail`: what the
+        progress display says of it."""
         stored = traj.take_stored()
         parent = traj.current.candidate_id if traj.current else None
         if stored is None:
@@ -619,7 +640,7 @@ class OptimizeLoop:
         if coder_call_id is not None:
             self.store.link_llm_call(coder_call_id, candidate_id)
         replayed = result is not None
-        self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed)
+        self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed, detail=detail)
         if result is None:
             result = verdict or self.evaluate_on_device(source)
             if self.aborted.is_set():  # its sandbox was killed under it: not a verdict
@@ -682,6 +703,7 @@ class OptimizeLoop:
             status=result.status.value,
             speedup=result.speedup_vs_eager,
             replayed=evaluated.replayed,
+            detail=config_choice(evaluated),
         )
 
     def history(self, traj: Trajectory) -> list[Attempt]:

@@ -517,7 +517,8 @@ def test_an_answer_with_configs_keeps_its_first_correct_config_on_cpu(sqlite_url
     with its CONFIG pinned, and the Judge's next prompt shows every config's verdict."""
     store = RunStore(sqlite_url)  # three sandboxed evaluations: one database backend is enough
     items = [answer("C0", CONFIGURED), judge("J1"), coder("C1")]
-    outcome = start(store, script(tmp_path, items), config(rounds=2)).run()
+    events: list = []
+    outcome = start(store, script(tmp_path, items), config(rounds=2), events).run()
     assert outcome.status == "finished"
     history = store.history(outcome.run_id)
     assert [(s.candidate.round, s.status) for s in history] == [
@@ -550,6 +551,13 @@ def test_an_answer_with_configs_keeps_its_first_correct_config_on_cpu(sqlite_url
     assert "CONFIG = {'BLOCK': 1024, 'num_warps': 4}" in turn  # the kept source, shown in full
     system = json.loads(coder_calls[0].messages_json)[0]["content"]
     assert "declare up to 8 of them" in system
+    said = [(e.kind, e.candidate_id, e.detail) for e in events if e.round == 0]
+    assert said == [
+        ("candidate", history[0].id, "config 1 of 3"),
+        ("candidate", history[1].id, "config 2 of 3"),
+        ("candidate", history[2].id, "config 3 of 3"),
+        ("evaluated", kept, "config 2 of 3 kept: the first that passed (nothing is timed here)"),
+    ]
 
 
 def test_the_fastest_correct_config_is_kept_when_timed(store, tmp_path):
@@ -577,6 +585,7 @@ def test_the_fastest_correct_config_is_kept_when_timed(store, tmp_path):
         "set(s) [kept" in turn
     )
     assert "The candidate is its fastest config at the target set(s)." in turn
+    assert loop.config_choice(runner.best) == "config 2 of 3 kept: the fastest correct one"
 
 
 def test_malformed_configs_are_a_verdict_the_coder_repairs(store, tmp_path):
