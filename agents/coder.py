@@ -113,6 +113,9 @@ class PromptContext(BaseModel):
     """The run's precision policy (forge.evaluator.precision)."""
     sol_stop: float | None = None
     """The fraction of the speed of light at which the loop stops a trajectory (None: never)."""
+    max_configs: int | None = None
+    """Most configs a candidate's `CONFIGS` may list for the evaluator to try (None: the run
+    does not try configs, and the prompts do not mention them)."""
 
     def variables(self) -> dict:
         p = self.problem
@@ -128,6 +131,7 @@ class PromptContext(BaseModel):
             "unavailable": device_limits(self.device),
             "precision": prompt_facts(self.precision, p.dtype, p.atol, p.rtol),
             "sol_stop": self.sol_stop,
+            "max_configs": self.max_configs,
         }
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from forge import prompts
 from forge.agents import techniques
 from forge.agents.coder import Attempt, PromptContext
+from forge.agents.configs import ConfigTrial
 from forge.agents.errors import FormatError, InvalidPlan
 from forge.agents.interfaces import JudgePlan, Message
 from forge.evaluator.result import EvalResult
@@ -183,8 +184,10 @@ class Judge:
         code_round: int,
         conversation: Conversation | None = None,
         round_attempts: list[Attempt] | None = None,
+        configs: list[ConfigTrial] | None = None,
     ) -> list[Message]:
-        """`round_attempts`: every candidate of `code_round` when there were several."""
+        """`round_attempts`: every candidate of `code_round` when there were several;
+        `configs`: every config of the candidate's answer when it declared `CONFIGS`."""
         return self._messages(
             "judge_repair",
             conversation,
@@ -193,6 +196,7 @@ class Judge:
             result=result,
             history=history,
             round_attempts=round_attempts or [],
+            configs=configs or [],
         )
 
     def optimize(
@@ -203,6 +207,7 @@ class Judge:
         code_round: int,
         conversation: Conversation | None = None,
         round_attempts: list[Attempt] | None = None,
+        configs: list[ConfigTrial] | None = None,
     ) -> list[Message]:
         return self._messages(
             "judge_optimize",
@@ -212,6 +217,7 @@ class Judge:
             result=result,
             history=history,
             round_attempts=round_attempts or [],
+            configs=configs or [],
         )
 
     def reminder(self, error: FormatError) -> Message:

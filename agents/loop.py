@@ -4,11 +4,12 @@ Round 0 of a trajectory asks the Coder for a kernel, with the best verified kern
 operator as its example (`forge.agents.memory`). Each later round looks at the candidate the
 trajectory goes on from: if it failed, the Judge diagnoses it and the Coder repairs it; if it
 passed, the Judge reads its measurements and plans one optimisation, which the Coder implements.
-A round asks the Coder `candidates_per_round` times and goes on from the best answer. The
-Judge's prompts of a trajectory form one conversation (`forge.agents.judge.Conversation`). A
-trajectory stops at its round limit, after `patience` rounds without a new best, or once its
-best is within `sol_stop` of the speed of light. `width` trajectories run in threads (LLM calls
-in parallel, evaluations serialized by one device lock).
+A round asks the Coder `candidates_per_round` times and goes on from the best answer; an answer
+that declares `CONFIGS` is evaluated once per config and its result is its best config
+(`forge.agents.configs`). The Judge's prompts of a trajectory form one conversation
+(`forge.agents.judge.Conversation`). A trajectory stops at its round limit, after `patience`
+rounds without a new best, or once its best is within `sol_stop` of the speed of light. `width`
+trajectories run in threads (LLM calls in parallel, evaluations serialized by one device lock).
 
 Ctrl-C (or `stop_soon()`): the steps in flight finish and are recorded, and nothing new starts:
 no LLM call (no retry either) and no evaluation; the run ends `interrupted`. A second Ctrl-C
@@ -37,6 +38,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext
+from forge.agents.configs import ConfigError, ConfigTrial, Variant, variants
 from forge.agents.errors import (
     Converged,
     FormatError,
@@ -64,7 +66,7 @@ from forge.evaluator import EvaluatorError
 from forge.evaluator.executors import Executor, make_executor
 from forge.evaluator.precision import resolve as resolve_precision
 from forge.evaluator.problem import Problem, load_problem
-from forge.evaluator.result import EvalResult, Status, geomean
+from forge.evaluator.result import Environment, EvalResult, Status, geomean
 from forge.sandbox.local import kill_session
 
 log = logging.getLogger("forge.loop")
@@ -72,6 +74,7 @@ log = logging.getLogger("forge.loop")
 STOPPING = "stopping after this step (Ctrl-C again to stop now)"
 STOPPING_NOW = "stopping now"
 UNUSABLE = "unusable answer: "
+UNTRIABLE = "autotune configs: "
 PASSING = (Status.correct, Status.compiled)
 
 
@@ -93,6 +96,8 @@ class Evaluated:
     result: EvalResult
     plan: JudgePlan | None
     replayed: bool = False
+    configs: list[ConfigTrial] = field(default_factory=list)
+    """Every config of the answer it is the best config of (none when it declared none)."""
 
     @property
     def rank(self) -> tuple[int, float]:
@@ -217,6 +222,27 @@ def is_improvement(new: Evaluated, best: Evaluated | None, min_gain: float) -> b
     return best.speedup is None or new.speedup > best.speedup * (1 + min_gain)
 
 
+def first_reason(result: EvalResult) -> str:
+    """Why a verdict does not count: its first failure, or why its speed is not trusted."""
+    if result.status not in PASSING:
+        return result.reasons[0] if result.reasons else ""
+    return result.suspicious_reasons[0] if result.suspicious and result.suspicious_reasons else ""
+
+
+def config_choice(evaluated: Evaluated) -> str:
+    """Which of its answer's configs a candidate is, and why it was kept ("" without configs)."""
+    kept = next((c for c in evaluated.configs if c.kept), None)
+    if kept is None:
+        return ""
+    if kept.device_ms is not None:
+        why = "the fastest correct one"
+    elif evaluated.passed:
+        why = "the first that passed (nothing is timed here)"
+    else:
+        why = "none passed"
+    return f"config {kept.index} of {len(evaluated.configs)} kept: {why}"
+
+
 def answered(call: LLMCall) -> bool:
     """A recorded call that returned text (usable or not), as opposed to a failed request."""
     return not call.error or call.error.startswith(UNUSABLE)
@@ -262,6 +288,7 @@ class OptimizeLoop:
                 config.evaluation.precision, problem.name, problem.precisions
             ),
             sol_stop=config.sol_stop,
+            max_configs=config.max_configs if config.autotune_configs else None,
         )
         self.coder = Coder(context)
         self.judge = Judge(context, None if config.technique_hints else [])
@@ -428,9 +455,58 @@ class OptimizeLoop:
 
     def attempt(self, traj: Trajectory) -> Evaluated | None:
         """One candidate of the round: the Coder's answer to the round's prompt, evaluated
-        (None when no answer was usable)."""
+        (None when no answer was usable); an answer with `CONFIGS`, its best config."""
         source, call_id = self.ask_coder(traj)
-        return None if source is None else self.evaluate(traj, source, call_id)
+        if source is None:
+            return None
+        try:
+            pinned = (
+                variants(source, self.config.max_configs) if self.config.autotune_configs else None
+            )
+        except ConfigError as error:
+            return self.evaluate(traj, source, call_id, self.untriable(str(error)))
+        if pinned is None:
+            return self.evaluate(traj, source, call_id)
+        return self.autotune(traj, pinned, call_id)
+
+    def autotune(
+        self, traj: Trajectory, pinned: list[Variant], coder_call_id: int | None
+    ) -> Evaluated:
+        """Every config as a candidate of its own; the best (by `Evaluated.rank`: the fastest
+        trusted correct one, on cpu the first correct one) stands for the answer."""
+        tried = [
+            self.evaluate(
+                traj, v.source, coder_call_id, detail=f"config {v.index} of {len(pinned)}"
+            )
+            for v in pinned
+        ]
+        kept = max(tried, key=lambda e: e.rank)
+        if coder_call_id is not None:
+            self.store.link_llm_call(coder_call_id, kept.candidate_id)
+        kept.configs = [
+            ConfigTrial(
+                index=variant.index,
+                config=variant.config,
+                candidate_id=e.candidate_id,
+                status=e.result.status.value,
+                device_ms=e.target_ms,
+                note=first_reason(e.result),
+                kept=e is kept,
+            )
+            for variant, e in zip(pinned, tried, strict=True)
+        ]
+        return kept
+
+    def untriable(self, reason: str) -> EvalResult:
+        """The verdict on an answer whose `CONFIGS` the evaluator cannot try: rejected, with
+        the reason, as the evaluator rejects a static-check violation."""
+        return EvalResult(
+            status=Status.rejected,
+            reasons=[UNTRIABLE + reason],
+            problem=self.problem.name,
+            backend=self.config.backend,
+            environment=Environment(device=self.config.evaluation.device),
+        )
 
     def ask_judge(self, traj: Trajectory) -> JudgePlan | None:
         current = traj.current
@@ -443,6 +519,7 @@ class OptimizeLoop:
             current.round,
             traj.conversation,
             this_round,
+            current.configs,
         )
         plan, answer = self.query(traj, "judge", self.judge, messages, current.candidate_id)
         if plan is not None:
@@ -528,7 +605,17 @@ class OptimizeLoop:
         self.store.set_llm_call_error(answer.call_id, UNUSABLE + error.reason)
         self.emit("unusable", traj, detail=error.reason, replayed=answer.replayed)
 
-    def evaluate(self, traj: Trajectory, source: str, coder_call_id: int | None) -> Evaluated:
+    def evaluate(
+        self,
+        traj: Trajectory,
+        source: str,
+        coder_call_id: int | None,
+        verdict: EvalResult | None = None,
+        detail: str = "",
+    ) -> Evaluated:
+        """`source` recorded as a candidate and evaluated (or given `verdict`, known without
+        evaluating it); a recorded one's stored verdict when replaying. `detail`: what the
+        progress display says of it."""
         stored = traj.take_stored()
         parent = traj.current.candidate_id if traj.current else None
         if stored is None:
@@ -553,11 +640,9 @@ class OptimizeLoop:
         if coder_call_id is not None:
             self.store.link_llm_call(coder_call_id, candidate_id)
         replayed = result is not None
-        self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed)
+        self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed, detail=detail)
         if result is None:
-            with self.device_lock:
-                self.check_interrupt()
-                result = self.evaluator(self.problem, source)
+            result = verdict or self.evaluate_on_device(source)
             if self.aborted.is_set():  # its sandbox was killed under it: not a verdict
                 raise StopTrajectory("interrupted")
             self.store.add_evaluation(candidate_id, result)
@@ -565,6 +650,11 @@ class OptimizeLoop:
             with self.totals_lock:
                 self.eval_seconds += result.phase_seconds.total
         return Evaluated(candidate_id, traj.round, traj.kind, source, result, traj.plan, replayed)
+
+    def evaluate_on_device(self, source: str) -> EvalResult:
+        with self.device_lock:
+            self.check_interrupt()
+            return self.evaluator(self.problem, source)
 
     def observe(self, traj: Trajectory, produced: list[Evaluated | None]) -> None:
         """Record a round's candidates; the trajectory goes on from the best of them."""
@@ -613,6 +703,7 @@ class OptimizeLoop:
             status=result.status.value,
             speedup=result.speedup_vs_eager,
             replayed=evaluated.replayed,
+            detail=config_choice(evaluated),
         )
 
     def history(self, traj: Trajectory) -> list[Attempt]:

@@ -28,6 +28,15 @@ class LoopConfig(BaseModel):
     fastest at the target sets by device time; without timings (cpu) the first that passed.
     The Judge sees all of them, one line each, and the kept one in full."""
 
+    autotune_configs: bool = True
+    """A candidate may declare `CONFIGS`, a list of configs (flat dicts of literal ints, strings
+    and bools) it reads as `CONFIG`: each is evaluated as a candidate of its own and the answer's
+    result is its best (`forge.agents.configs`). Off: the prompts do not mention it and
+    `CONFIGS` is plain code."""
+
+    max_configs: int = Field(8, ge=1)
+    """Most configs a candidate's `CONFIGS` may list (more is a rejection the Coder is told of)."""
+
     width: int = Field(1, ge=1)
     """Independent trajectories run at once."""
 
@@ -131,8 +140,10 @@ class LoopConfig(BaseModel):
 
 
 SEARCH_SETTINGS = (
+    "autotune_configs",
     "candidates_per_round",
     "judge_turns",
+    "max_configs",
     "memory_examples",
     "sol_stop",
     "technique_hints",

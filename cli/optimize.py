@@ -82,11 +82,13 @@ class Progress:
         elif event.kind == "unusable":
             line = f"{head} [yellow]unusable answer[/]: {detail}"
         elif event.kind == "candidate":
-            line = f"{head} candidate {event.candidate_id} written, evaluating ..."
+            config = f" ({detail})" if detail else ""
+            line = f"{head} candidate {event.candidate_id}{config} written, evaluating ..."
         elif event.kind == "evaluated":
             colour = STATUS_COLOURS.get(event.status, "yellow")
             speed = f" {_x(event.speedup)} vs eager" if event.speedup is not None else ""
-            line = f"{head} candidate {event.candidate_id}: [{colour}]{event.status}[/]{speed}   {totals}"
+            choice = f"; {detail}" if detail else ""
+            line = f"{head} candidate {event.candidate_id}: [{colour}]{event.status}[/]{speed}{choice}   {totals}"
         else:
             line = f"{head} trajectory {event.trajectory} stopped: {detail}   {totals}"
         with self.lock:

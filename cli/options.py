@@ -88,8 +88,10 @@ SearchOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--search",
-        help="a search setting NAME=VALUE, repeatable: candidates_per_round (answers per round, "
-        "the best kept) [1], judge_turns (Judge prompts per conversation) [4], memory_examples "
+        help="a search setting NAME=VALUE, repeatable: autotune_configs (a candidate's CONFIGS "
+        "each evaluated, the best kept; true/false) [true], candidates_per_round (answers per "
+        "round, the best kept) [1], judge_turns (Judge prompts per conversation) [4], max_configs (most "
+        "CONFIGS per candidate) [8], memory_examples "
         "(recalled kernels as examples, 0: the fixed one) [1], sol_stop (stop a trajectory at "
         "this fraction of the speed of light, none: never) [0.95], technique_hints (true/false) "
         "[true]",

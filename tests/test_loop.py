@@ -17,6 +17,7 @@ from forge.agents import loop
 from forge.agents.errors import ResumeError
 from forge.agents.interfaces import JudgePlan
 from forge.agents.llm import get_model
+from forge.agents.loop_config import parse_search
 from forge.db.store import RunStore
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import resolve_problem
@@ -494,3 +495,165 @@ def test_best_of_n_on_cpu_keeps_the_first_and_resumes_mid_round(store, tmp_path)
         (1, history[0].id),
     ]
     assert tags(store, first.run_id) == ["C0", "C1", "J1", "C2", "C3"]
+
+
+CONFIGURED = (KERNELS / "configs_row.py").read_text()
+FALLBACK_CONFIGS = FALLBACK.replace(
+    "import torch.nn as nn\n", "import torch.nn as nn\n\nCONFIGS = [{'DIM': -1}, {'DIM': 1}]\n"
+)
+
+
+def answer(tag: str, source: str) -> dict:
+    return {"role": "coder", "text": f"[{tag}]\n```python\n{source}```"}
+
+
+def pinned(source: str) -> str:
+    return next(line.split("  #")[0] for line in source.splitlines() if line.startswith("CONFIG "))
+
+
+def test_an_answer_with_configs_keeps_its_first_correct_config_on_cpu(sqlite_url, tmp_path):
+    """Three configs of a real Triton kernel, sandboxed under the interpreter: the one whose
+    BLOCK is shorter than a row is recorded incorrect; on cpu the first correct one is kept,
+    with its CONFIG pinned, and the Judge's next prompt shows every config's verdict."""
+    store = RunStore(sqlite_url)  # three sandboxed evaluations: one database backend is enough
+    items = [answer("C0", CONFIGURED), judge("J1"), coder("C1")]
+    events: list = []
+    outcome = start(store, script(tmp_path, items), config(rounds=2), events).run()
+    assert outcome.status == "finished"
+    history = store.history(outcome.run_id)
+    assert [(s.candidate.round, s.status) for s in history] == [
+        (0, "incorrect"),
+        (0, "correct"),
+        (0, "correct"),
+        (1, "rejected"),
+    ]
+    assert [pinned(s.candidate.source) for s in history[:3]] == [
+        "CONFIG = {'BLOCK': 64, 'num_warps': 2}",
+        "CONFIG = {'BLOCK': 1024, 'num_warps': 4}",
+        "CONFIG = {'BLOCK': 2048, 'num_warps': 8}",
+    ]
+    assert "config 2 of 3, pinned by the evaluator" in history[1].candidate.source
+    assert {s.candidate.parent_id for s in history[:3]} == {None}
+    kept = history[1].id
+    assert history[3].candidate.parent_id == kept and outcome.best_candidate_id == kept
+    coder_calls = store.llm_calls(outcome.run_id, role="coder")
+    assert coder_calls[0].candidate_id == kept
+    assert outcome.candidates == 4
+
+    turn = json.loads(store.llm_calls(outcome.run_id, role="judge")[0].messages_json)[-1]["content"]
+    assert "## Its 3 configurations (`CONFIGS`), each evaluated as a candidate" in turn
+    assert (
+        f'- config 1 `{{"BLOCK": 64, "num_warps": 2}}` (candidate {history[0].id}): incorrect; '
+        "mismatch on input set" in turn
+    )
+    assert f"(candidate {kept}): correct [kept: pinned as `CONFIG` above]" in turn
+    assert "first config that passed (without timings the configs cannot be ranked)" in turn
+    assert "CONFIG = {'BLOCK': 1024, 'num_warps': 4}" in turn  # the kept source, shown in full
+    system = json.loads(coder_calls[0].messages_json)[0]["content"]
+    assert "declare up to 8 of them" in system
+    said = [(e.kind, e.candidate_id, e.detail) for e in events if e.round == 0]
+    assert said == [
+        ("candidate", history[0].id, "config 1 of 3"),
+        ("candidate", history[1].id, "config 2 of 3"),
+        ("candidate", history[2].id, "config 3 of 3"),
+        ("evaluated", kept, "config 2 of 3 kept: the first that passed (nothing is timed here)"),
+    ]
+
+
+def test_the_fastest_correct_config_is_kept_when_timed(store, tmp_path):
+    """Timed (the `by_device_time` evaluator), the answer's result is its fastest config."""
+    source = f"CONFIGS = [{{'A': 9}}, {{'A': 3}}, {{'A': 6}}]\n{FALLBACK}"
+
+    def timed(problem, variant):  # noqa: ANN001, ANN202 (A tenths of a ms; 1 ms without CONFIG)
+        tenths = re.search(r"^CONFIG = \{'A': (\d)\}", variant, re.MULTILINE)
+        return by_device_time(problem, f"# ms={int(tenths[1]) / 10 if tenths else 1.0}")
+
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=2),
+        get_model(script(tmp_path, [answer("C0", source), judge("J1"), coder("C1")]), "coder"),
+        get_model(script(tmp_path, [answer("C0", source), judge("J1"), coder("C1")]), "judge"),
+        store,
+        evaluator=timed,
+    )
+    outcome = runner.run()
+    history = store.history(outcome.run_id)
+    assert len(history) == 4 and history[3].candidate.parent_id == history[1].id
+    turn = json.loads(store.llm_calls(outcome.run_id, role="judge")[0].messages_json)[-1]["content"]
+    assert (
+        f'- config 2 `{{"A": 3}}` (candidate {history[1].id}): correct, 0.3000 ms at the target '
+        "set(s) [kept" in turn
+    )
+    assert "The candidate is its fastest config at the target set(s)." in turn
+    assert loop.config_choice(runner.best) == "config 2 of 3 kept: the fastest correct one"
+
+
+def test_malformed_configs_are_a_verdict_the_coder_repairs(store, tmp_path):
+    """A CONFIG read without CONFIGS, or more configs than `max_configs`: recorded as a
+    rejected candidate with the reason (nothing evaluated), which the Judge and the Coder see."""
+    reads = FALLBACK.replace("dim=-1", "dim=CONFIG['DIM']")
+    items = [
+        answer("C0", reads),
+        judge("J1"),
+        answer("C1", FALLBACK_CONFIGS),
+        judge("J2"),
+        coder("C2"),
+    ]
+    outcome = start(store, script(tmp_path, items), config(rounds=3, max_configs=1)).run()
+    assert outcome.status == "finished"
+    history = store.history(outcome.run_id)
+    assert [(s.candidate.round, s.status) for s in history] == [
+        (0, "rejected"),
+        (1, "rejected"),
+        (2, "rejected"),
+    ]
+    assert history[0].result.reasons == [
+        "autotune configs: `CONFIG` is read but no module-level `CONFIGS` list declares the "
+        "configs to choose it from"
+    ]
+    assert history[0].result.phase_seconds.total == 0.0  # not evaluated
+    assert history[1].result.reasons == [
+        "autotune configs: `CONFIGS` lists 2 configs; the evaluator tries at most 1"
+    ]
+    calls = store.llm_calls(outcome.run_id)
+    assert (
+        "`CONFIG` is read but no module-level" in json.loads(calls[1].messages_json)[-1]["content"]
+    )
+    assert "evaluator tries at most 1" in json.loads(calls[4].messages_json)[-1]["content"]
+    assert "declare up to 1 of them" in json.loads(calls[0].messages_json)[0]["content"]
+
+
+def test_autotune_configs_off_treats_configs_as_plain_code(store, tmp_path):
+    items = [answer("C0", FALLBACK_CONFIGS)]
+    on = start(store, script(tmp_path, items), config(rounds=1)).run()
+    assert [s.status for s in store.history(on.run_id)] == ["rejected", "rejected"]
+    off = start(store, script(tmp_path, items), config(rounds=1, autotune_configs=False)).run()
+    history = store.history(off.run_id)
+    assert len(history) == 1 and history[0].candidate.source == FALLBACK_CONFIGS
+    assert history[0].result.reasons[0].startswith("static check")
+    system = json.loads(store.llm_calls(off.run_id)[0].messages_json)[0]["content"]
+    assert "CONFIGS" not in system and "CONFIG" not in system
+    assert parse_search(["autotune_configs=false", "max_configs=3"]) == {
+        "autotune_configs": False,
+        "max_configs": 3,
+    }
+
+
+def test_a_run_with_configs_resumes_from_its_recorded_variants(store, tmp_path):
+    items = [
+        answer("C0", FALLBACK_CONFIGS),
+        judge("J1"),
+        {"role": "coder", "error": "provider down"},
+        coder("C1"),
+    ]
+    name = script(tmp_path, items)
+    first = start(store, name, config(rounds=2)).run()
+    assert first.status == "failed" and first.candidates == 2
+    second = loop.resume(first.run_id, get_model(name, "coder"), get_model(name, "judge"), store)
+    assert second.run().status == "finished"
+    history = store.history(first.run_id)
+    assert [(s.candidate.round, s.candidate.parent_id) for s in history] == [
+        (0, None),
+        (0, None),
+        (1, history[0].id),
+    ]

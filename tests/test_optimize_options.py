@@ -284,7 +284,11 @@ def test_search_settings_reach_the_stored_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("rounds=3", "--search expects NAME=VALUE with NAME one of candidates_per_round, "),
+        (
+            "rounds=3",
+            "--search expects NAME=VALUE with NAME one of autotune_configs, candidates_per_round, ",
+        ),
+        ("max_configs=0", "--search max_configs=0: Input should be greater than or equal to 1"),
         ("judge_turns", "--search expects NAME=VALUE"),
         ("judge_turns=0", "--search judge_turns=0: Input should be greater than or equal to 1"),
         ("sol_stop=2", "--search sol_stop=2: Input should be less than or equal to 1"),

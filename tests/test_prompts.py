@@ -15,6 +15,7 @@ import pytest
 from forge import prompts
 from forge.agents import techniques
 from forge.agents.coder import Attempt, Coder, GpuSpec, PromptContext, extract_code
+from forge.agents.configs import ConfigTrial
 from forge.agents.errors import InvalidPlan, NoCodeBlock
 from forge.agents.interfaces import JudgePlan
 from forge.agents.judge import Conversation, Judge, parse_plan, plan_fields, plan_format
@@ -211,6 +212,30 @@ ROUND = [
     ),
     Attempt(round=2, kind="optimize", status="incorrect", note="mismatch on 'odd'", candidate_id=8),
 ]
+CONFIG_TRIALS = [
+    ConfigTrial(
+        index=1,
+        config={"BLOCK": 1024, "num_warps": 4},
+        candidate_id=11,
+        status="correct",
+        device_ms=0.09,
+    ),
+    ConfigTrial(
+        index=2,
+        config={"BLOCK": 64, "num_warps": 2},
+        candidate_id=12,
+        status="incorrect",
+        note="output mismatch on input set 'odd'",
+    ),
+    ConfigTrial(
+        index=3,
+        config={"BLOCK": 2048, "num_warps": 8},
+        candidate_id=13,
+        status="correct",
+        device_ms=0.071,
+        kept=True,
+    ),
+]
 
 CASES = {
     "coder_system": {},
@@ -240,6 +265,7 @@ CASES = {
         "opening": True,
         "diff": "",
         "round_attempts": [],
+        "configs": [],
     },
     "judge_optimize": {
         "code": CANDIDATE,
@@ -249,6 +275,7 @@ CASES = {
         "opening": False,
         "diff": "--- round 1\n+++ round 2\n@@ -1 +1 @@\n-BLOCK = 1024\n+BLOCK = 2048",
         "round_attempts": ROUND,
+        "configs": CONFIG_TRIALS,
     },
     "format_reminder_code": {"reason": "no ```python code block"},
     "format_reminder_json": {
@@ -259,7 +286,9 @@ CASES = {
 
 
 def _shared(backend: str = "triton", gpu: GpuSpec | None = H200) -> dict:
-    return PromptContext(problem=SOFTMAX, backend=backend, device="cuda", gpu=gpu).variables()
+    return PromptContext(
+        problem=SOFTMAX, backend=backend, device="cuda", gpu=gpu, max_configs=8
+    ).variables()
 
 
 def _shared_on(device: str) -> dict:
@@ -352,6 +381,46 @@ def test_evidence_reaches_the_judge():
     assert "no host launch overhead" in optimize
     assert "dram__throughput.avg.pct_of_peak_sustained_elapsed: 88.1" in optimize
     assert "40 registers/thread" in optimize and "round 1 (repair: Use tl.sum" in optimize
+
+
+@pytest.mark.parametrize("max_configs", [8, 3, None])
+def test_configs_protocol_is_stated_from_the_setting(max_configs):
+    """The Coder and the Judge read the configs protocol with the limit the loop enforces; with
+    the feature off (None) neither mentions it."""
+    context = PromptContext(
+        problem=SOFTMAX, backend="triton", device="cuda", gpu=H200, max_configs=max_configs
+    )
+    coder = _one_line(Coder(context).initial([])[0].content)
+    judge = _one_line(Judge(context).optimize(CANDIDATE, CORRECT, HISTORY, 2)[0].content)
+    if max_configs is None:
+        assert "CONFIGS" not in coder and "CONFIGS" not in judge
+        return
+    assert f"declare up to {max_configs} of them" in coder and "keeps the fastest correct" in coder
+    assert f"literal list (at most {max_configs})" in coder
+    assert f"up to {max_configs} configurations (`CONFIGS`" in judge
+    cpu = Coder(context.model_copy(update={"device": "cpu"})).initial([])[0].content
+    assert "where nothing is timed: the first correct one" in _one_line(cpu)
+
+
+def test_judge_sees_the_config_table():
+    turn = prompts.render("judge_optimize", **_shared(), **CASES["judge_optimize"])
+    assert "## Its 3 configurations (`CONFIGS`), each evaluated as a candidate" in turn
+    assert (
+        '- config 2 `{"BLOCK": 64, "num_warps": 2}` (candidate 12): incorrect; output mismatch'
+        in turn
+    )
+    assert (
+        '- config 3 `{"BLOCK": 2048, "num_warps": 8}` (candidate 13): correct, 0.0710 ms at the '
+        "target set(s) [kept: pinned as `CONFIG` above]" in turn
+    )
+    assert "The candidate is its fastest config at the target set(s)." in turn
+    untimed = [c.model_copy(update={"device_ms": None}) for c in CONFIG_TRIALS]
+    cpu = prompts.render(
+        "judge_optimize", **_shared(), **{**CASES["judge_optimize"], "configs": untimed}
+    )
+    assert "first config that passed (without timings the configs cannot be ranked)" in cpu
+    plain = prompts.render("judge_repair", **_shared(), **CASES["judge_repair"])
+    assert "configurations (`CONFIGS`)" not in plain
 
 
 def test_coder_and_judge_messages():
