@@ -204,6 +204,17 @@ class _PooledSandbox:
         return outcome
 
 
+def record_queue_wait(result: EvalResult, elapsed_s: float) -> EvalResult:
+    """`result` with `phase_seconds.detail['queue_wait']`: of the `elapsed_s` from the
+    controller's submission of the job to its answer (the controller's own clock), what the
+    evaluation itself did not take (its total, and the worker's pool wait when it had one):
+    the wait for a worker, and the job's and the answer's way through the queue."""
+    seconds = result.phase_seconds
+    waited = elapsed_s - seconds.total - seconds.detail.get("worker_wait", 0.0)
+    seconds.detail["queue_wait"] = max(0.0, waited)
+    return result
+
+
 CLAIMED_MARGIN_S = 120.0
 """Allowed on top of the evaluation's own deadline once a worker holds the job: its static
 check, the sandbox's start, writing the result."""
@@ -242,6 +253,7 @@ class QueueExecutor:
 
         job = QueueJob.create(problem, source, config)
         running_s = deadline_for(problem, source, config) + CLAIMED_MARGIN_S
+        submitted = time.monotonic()
         try:
             self.queue.submit(job)
             with self._lock:
@@ -257,7 +269,7 @@ class QueueExecutor:
             self.queue.drop_results(self._answered())
         if answer.result is None:
             raise EvaluatorError(f"worker {answer.worker} could not evaluate: {answer.error}")
-        return answer.result
+        return record_queue_wait(answer.result, time.monotonic() - submitted)
 
     def _wait(self, job, queue_wait_s: float, running_s: float):  # noqa: ANN001, ANN202
         queue, device = self.queue, job.config.device

@@ -15,7 +15,7 @@ import time
 from types import ModuleType
 
 from forge.evaluator.config import EvalConfig
-from forge.evaluator.executors import CLAIMED_MARGIN_S, MAX_ATTEMPTS
+from forge.evaluator.executors import CLAIMED_MARGIN_S, MAX_ATTEMPTS, record_queue_wait
 from forge.evaluator.host import EvaluatorError, deadline_for, evaluate
 from forge.evaluator.job_queue import QueueJob, QueueResult
 from forge.evaluator.problem import Problem
@@ -113,6 +113,7 @@ class RayExecutor:
             )
         job = QueueJob.create(problem, source, config)
         wait_s = config.queue_wait_s + deadline_for(problem, source, config) + CLAIMED_MARGIN_S
+        submitted = time.monotonic()
         ref = self.task.options(
             num_gpus=gpus,
             num_cpus=1,
@@ -140,7 +141,7 @@ class RayExecutor:
         answer = QueueResult.from_json(text)
         if answer.result is None:
             raise EvaluatorError(f"{answer.worker} could not evaluate: {answer.error}")
-        return answer.result
+        return record_queue_wait(answer.result, time.monotonic() - submitted)
 
     def close(self) -> None:
         """Cancel the evaluations in flight (their sandboxes are stopped); the connection stays

@@ -207,7 +207,10 @@ class PhaseSeconds(BaseModel):
         default_factory=dict,
         description="seconds per kind of step across phases (runner requests by op, reference, "
         "inputs, comparison; 'sandbox' is the host's total less the worker's; 'worker_wait' is the "
-        "time spent waiting for a free worker of the executor's pool, left out of 'total')",
+        "time spent waiting for a free worker of the executor's pool; 'queue_wait' (queue:DIR, "
+        "ray) is the controller's time from submitting the job to its answer less the "
+        "evaluation's own: waiting for a worker or task slot, and the way there and back; both "
+        "left out of 'total')",
     )
 
 

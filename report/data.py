@@ -19,12 +19,30 @@ Definitions (docs/report.md repeats them for readers):
   start, compile, correctness, timing, profiling) summed over every evaluation of the run,
   re-evaluations included. On a run with device `cuda` that is the time it held a GPU:
   GPU-minutes; runs on `cpu` are counted apart.
+- waiting: the seconds an evaluation waited for a worker before it ran, summed: the `local`
+  pool's wait (`phase_seconds.detail['worker_wait']`) and, for `queue:DIR` and `ray`, the
+  controller's time from submission to answer less the evaluation's own
+  (`detail['queue_wait']`). Not evaluation time.
+- wall-time split (`WallSplit`): the wall time of the runs together, from the first run's start
+  to the last one's end (a run still going ends at its last recorded LLM call or evaluation),
+  cut by what was going on, by priority: at least one evaluation running, else at least one
+  evaluation waiting for a worker, else at least one LLM call in flight, else controller/other
+  (prompt building, the Judge's bookkeeping, the database, a lock between a run's evaluations).
+  The database stores when a call or an evaluation was recorded, i.e. when it ended, so the
+  intervals are derived: an LLM call is [created_at - latency_s, created_at]; an evaluation is
+  [created_at - phase_seconds.total, created_at]; its wait is the `worker_wait` + `queue_wait`
+  seconds just before that (for `local` the wait came after the static check, a few
+  milliseconds, which this puts before it). Intervals are cut to the wall window. The sums of
+  the same categories overlap when runs or trajectories go in parallel, so they do not add up
+  to the wall time; the split does.
 - fast_p (KernelBench): the share of all items whose best kernel is correct and more than p
   times faster than the baseline; a correct kernel without timings is not fast.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, Field, computed_field
@@ -56,6 +74,11 @@ NOT_EVALUATED = "not evaluated"
 FAST_P = (1.0, 1.5, 2.0)
 """The fast_p thresholds the summary counts."""
 GPU_DEVICES = ("cuda",)
+WAITS = ("worker_wait", "queue_wait")
+"""The `phase_seconds.detail` entries that count an evaluation's wait for a worker."""
+
+Interval = tuple[float, float]
+"""(start, end) in Unix seconds."""
 
 
 class ReportError(Exception):
@@ -98,6 +121,7 @@ class Item(BaseModel):
     cost_usd: float
     llm_seconds: float = Field(description="LLM call latency, summed")
     eval_seconds: float = Field(description="evaluator wall time, summed over all evaluations")
+    wait_seconds: float = Field(description="evaluations' wait for a worker (WAITS), summed")
     started_at: datetime
     finished_at: datetime | None
     error: str
@@ -167,6 +191,7 @@ class Summary(BaseModel):
     completion_tokens: int
     cost_usd: float
     llm_seconds: float
+    wait_seconds: float = Field(description="evaluations' wait for a worker, summed")
     gpu_seconds: float = Field(description="evaluation time of the runs on a GPU")
     other_eval_seconds: float = Field(description="evaluation time of the runs on the CPU")
     cost_per_correct: float | None = Field(description="dollars per correct kernel")
@@ -191,6 +216,25 @@ class Summary(BaseModel):
         return count / self.items if self.items else None
 
 
+class WallSplit(BaseModel):
+    """The runs' wall time cut by what was going on, by priority (the module's definitions)."""
+
+    started_at: datetime = Field(description="the first run's start")
+    ended_at: datetime = Field(description="the last run's end")
+    evaluating_seconds: float = Field(description="at least one evaluation running")
+    waiting_seconds: float = Field(description="else at least one evaluation waiting for a worker")
+    model_seconds: float = Field(description="else at least one LLM call in flight")
+    other_seconds: float = Field(description="else: the controller's own work, or nothing")
+
+    @computed_field
+    @property
+    def wall_seconds(self) -> float:
+        return (self.ended_at - self.started_at).total_seconds()
+
+    def share(self, seconds: float) -> float | None:
+        return seconds / self.wall_seconds if self.wall_seconds > 0 else None
+
+
 class ReportData(BaseModel):
     """Everything a report shows; `write_report` renders it."""
 
@@ -201,6 +245,94 @@ class ReportData(BaseModel):
     run_ids: list[int]
     items: list[Item]
     summary: Summary
+    wall: WallSplit = Field(description="the runs' wall time split into model, wait, evaluation")
+
+
+class Activity:
+    """When a run's LLM calls, evaluations and evaluations' waits went on (derived intervals)."""
+
+    def __init__(self, calls: Sequence, evaluations: Sequence):  # LLMCall, Evaluation rows
+        self.model: list[Interval] = []
+        self.evaluating: list[Interval] = []
+        self.waiting: list[Interval] = []
+        for call in calls:
+            end = ensure_datetime(call.created_at).timestamp()
+            self.model.append((end - call.latency_s, end))
+        for evaluation in evaluations:
+            end = ensure_datetime(evaluation.created_at).timestamp()
+            seconds = json.loads(evaluation.result_json).get("phase_seconds", {})
+            start = end - seconds.get("total", 0.0)
+            waited = sum(seconds.get("detail", {}).get(name, 0.0) for name in WAITS)
+            self.evaluating.append((start, end))
+            if waited > 0:
+                self.waiting.append((start - waited, start))
+
+    @property
+    def last_end(self) -> float | None:
+        ends = [end for _, end in self.model + self.evaluating]
+        return max(ends, default=None)
+
+
+def covered(intervals: Iterable[Interval]) -> float:
+    """Seconds covered by the union of `intervals`."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def split_wall(
+    started_at: datetime,
+    ended_at: datetime,
+    evaluating: list[Interval],
+    waiting: list[Interval],
+    model: list[Interval],
+) -> WallSplit:
+    """The window [started_at, ended_at] cut by priority: evaluating, else waiting, else model,
+    else other (each interval clipped to the window)."""
+    lo, hi = started_at.timestamp(), ended_at.timestamp()
+
+    def clip(intervals: list[Interval]) -> list[Interval]:
+        return [(max(a, lo), min(b, hi)) for a, b in intervals if min(b, hi) > max(a, lo)]
+
+    evaluating, waiting, model = clip(evaluating), clip(waiting), clip(model)
+    busy = covered(evaluating)
+    busy_or_waiting = covered(evaluating + waiting)
+    any_ = covered(evaluating + waiting + model)
+    return WallSplit(
+        started_at=started_at,
+        ended_at=ended_at,
+        evaluating_seconds=busy,
+        waiting_seconds=busy_or_waiting - busy,
+        model_seconds=any_ - busy_or_waiting,
+        other_seconds=max(0.0, hi - lo) - any_,
+    )
+
+
+def wall_split(runs: Sequence, activities: Sequence[Activity]) -> WallSplit:
+    """The split of the runs' wall time: from the first start to the last end, a run without an
+    end (still going, or killed) ending at its last recorded call or evaluation."""
+    starts, ends = [], []
+    for run, activity in zip(runs, activities, strict=True):
+        started = ensure_datetime(run.started_at)
+        starts.append(started)
+        if run.finished_at is not None:
+            ends.append(ensure_datetime(run.finished_at))
+        elif activity.last_end is not None:
+            ends.append(datetime.fromtimestamp(activity.last_end, started.tzinfo))
+        else:
+            ends.append(started)
+    started_at = min(starts)
+    ended_at = max(max(ends), started_at)
+    return split_wall(
+        started_at,
+        ended_at,
+        [i for a in activities for i in a.evaluating],
+        [i for a in activities for i in a.waiting],
+        [i for a in activities for i in a.model],
+    )
 
 
 def build_report(
@@ -227,7 +359,9 @@ def build_report(
             if len(missing) == 1
             else f"no runs {names} in the database (`forge runs` lists them)"
         )
-    items = [_item(store, run) for run in runs]
+    records = [(store.llm_calls(run.id), store.evaluations(run.id)) for run in runs]
+    items = [_item(store, run, *record) for run, record in zip(runs, records, strict=True)]
+    activities = [Activity(*record) for record in records]
     listed = ", ".join(str(i) for i in ids)
     return ReportData(
         title=title or f"Forge report: run{'s' if len(ids) > 1 else ''} {listed}",
@@ -237,6 +371,7 @@ def build_report(
         run_ids=ids,
         items=items,
         summary=summarize(items),
+        wall=wall_split(runs, activities),
     )
 
 
@@ -251,13 +386,11 @@ def _checked_ids(run_ids: list[int]) -> list[int]:
     return list(run_ids)
 
 
-def _item(store: RunStore, run) -> Item:  # noqa: ANN001 (Run)
+def _item(store: RunStore, run, calls: Sequence, evaluations: Sequence) -> Item:  # noqa: ANN001
     steps = store.history(run.id)
     evaluated = [s for s in steps if s.result is not None]
     best = store.best_candidate(run.id)
     result = best.result if best is not None else None
-    calls = store.llm_calls(run.id)
-    evaluations = store.evaluations(run.id)
     rounds = max((s.candidate.round for s in evaluated), default=-1) + 1
     return Item(
         run_id=run.id,
@@ -283,11 +416,21 @@ def _item(store: RunStore, run) -> Item:  # noqa: ANN001 (Run)
         cost_usd=sum(c.cost_usd for c in calls),
         llm_seconds=sum(c.latency_s for c in calls),
         eval_seconds=recorded_seconds(evaluations),
+        wait_seconds=waited_seconds(evaluations),
         started_at=ensure_datetime(run.started_at),
         finished_at=ensure_datetime(run.finished_at),
         error=run.error,
         progress=progress(evaluated, rounds),
     )
+
+
+def waited_seconds(evaluations: Iterable) -> float:
+    """The evaluations' waits for a worker (WAITS), summed."""
+    total = 0.0
+    for evaluation in evaluations:
+        detail = json.loads(evaluation.result_json).get("phase_seconds", {}).get("detail", {})
+        total += sum(detail.get(name, 0.0) for name in WAITS)
+    return total
 
 
 def _verdict(step: Step) -> str:
@@ -367,6 +510,7 @@ def summarize(items: list[Item]) -> Summary:
         completion_tokens=sum(i.completion_tokens for i in items),
         cost_usd=cost,
         llm_seconds=sum(i.llm_seconds for i in items),
+        wait_seconds=sum(i.wait_seconds for i in items),
         gpu_seconds=sum(i.eval_seconds for i in items if i.on_gpu),
         other_eval_seconds=sum(i.eval_seconds for i in items if not i.on_gpu),
         cost_per_correct=cost / len(correct) if correct else None,

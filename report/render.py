@@ -17,7 +17,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from forge.report.data import VERDICT_ORDER, ReportData, ReportError
+from forge.report.data import VERDICT_ORDER, ReportData, ReportError, Summary, WallSplit
 from forge.report.plots import PLOTS
 from forge.web import environment, stylesheet
 
@@ -63,6 +63,17 @@ DEFINITIONS = (
         "profiling) summed over every evaluation of a run, re-evaluations included: GPU-minutes "
         "for runs on a GPU, CPU evaluation minutes for runs on the CPU.",
     ),
+    (
+        "wall-time split",
+        "From the first run's start to the last run's end (a run still going: its last recorded "
+        "call or evaluation), the time during which, by priority, an evaluation ran, else one "
+        "waited for a worker (the local pool; a queue or Ray: submission to answer less the "
+        "evaluation's own time), else an LLM call was in flight, else none of these (the "
+        "controller's own work). Only the end of a call or evaluation is stored: its start is "
+        "derived as the end less its latency or its evaluation time (its wait just before that). "
+        "The summed column adds up each category over all runs; it overlaps when work runs in "
+        "parallel.",
+    ),
 )
 """What each figure counts, printed at the end of both pages."""
 
@@ -85,6 +96,29 @@ class ReportPaths:
     markdown: Path
     json: Path
     plots: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class WallRow:
+    """One line of the wall-time split table."""
+
+    label: str
+    seconds: float
+    share: float | None
+    summed: float | None
+
+
+def wall_rows(wall: WallSplit, summary: Summary) -> list[WallRow]:
+    """The split by priority, with each category's sum over the runs beside it."""
+    evaluated = summary.gpu_seconds + summary.other_eval_seconds
+    rows = [
+        ("evaluation running", wall.evaluating_seconds, evaluated),
+        ("waiting for a worker (queue, pool)", wall.waiting_seconds, summary.wait_seconds),
+        ("LLM call in flight", wall.model_seconds, summary.llm_seconds),
+        ("controller / other", wall.other_seconds, None),
+    ]
+    table = [WallRow(label, s, wall.share(s), summed) for label, s, summed in rows]
+    return table + [WallRow("wall time", wall.wall_seconds, wall.share(wall.wall_seconds), None)]
 
 
 def draw_plots(data: ReportData) -> list[PlotView]:
@@ -110,6 +144,8 @@ def context(data: ReportData, plots: list[PlotView]) -> dict[str, object]:
         "plots": plots,
         "plots_missing": [p for p in PLOTS if p.name not in drawn],
         "definitions": DEFINITIONS,
+        "wall": data.wall,
+        "wall_rows": wall_rows(data.wall, data.summary),
     }
 
 

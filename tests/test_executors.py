@@ -326,6 +326,34 @@ def test_no_worker_is_one_clear_error(tmp_path, home):
     assert not list((queue / "pending").iterdir())  # the job is withdrawn
 
 
+def test_the_wait_for_a_worker_is_recorded_apart_from_the_evaluation(tmp_path, home):
+    """No worker for the first 1.5 s: the verdict carries that wait as `queue_wait` (from the
+    controller's clock), outside the evaluation's `total`."""
+    queue = tmp_path / "q"
+    config = config_for(queue, home)
+    executor = make_executor(config)
+    answer: dict = {}
+    controller = threading.Thread(
+        target=lambda: answer.update(
+            result=executor.evaluate(resolve_problem("softmax"), BROKEN, config)
+        )
+    )
+    started = time.monotonic()
+    controller.start()
+    time.sleep(1.5)
+    worker = start_worker(queue, home, "--device", "cpu", "--drain")
+    try:
+        controller.join(timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        executor.close()
+        finish(worker)
+    seconds = answer["result"].phase_seconds
+    assert answer["result"].status.value == "compile_error"
+    assert 1.5 <= seconds.detail["queue_wait"] <= elapsed - seconds.total
+    assert seconds.total < 1.0  # a syntax error: the static check only
+
+
 def forge_eval(home: Path, *args: str) -> subprocess.CompletedProcess:
     """`forge eval softmax <legit Triton softmax> --device cpu ...` as a user runs it."""
     env = {**os.environ, "FORGE_HOME": str(home)}

@@ -14,15 +14,18 @@ import math
 import re
 import sqlite3
 import statistics
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
 
 import jinja2
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from forge.cli.main import app
+from forge.db.models import Evaluation, LLMCall, Run
 from forge.db.store import RunStore
 from forge.evaluator.problem import resolve_problem
 from forge.evaluator.result import (
@@ -34,6 +37,7 @@ from forge.evaluator.result import (
     TimingStats,
 )
 from forge.report import ReportError, build_report, write_report
+from forge.report.data import split_wall
 from forge.report.plots import PLOTS
 from forge.report.render import TEMPLATES_DIR, context, draw_plots, render_files
 from forge.web import TEMPLATES_DIR as WEB_TEMPLATES
@@ -255,6 +259,91 @@ def test_speedup_over_rounds_is_the_best_so_far(seeded):
     data = build_report(RunStore(seeded["url"], read_only=True), [seeded["runs"]["tuned"]])
     points = [(p.round, p.speedup_vs_eager, p.speedup_vs_compile) for p in data.items[0].progress]
     assert points == [(0, None, None), (1, 1.5, 0.9), (2, 1.5, 0.9), (3, 2.4, 1.3)]
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def test_wall_split_counts_each_second_once_by_priority():
+    """Overlapping intervals in a window [0, 100], the split worked out by hand."""
+    split = split_wall(
+        at(0),
+        at(100),
+        evaluating=[(10, 30), (20, 40)],  # 10..40
+        waiting=[(5, 15), (40, 50), (95, 110)],  # beyond evaluating: 5..10, 40..50, 95..100
+        model=[(0, 12), (45, 60), (-10, 2), (70, 80)],  # beyond: 0..5, 50..60, 70..80
+    )
+    assert split.wall_seconds == 100
+    assert split.evaluating_seconds == pytest.approx(30)
+    assert split.waiting_seconds == pytest.approx(5 + 10 + 5)
+    assert split.model_seconds == pytest.approx(5 + 10 + 10)
+    assert split.other_seconds == pytest.approx(10 + 15)  # 60..70, 80..95
+    assert split.share(split.model_seconds) == pytest.approx(0.25)
+
+
+def pin(store: RunStore, model, row_id: int, **when: float) -> None:  # noqa: ANN001 (table)
+    """Set a row's timestamps (seconds since T0): the clock the test's runs would have read."""
+    values = {name: at(T0 + seconds) for name, seconds in when.items()}
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(model).where(model.id == row_id).values(**values))
+
+
+T0 = 1_800_000_000
+
+
+def test_report_splits_the_wall_time_of_parallel_runs(tmp_path):
+    """Two finished runs and one still going, with a queue wait and a pool wait, all recorded
+    through the store; the timestamps are pinned so the split can be worked out by hand."""
+    store = RunStore(f"sqlite:///{tmp_path / 'forge.db'}")
+    queued, pooled = (
+        verdict(Status.compile_error, total_s=15),
+        verdict(Status.incorrect, total_s=30),
+    )
+    queued.phase_seconds.detail["queue_wait"] = 5.0
+    pooled.phase_seconds.detail["worker_wait"] = 10.0
+    a = add_run(
+        store,
+        "gelu",
+        "cuda",
+        [[queued]],
+        [("coder", 1, 1, 0, 10, False), ("judge", 1, 1, 0, 20, False)],
+    )
+    b = add_run(store, "softmax", "cuda", [[pooled]], [("coder", 1, 1, 0, 25, False)])
+    c = add_run(store, "gelu", "cuda", [], [("coder", 1, 1, 0, 5, False)], status="running")
+    calls = [call.id for run in (a, b, c) for call in store.llm_calls(run)]
+    evaluations = [store.evaluations(run)[0].id for run in (a, b)]
+    pin(store, Run, a, started_at=0, finished_at=100)
+    pin(store, Run, b, started_at=5, finished_at=120)
+    pin(store, Run, c, started_at=110)
+    for call_id, end in zip(calls, (10, 60, 30, 130), strict=True):
+        pin(store, LLMCall, call_id, created_at=end)
+    pin(store, Evaluation, evaluations[0], created_at=35)  # waits 15..20, runs 20..35
+    pin(store, Evaluation, evaluations[1], created_at=100)  # waits 60..70, runs 70..100
+
+    data = build_report(RunStore(store.engine, read_only=True), [a, b, c])
+    wall = data.wall
+    # model: 0..10, 40..60, 5..30, 125..130; run c, still going, ends at its last call (130)
+    assert (wall.started_at, wall.ended_at) == (at(T0), at(T0 + 130))
+    assert wall.evaluating_seconds == pytest.approx(15 + 30)
+    assert wall.waiting_seconds == pytest.approx(5 + 10)
+    assert wall.model_seconds == pytest.approx(15 + 20 + 5)  # 0..15, 40..60, 125..130
+    assert wall.other_seconds == pytest.approx(5 + 25)  # 35..40, 100..125
+    s = data.summary
+    assert (s.llm_seconds, s.wait_seconds, s.gpu_seconds) == (60, 15, 45)
+    assert [i.wait_seconds for i in data.items] == [5, 10, 0]
+
+    files = render_files(data)
+    md = files["report.md"]
+    assert "| evaluation running | 45.0 | 35% | 45.0 |" in md
+    assert "| waiting for a worker (queue, pool) | 15.0 | 12% | 15.0 |" in md
+    assert "| LLM call in flight | 40.0 | 31% | 60.0 |" in md
+    assert "| controller / other | 30.0 | 23% | - |" in md
+    assert "| wall time | 130.0 | 100% | - |" in md
+    page = files["report.html"]
+    assert (
+        '<tr><td>LLM call in flight</td><td class="num">40.0</td><td class="num">31%</td>' in page
+    )
 
 
 class Links(HTMLParser):
