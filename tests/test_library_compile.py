@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_library_helpers import cpu_entry, write_all
+from test_library_helpers import cpu_library, interpreted_runtime
 
 import forge.kernels_library as kl
 from forge.kernels_library import custom_ops, runtime
@@ -35,14 +35,8 @@ CPU = ["cpu"]
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(forge_cache_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FORGE_HOME", str(forge_cache_dir))  # where the C++ route is built
-        mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
-        problem = runtime._interpreter_problem()
-        assert problem is None, problem
+    with interpreted_runtime(forge_cache_dir):
         yield
-    kl.disable()
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +50,7 @@ def clean():
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    return write_all(
-        tmp_path_factory.mktemp("library"),
-        cpu_entry("softmax", "triton_softmax.py"),
-        cpu_entry("layer_norm", "triton_layer_norm.py"),
-        cpu_entry("gelu", "triton_gelu.py"),
-    )
+    return cpu_library(tmp_path_factory.mktemp("library"))
 
 
 def calls(op: str) -> int:

@@ -10,8 +10,11 @@ whole, for the promotion rules.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from forge.evaluator import EvalConfig, evaluate, resolve_problem
@@ -25,6 +28,7 @@ from forge.evaluator.result import (
     TimingStats,
     geomean,
 )
+from forge.kernels_library import runtime
 from forge.kernels_library.keys import Machine, bucket_of, incompatibility, major_minor, pow2_bucket
 from forge.kernels_library.promotion import build_entry
 from forge.kernels_library.runtime import triton_version
@@ -194,6 +198,33 @@ def write_all(directory: Path, *records: EntryRecord) -> Path:
 
 
 # ------------------------------------------------------------------------------- key functions
+
+
+def cpu_library(directory: Path) -> Path:
+    """A library of the softmax, layer_norm and gelu fixtures, verified on the CPU."""
+    return write_all(
+        directory,
+        cpu_entry("softmax", "triton_softmax.py"),
+        cpu_entry("layer_norm", "triton_layer_norm.py"),
+        cpu_entry("gelu", "triton_gelu.py"),
+    )
+
+
+@contextmanager
+def interpreted_runtime(home: Path | None) -> Iterator[None]:
+    """The runtime under the Triton interpreter with its own switches unset; `home`, when given,
+    is $FORGE_HOME (where the C++ route is built). The library is disabled on the way out."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        if home is not None:
+            mp.setenv("FORGE_HOME", str(home))
+        mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
+        mp.delenv("FORGE_KERNELS_ROUTE", raising=False)
+        mp.delenv("FORGE_LIBRARY", raising=False)
+        problem = runtime._interpreter_problem()
+        assert problem is None, problem
+        yield
+    runtime.disable()
 
 
 def test_major_minor():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_library_helpers import LEGIT, cpu_entry, write_all
+from test_library_helpers import LEGIT, cpu_entry, cpu_library, interpreted_runtime, write_all
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import forge.kernels_library as kl
@@ -36,14 +36,8 @@ RUNTIME_FILE = runtime.__file__
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(forge_cache_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FORGE_HOME", str(forge_cache_dir))  # where the C++ route is built
-        mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
-        mp.delenv("FORGE_KERNELS_ROUTE", raising=False)
-        assert runtime._interpreter_problem() is None
+    with interpreted_runtime(forge_cache_dir):
         yield
-    kl.disable()
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +50,7 @@ def clean():
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    return write_all(
-        tmp_path_factory.mktemp("library"),
-        cpu_entry("softmax", "triton_softmax.py"),
-        cpu_entry("layer_norm", "triton_layer_norm.py"),
-        cpu_entry("gelu", "triton_gelu.py"),
-    )
+    return cpu_library(tmp_path_factory.mktemp("library"))
 
 
 def fallbacks(op: str) -> dict:

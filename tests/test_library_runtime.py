@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from test_library_helpers import LEGIT, cpu_entry, foreign_entry, write_all
+from test_library_helpers import LEGIT, cpu_entry, foreign_entry, interpreted_runtime, write_all
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import forge.kernels_library as kl
@@ -30,14 +30,8 @@ CPU = ["cpu"]
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreter(forge_cache_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.setenv("FORGE_HOME", str(forge_cache_dir))  # where the C++ route is built
-        mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
-        problem = runtime._interpreter_problem()
-        assert problem is None, problem
+    with interpreted_runtime(forge_cache_dir):
         yield
-    kl.disable()
 
 
 @pytest.fixture(autouse=True)

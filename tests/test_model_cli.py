@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from test_batch_cli import FALLBACK, coder, script
-from test_library_helpers import cpu_entry, write_all
+from test_library_helpers import cpu_library, interpreted_runtime
 from typer.testing import CliRunner
 
 from forge.cli.main import app
 from forge.evaluator.problem import resolve_problem
-from forge.kernels_library import adapters, runtime
+from forge.kernels_library import adapters
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(),
@@ -33,11 +33,7 @@ SERVED = MODELS / "served_block.py"
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreter():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        mp.delenv("FORGE_KERNELS_DISABLE", raising=False)
-        mp.delenv("FORGE_LIBRARY", raising=False)
-        assert runtime._interpreter_problem() is None
+    with interpreted_runtime(None):
         yield
 
 
@@ -146,12 +142,7 @@ def test_problem_files_keep_the_catalogue_model_and_replay_chains(forge, tmp_pat
 
 
 def test_optimize_model_runs_the_batch_and_measures_with_the_library(forge, tmp_path):
-    write_all(
-        forge.home / "library",
-        cpu_entry("softmax", "triton_softmax.py"),
-        cpu_entry("layer_norm", "triton_layer_norm.py"),
-        cpu_entry("gelu", "triton_gelu.py"),
-    )
+    cpu_library(forge.home / "library")
     out = tmp_path / "served"
     model = script(tmp_path, "fallback", [coder(FALLBACK, "C0")])
     result = forge(
