@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import io
 import itertools
-import json
 import platform
 import pstats
 import shutil
@@ -27,12 +26,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from forge.bench.loop_overhead import recorded_results, script
+from forge.bench.results import write_json
 from forge.cli.main import app
 from forge.db.batches import BatchStore
 from forge.db.store import RunStore
@@ -263,20 +262,13 @@ def main() -> None:
         f"target < 50 ms per evaluation: {'met' if worst < 50 else 'NOT met'} (worst median {worst:.1f} ms)"
     )
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "date": date.today().isoformat(),
-                    "machine": platform.node(),
-                    "processor": platform.processor(),
-                    "python": platform.python_version(),
-                    "evaluations_in_database_before": earlier,
-                    "rows": rows,
-                },
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "processor": platform.processor(),
+                "evaluations_in_database_before": earlier,
+                "rows": rows,
+            },
         )
 
 

@@ -19,18 +19,16 @@ per-evaluation phase split (mean seconds; `wait`: from submission to holding a w
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
 from forge.bench.legit_sweep import op_of
+from forge.bench.results import write_json
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.executors import make_executor, visible_gpus
 from forge.evaluator.problem import resolve_problem
@@ -145,24 +143,18 @@ def main() -> None:
         if means:
             print(f"{name:<6} {count:>3} " + " ".join(f"{means[p]:>11.2f}" for p in means))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "date": date.today().isoformat(),
-                    "machine": platform.node(),
-                    "device": args.device,
-                    "gpus": visible_gpus() if args.device == "cuda" else [],
-                    "concurrency": args.concurrency,
-                    "executor": args.executor,
-                    "wall_s": wall,
-                    "evaluations_per_minute": per_minute,
-                    "phase_means": split,
-                    "rows": sorted(done, key=lambda r: r["index"]),
-                },
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "device": args.device,
+                "gpus": visible_gpus() if args.device == "cuda" else [],
+                "concurrency": args.concurrency,
+                "executor": args.executor,
+                "wall_s": wall,
+                "evaluations_per_minute": per_minute,
+                "phase_means": split,
+                "rows": sorted(done, key=lambda r: r["index"]),
+            },
         )
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 from forge.agents import loop
 from forge.agents.llm import get_model
+from forge.bench.results import write_json
 from forge.db.store import RunStore
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.problem import Problem, resolve_problem
@@ -206,18 +205,11 @@ def main() -> None:
         f"target < 200 ms per round: {'met' if worst < 200 else 'NOT met'} (worst {worst:.1f} ms)"
     )
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            json.dumps(
-                {
-                    "date": date.today().isoformat(),
-                    "machine": platform.node(),
-                    "python": platform.python_version(),
-                    "rows": rows,
-                },
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "rows": rows,
+            },
         )
 
 
