@@ -58,6 +58,40 @@ def detect_gpu() -> GpuSpec:
     )
 
 
+def named_gpu(name: str) -> GpuSpec:
+    """The known GPU `name` names (`--gpu H200`), with its measured ceilings; raises
+    ExecutorSpecError for a GPU Forge has no properties of."""
+    from forge.evaluator.executors import ExecutorSpecError
+    from forge.evaluator.gpus import KNOWN, ceilings_for, properties_for
+
+    props = properties_for(name)
+    if props is None:
+        known = ", ".join(g.name for g in KNOWN)
+        raise ExecutorSpecError(f"--gpu {name}: no GPU of that name is known (known: {known})")
+    ceilings = ceilings_for(props.name)
+    return GpuSpec(
+        name=props.name,
+        arch=props.arch,
+        sm_count=props.sm_count,
+        l2_mb=props.l2_mb,
+        bandwidth_tbs=ceilings.bandwidth_bytes_s / 1e12 if ceilings else None,
+        fp32_tflops=ceilings.fp32_flops_s / 1e12 if ceilings else None,
+        bf16_tflops=ceilings.half_flops_s / 1e12 if ceilings else None,
+    )
+
+
+def target_gpu(evaluation) -> GpuSpec | None:  # noqa: ANN001 (EvalConfig)
+    """The GPU the prompts name: detected when evaluations run on this machine's GPU, the
+    `target_gpu` named for a queue's or Ray's workers, else none."""
+    from forge.evaluator.executors import on_this_machine
+
+    if evaluation.device != "cuda":
+        return None
+    if on_this_machine(evaluation.executor):
+        return detect_gpu()
+    return named_gpu(evaluation.target_gpu) if evaluation.target_gpu else None
+
+
 class Attempt(BaseModel):
     """One line of the compact history the agents see."""
 

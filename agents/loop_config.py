@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from forge.agents.interfaces import LLMOptions
 from forge.evaluator.config import EvalConfig
-from forge.evaluator.executors import check_spec
+from forge.evaluator.executors import ExecutorSpecError, check_spec, on_this_machine
 
 
 class LoopConfig(BaseModel):
@@ -107,13 +107,15 @@ class LoopConfig(BaseModel):
         executor: str | None = None,
         precision: str | None = None,
         queue_wait_s: float | None = None,
+        target_gpu: str | None = None,
         sampling: dict[str, object] | None = None,
         search: dict[str, object] | None = None,
     ) -> LoopConfig:
         """The settings of a new run from a user's options (None: not given, the default);
         `patience` 0 means never, `sampling` holds LLMOptions fields for Coder and Judge,
         `search` the `SEARCH_SETTINGS` given (`parse_search`). Raises ExecutorSpecError for an
-        executor that names none."""
+        executor that names none, and for a `target_gpu` that is unknown or given to an executor
+        that evaluates on this machine (which detects its GPU)."""
         chosen = {k: v for k, v in {"rounds": rounds, "width": width}.items() if v is not None}
         if patience is not None:
             chosen["patience"] = patience or None
@@ -126,6 +128,8 @@ class LoopConfig(BaseModel):
             evaluation.queue_wait_s = queue_wait_s
         if executor is not None:
             evaluation.executor = check_spec(executor)
+        if target_gpu is not None:
+            evaluation.target_gpu = checked_target_gpu(target_gpu, evaluation)
         return cls(
             backend=backend,
             coder=LLMOptions(**llm),
@@ -173,3 +177,15 @@ def parse_search(pairs: list[str]) -> dict[str, object]:
             raise SearchSettingError(f"--search {pair}: {exc.errors()[0]['msg']}") from None
         chosen[name] = getattr(checked, name)
     return chosen
+
+
+def checked_target_gpu(name: str, evaluation: EvalConfig) -> str:
+    """`name` as the known GPU's full name, for an executor whose workers run elsewhere."""
+    from forge.agents.coder import named_gpu
+
+    if on_this_machine(evaluation.executor):
+        raise ExecutorSpecError(
+            f"--gpu names the GPU of a queue:DIR or ray: executor's workers; executor "
+            f"{evaluation.executor} evaluates here and detects its GPU: drop --gpu"
+        )
+    return named_gpu(name).name

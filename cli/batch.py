@@ -23,6 +23,7 @@ from forge.cli.options import (
     DbOpt,
     DeviceOpt,
     ExecutorOpt,
+    GpuOpt,
     JudgeModelOpt,
     MaxTokensOpt,
     ModelOpt,
@@ -113,6 +114,7 @@ def batch(
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
     queue_wait: QueueWaitOpt = None,
+    gpu: GpuOpt = None,
     precision: PrecisionOption = None,
     search: SearchOpt = None,
     budget_usd: Annotated[
@@ -219,6 +221,7 @@ def batch(
         "--device": device,
         "--executor": executor,
         "--queue-wait": queue_wait,
+        "--gpu": gpu,
         "--precision": precision,
         "--search": search or None,
         "--item-budget-usd": item_budget_usd,
@@ -260,6 +263,7 @@ def batch(
                 "device": device.value if device else None,
                 "executor": executor,
                 "queue_wait_s": queue_wait,
+                "target_gpu": gpu,
                 "precision": precision,
                 "budget_usd": item_budget_usd,
                 "gpu_budget_s": _hours(item_budget_gpu_hours),
@@ -365,15 +369,13 @@ def _timed_on(items: list) -> str:
 def run_stored(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchStore, Models)
     """Play a stored batch with the live (terminal) or line display."""
     from forge.agents.batch import BatchRunner
-    from forge.agents.coder import detect_gpu
+    from forge.agents.coder import target_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
-    from forge.evaluator.executors import on_this_machine
+    from forge.evaluator.config import EvalConfig
 
     stored = batches.get(batch_id)
     items = batches.items(batch_id)
-    first = _evaluation(items[0]) if items else {}
-    here = first.get("device") == "cuda" and on_this_machine(first.get("executor", "local"))
-    gpu = detect_gpu() if here else None
+    gpu = target_gpu(EvalConfig.model_validate(_evaluation(items[0]))) if items else None
     console.print(
         escape(
             f"batch {batch_id} ({stored.name}): {len(items)} items, "

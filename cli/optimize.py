@@ -20,6 +20,7 @@ from forge.cli.options import (
     DbOpt,
     DeviceOpt,
     ExecutorOpt,
+    GpuOpt,
     JudgeModelOpt,
     MaxTokensOpt,
     ModelOpt,
@@ -163,6 +164,7 @@ def optimize(
     device: DeviceOpt = None,
     executor: ExecutorOpt = None,
     queue_wait: QueueWaitOpt = None,
+    gpu: GpuOpt = None,
     precision: PrecisionOption = None,
     search: SearchOpt = None,
     db: DbOpt = None,
@@ -175,7 +177,7 @@ def optimize(
 ) -> None:
     """Search for a faster, verified kernel for an operator with a Coder and a Judge LLM."""
     from forge.agents import loop
-    from forge.agents.coder import detect_gpu
+    from forge.agents.coder import target_gpu
     from forge.agents.errors import ResumeError
     from forge.agents.llm import (
         MissingCredentials,
@@ -190,7 +192,7 @@ def optimize(
     from forge.db.library import promote_best
     from forge.db.store import RecordNotFound, RunStore
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.executors import ExecutorSpecError, on_this_machine
+    from forge.evaluator.executors import ExecutorSpecError
     from forge.evaluator.problem import ProblemError, resolve_problem
 
     settings = {
@@ -209,6 +211,7 @@ def optimize(
         "--max-tokens": max_tokens,
         "--executor": executor,
         "--queue-wait": queue_wait,
+        "--gpu": gpu,
         "--precision": precision,
         "--search": search or None,
     }
@@ -252,6 +255,7 @@ def optimize(
                 device=device.value if device else None,
                 executor=executor,
                 queue_wait_s=queue_wait,
+                target_gpu=gpu,
                 sampling=sampling,
                 search=parse_search(search or []),
             )
@@ -270,9 +274,11 @@ def optimize(
             check_credentials(coder_name, config.coder.api_base)
             check_credentials(judge_name, config.judge.api_base)
         coder_llm, judge_llm = get_model(coder_name, "coder"), get_model(judge_name, "judge")
-        here = config.evaluation.device == "cuda" and on_this_machine(config.evaluation.executor)
-        gpu = detect_gpu() if here else None  # a queue's or Ray's GPU is elsewhere: none named
-        hooks = {"gpu": gpu, "on_event": Progress(console), "on_interrupt": notice}
+        hooks = {
+            "gpu": target_gpu(config.evaluation),
+            "on_event": Progress(console),
+            "on_interrupt": notice,
+        }
         if resume is None:
             runner = loop.start(problem, config, coder_llm, judge_llm, store, **hooks)
         else:

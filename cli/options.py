@@ -106,6 +106,14 @@ QueueWaitOpt = Annotated[
         "evaluation fails [default: 900]",
     ),
 ]
+GpuOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu",
+        help="the GPU of a queue:DIR or ray: executor's workers (e.g. H200), named in the "
+        "prompts as the target [default: none named; a local run detects its own]",
+    ),
+]
 DbOpt = Annotated[
     str | None,
     typer.Option(help="SQLAlchemy URL (default $FORGE_DB_URL, else $FORGE_HOME/forge.db)"),

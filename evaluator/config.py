@@ -67,6 +67,10 @@ class EvalConfig(BaseModel):
     evaluated by `forge worker --queue DIR` on a GPU host that shares the directory; stored as
     an absolute path), or `ray:HOST:PORT` / `ray:auto` (Ray tasks on an existing cluster)."""
 
+    target_gpu: str | None = None
+    """The GPU that a `queue:DIR` or `ray` executor's workers have (`H200`), named in the prompts
+    as the target; None: detected where evaluations run on this machine, unnamed otherwise."""
+
     queue_wait_s: float = Field(900.0, gt=0)
     """`queue:DIR` and `ray`: how long the controller waits for a worker to take a job before it
     fails the evaluation; once a worker holds it, the wait is the evaluation's own deadline plus

@@ -29,6 +29,27 @@ MEASURED = [
 ]
 
 
+class GpuProperties(BaseModel):
+    """What torch.cuda.get_device_properties reported on a GPU Forge has run on."""
+
+    name: str
+    sm_count: int
+    l2_mb: float
+    arch: str
+
+
+KNOWN = [
+    # `forge optimize` on the device machine, 2026-11-22 (docs/benchmarks.md): the prompt's GPU block.
+    GpuProperties(name="NVIDIA H200", sm_count=132, l2_mb=60.0, arch="sm_90"),
+]
+
+
+def properties_for(gpu_name: str) -> GpuProperties | None:
+    """The known GPU whose name contains `gpu_name` (`H200`, `NVIDIA H200`), case-insensitively."""
+    wanted = gpu_name.strip().lower()
+    return next((g for g in KNOWN if wanted and wanted in g.name.lower()), None)
+
+
 def ceilings_for(gpu_name: str) -> GpuCeilings | None:
     return next((g for g in MEASURED if g.name in gpu_name), None)
 

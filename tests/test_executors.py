@@ -92,6 +92,25 @@ def test_specs_are_checked_by_the_registry():
     assert on_this_machine("local:gpus=1") and not on_this_machine("ray")
 
 
+def test_a_remote_executors_gpu_is_named_for_the_prompts(tmp_path):
+    from forge.agents.coder import target_gpu
+    from forge.agents.loop_config import LoopConfig
+
+    queue = f"queue:{tmp_path}"
+    named = LoopConfig.from_options(executor=queue, target_gpu="h200").evaluation
+    assert named.target_gpu == "NVIDIA H200"
+    gpu = target_gpu(named)
+    assert (gpu.name, gpu.sm_count, gpu.l2_mb, gpu.arch) == ("NVIDIA H200", 132, 60.0, "sm_90")
+    assert gpu.bandwidth_tbs == pytest.approx(4.16) and gpu.fp32_tflops == pytest.approx(50.8)
+    assert target_gpu(LoopConfig.from_options(executor=queue).evaluation) is None
+    on_cpu = LoopConfig.from_options(executor=queue, device="cpu", target_gpu="H200").evaluation
+    assert target_gpu(on_cpu) is None
+    with pytest.raises(ExecutorSpecError, match=re.escape("--gpu A100: no GPU of that name")):
+        LoopConfig.from_options(executor=queue, target_gpu="A100")
+    with pytest.raises(ExecutorSpecError, match="evaluates here and detects its GPU: drop --gpu"):
+        LoopConfig.from_options(executor="local", target_gpu="H200")
+
+
 def placement(spec: str, device: str, home: Path) -> list[tuple[str, dict]]:
     """The evaluation workers `spec` gives jobs of `device` here: (label, environment added)."""
     executor = make_executor(EvalConfig(device=device, executor=spec, cache_dir=home / "cache"))
