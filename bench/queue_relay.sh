@@ -3,7 +3,7 @@
 # GPU machine and brings back files from $OUT, but shares no directory while a command runs.
 #
 # Here (controller: `forge optimize|batch ... --executor queue:$PWD/.queue`, with .queue ignored
-# by git), once jobs are pending, make a device call that carries .queue and .whl and runs:
+# by git), once jobs are pending, make a device call that carries .queue, .whl and .devcache:
 #   bash bench/queue_relay.sh drain          # GPU machine: forge worker --drain, results -> $OUT
 # then here:
 #   bash bench/queue_relay.sh collect /work/.device/N/results.tgz
@@ -12,12 +12,19 @@
 # longer than the time between rounds.
 set -euo pipefail
 QUEUE=${QUEUE:-.queue}
+BASELINES=${BASELINES:-.devcache/baselines.tgz}  # carried with .queue: `carry` both
 case ${1:-} in
   drain)
     source bench/gpu_setup.sh
     apply_sandbox_diagnosis /tmp/sandbox_diag.txt >/dev/null
+    # torch.compile baselines timed by an earlier drain (same GPU model and versions: the cache
+    # key says so) come back in BASELINES and are reused instead of compiled again.
+    if [ -f "$BASELINES" ]; then tar -xzpPf "$BASELINES"; fi
+    rm -rf "$QUEUE/results"  # this copy's results were collected already: bring back new ones only
     python3 -m forge.cli.main worker --queue "$QUEUE" --drain
     tar -czf "${OUT:?}/results.tgz" -C "$QUEUE" results
+    { find /tmp/forge-cache -path '*/baselines/*.json' -print0 2>/dev/null || true; } |
+      tar -czpf "$OUT/baselines.tgz" --null -T - -P
     ;;
   collect)
     archive=${2:?usage: queue_relay.sh collect RESULTS.tgz}
@@ -26,6 +33,8 @@ case ${1:-} in
       [ -e "$result" ] && rm -f "$QUEUE/pending/$(basename "$result")"
     done
     ls "$QUEUE/results" | wc -l | xargs echo "results in $QUEUE/results:"
+    saved=$(dirname "$archive")/baselines.tgz
+    if [ -f "$saved" ]; then mkdir -p "$(dirname "$BASELINES")" && cp "$saved" "$BASELINES"; fi
     ;;
   *) echo "usage: bash bench/queue_relay.sh drain | collect RESULTS.tgz" >&2; exit 2 ;;
 esac
