@@ -23,6 +23,7 @@ and evaluations instead of new ones, and the loop goes on from where the records
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -268,7 +269,9 @@ class OptimizeLoop:
         owns_executor: bool = True,
     ):
         """`device_lock` serialises evaluations (pass one lock to the loops that share a
-        device); `halt`, asked before every round and LLM call, returns why the run must stop
+        device); without one, an executor's own placement decides what runs at once (a
+        candidate's configs are submitted together), and a bare `evaluator` runs one at a time;
+        `halt`, asked before every round and LLM call, returns why the run must stop
         now (a batch's deadline or total budget) or None: the run then ends `interrupted`.
         An `executor` shared with other runs (`owns_executor=False`) is left open at the end."""
         self.run_id = run_id
@@ -303,7 +306,9 @@ class OptimizeLoop:
         self.evaluator = evaluator
         self.on_event = on_event or (lambda event: None)
         self.on_interrupt = on_interrupt or log.warning
-        self.device_lock = device_lock or threading.Lock()
+        self.device_lock = device_lock or (
+            contextlib.nullcontext() if self.executor is not None else threading.Lock()
+        )
         self.halt = halt or (lambda: None)
         self.totals_lock = threading.Lock()
         self.cost_usd = 0.0
@@ -474,12 +479,19 @@ class OptimizeLoop:
     ) -> Evaluated:
         """Every config as a candidate of its own; the best (by `Evaluated.rank`: the fastest
         trusted correct one, on cpu the first correct one) stands for the answer."""
-        tried = [
-            self.evaluate(
+        recorded = [
+            self.record_candidate(
                 traj, v.source, coder_call_id, detail=f"config {v.index} of {len(pinned)}"
             )
             for v in pinned
         ]
+        with ThreadPoolExecutor(len(pinned), thread_name_prefix="config") as pool:
+            tried = list(
+                pool.map(
+                    lambda pair: self.finish_evaluation(traj, pair[0].source, *pair[1]),
+                    zip(pinned, recorded, strict=True),
+                )
+            )
         kept = max(tried, key=lambda e: e.rank)
         if coder_call_id is not None:
             self.store.link_llm_call(coder_call_id, kept.candidate_id)
@@ -616,6 +628,14 @@ class OptimizeLoop:
         """`source` recorded as a candidate and evaluated (or given `verdict`, known without
         evaluating it); a recorded one's stored verdict when replaying. `detail`: what the
         progress display says of it."""
+        recorded = self.record_candidate(traj, source, coder_call_id, detail)
+        return self.finish_evaluation(traj, source, *recorded, verdict=verdict)
+
+    def record_candidate(
+        self, traj: Trajectory, source: str, coder_call_id: int | None, detail: str = ""
+    ) -> tuple[int, EvalResult | None]:
+        """`source` stored as the round's next candidate (the recorded one when replaying):
+        its id, and its stored verdict if it has one."""
         stored = traj.take_stored()
         parent = traj.current.candidate_id if traj.current else None
         if stored is None:
@@ -641,6 +661,17 @@ class OptimizeLoop:
             self.store.link_llm_call(coder_call_id, candidate_id)
         replayed = result is not None
         self.emit("candidate", traj, candidate_id=candidate_id, replayed=replayed, detail=detail)
+        return candidate_id, result
+
+    def finish_evaluation(
+        self,
+        traj: Trajectory,
+        source: str,
+        candidate_id: int,
+        result: EvalResult | None,
+        verdict: EvalResult | None = None,
+    ) -> Evaluated:
+        replayed = result is not None
         if result is None:
             result = verdict or self.evaluate_on_device(source)
             if self.aborted.is_set():  # its sandbox was killed under it: not a verdict

@@ -21,9 +21,11 @@ case ${1:-} in
     # key says so) come back in BASELINES and are reused instead of compiled again.
     if [ -f "$BASELINES" ]; then tar -xzpPf "$BASELINES"; fi
     rm -rf "$QUEUE/results"  # this copy's results were collected already: bring back new ones only
-    python3 -m forge.cli.main worker --queue "$QUEUE" --drain
+    # DRAIN_LIMIT seconds (0: none) bounds the drain within the device call; a job cut off
+    # stays pending here and is taken by the next drain
+    timeout -s INT "${DRAIN_LIMIT:-0}" python3 -m forge.cli.main worker --queue "$QUEUE" --drain || true
     tar -czf "${OUT:?}/results.tgz" -C "$QUEUE" results
-    { find /tmp/forge-cache -path '*/baselines/*.json' -print0 2>/dev/null || true; } |
+    { find "$FORGE_HOME/cache" -path '*/baselines/*.json' -print0 2>/dev/null || true; } |
       tar -czpf "$OUT/baselines.tgz" --null -T - -P
     ;;
   collect)

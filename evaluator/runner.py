@@ -181,7 +181,8 @@ class Runner:
         init = [self.value(v) for v in request.init_args]
         torch.manual_seed(request.init_seed)
         try:
-            model = self.candidate.ModelNew(*init)
+            with torch.device(self.device):  # as the reference is built: on the device
+                model = self.candidate.ModelNew(*init)
         except Exception as exc:  # noqa: BLE001 - a constructor error is the candidate's verdict
             raise CandidateFailure(
                 failure_status(exc),
@@ -230,7 +231,7 @@ class Runner:
         from forge.evaluator.monitor import AtenMonitor
 
         staged = [[self.value(v) for v in call] for call in request.staged]
-        self.slots = timing.rotating_slots(staged[0], 3)
+        self.slots = timing.rotating_slots(staged[0], timing.ROTATING)
         self.flush = self.flush or timing.L2Flush()
         fn = self.guarded(request.what)
         reply = Reply()

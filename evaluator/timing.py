@@ -65,6 +65,26 @@ def clone_output(out: object) -> object:
     return out
 
 
+ROTATING = 3
+"""Copies of the inputs that baselines (here) and the candidate (in the runner) rotate through."""
+
+MEMORY_SHARE = 0.7
+"""Of the GPU's free memory, what a batch's inputs and outputs may take; the rest is headroom
+for the candidate's and the baselines' own temporaries."""
+
+
+def calls_that_fit(batch: int, input_bytes: int, output_bytes: int, free_bytes: int) -> int:
+    """Calls per timed batch, at most `batch` and at least 1, whose inputs and outputs fit the
+    free memory: each call has its inputs twice (this process's copy and the shared one the
+    runner reads) and its output kept for re-verification; the rotating copies of both sides
+    and the shared and reference outputs are there whatever the count."""
+    per_call = 2 * input_bytes + output_bytes
+    fixed = 2 * ROTATING * input_bytes + 3 * output_bytes
+    if per_call == 0:
+        return batch
+    return max(1, min(batch, int((free_bytes * MEMORY_SHARE - fixed) // per_call)))
+
+
 def rotating_slots(example: list, count: int) -> list[list]:
     return [
         [x.clone() if isinstance(x, torch.Tensor) else x for x in example] for _ in range(count)

@@ -205,6 +205,10 @@ class RunnerProcess:
             return ""
 
 
+def _nbytes(items: list) -> int:
+    return sum(x.numel() * x.element_size() for x in items if isinstance(x, torch.Tensor))
+
+
 def _cache_root() -> Path:
     """The job's compiler-cache directory (set by the sandbox backend)."""
     triton_cache = os.environ.get("TRITON_CACHE_DIR")
@@ -697,7 +701,9 @@ class Evaluation:
         init = list(self.problem.get_init_inputs())
         init_seed = secrets.randbits(62)
         torch.manual_seed(init_seed)
-        with self.timed("reference_build"):
+        # built on the device: built on the host, KernelBench L2/56's large Linear took 22.5 s of
+        # reference_build per input set on the H200 machine (dev-set run, 2026-12-01)
+        with self.timed("reference_build"), torch.device(self.device):
             ref = self.problem.Model(*init)
         _forget_seed()
         state = {k: v.detach() for k, v in ref.state_dict().items()}
@@ -766,6 +772,9 @@ class Evaluation:
             if not isinstance(x, torch.Tensor):
                 slots.append(x)
                 continue
+            if self.device == "cuda":
+                # buffers are plain cudaMalloc: give back what PyTorch's allocator keeps cached
+                torch.cuda.empty_cache()
             buffer = SharedBuffer(self.next_id, x.numel() * x.element_size(), self.device)
             self.next_id += 1
             self.buffers.append(buffer)
@@ -894,11 +903,12 @@ class SetTimer:
     def run(self) -> RawTiming:
         ev, job = self.ev, self.job
         self.ref = ev.build(self.set)
-        count = job.batch
         seeds = _derive(job.timing_seed, self.name)
-        self.private = [ev.make_inputs(self.set, next(seeds), i) for i in range(count)]
-        self.shared = [ev.share_like(x) for x in self.private]
+        self.private = [ev.make_inputs(self.set, next(seeds), 0)]
         self.expected_example = ev.reference(self.ref, self.private[0])
+        count = self.calls_per_batch()
+        self.private += [ev.make_inputs(self.set, next(seeds), i) for i in range(1, count)]
+        self.shared = [ev.share_like(x) for x in self.private]
         self.out_slots = ev.share_like(cmp.flatten(self.expected_example))
         impls = {"candidate": None}
         if "eager" in job.baselines:
@@ -909,7 +919,7 @@ class SetTimer:
             # lowers, dynamo traces autocast into the graph
             compiled = torch.compile(self.ref, dynamic=False)
             impls["compiled"] = under_policy(compiled, job.precision, ev.device)
-        slots = timing.rotating_slots(self.private[0], 3)
+        slots = timing.rotating_slots(self.private[0], timing.ROTATING)
         raw = RawTiming(
             input_set=self.name, samples={k: {"device_ms": [], "host_ms": []} for k in impls}
         )
@@ -944,6 +954,27 @@ class SetTimer:
             self.store_compiled(samples["compiled"])
         self.after_timing()
         return raw
+
+    def calls_per_batch(self) -> int:
+        """The job's calls per batch, fewer where this GPU's free memory cannot hold that many
+        distinct inputs and kept outputs of this set (a note says so)."""
+        if self.ev.device != "cuda":
+            return self.job.batch
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info()
+        count = timing.calls_that_fit(
+            self.job.batch,
+            _nbytes(self.private[0]),
+            _nbytes(cmp.flatten(self.expected_example)),
+            free,
+        )
+        if count < self.job.batch:
+            self.ev.report.notes.append(
+                f"timing on '{self.name}': batches of {count} calls, not {self.job.batch}: the "
+                f"GPU's free memory ({free / 2**30:.1f} GiB) holds no more distinct inputs and "
+                "kept outputs of this set"
+            )
+        return count
 
     def refill(self, seeds) -> None:
         for i in range(len(self.private)):

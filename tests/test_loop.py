@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -586,6 +587,42 @@ def test_the_fastest_correct_config_is_kept_when_timed(store, tmp_path):
     )
     assert "The candidate is its fastest config at the target set(s)." in turn
     assert loop.config_choice(runner.best) == "config 2 of 3 kept: the fastest correct one"
+
+
+class GatheringExecutor:
+    """An executor (the `Executor` interface) that answers a config only once all three configs
+    of the answer are in hand: configs sent one after another never meet at its barrier."""
+
+    def __init__(self):
+        self.barrier = threading.Barrier(3, timeout=30)
+
+    def evaluate(self, problem, variant, config):  # noqa: ANN001, ANN201
+        tenths = re.search(r"^CONFIG = \{'A': (\d)\}", variant, re.MULTILINE)
+        if tenths:
+            self.barrier.wait()
+        return by_device_time(problem, f"# ms={int(tenths[1]) / 10 if tenths else 1.0}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_executor_gets_all_configs_of_an_answer_at_once(store, tmp_path):
+    """Through an executor (a queue a GPU host drains, Ray, several local workers) the configs
+    are submitted together, so one drain of a queue evaluates them all."""
+    source = f"CONFIGS = [{{'A': 9}}, {{'A': 3}}, {{'A': 6}}]\n{FALLBACK}"
+    items = [answer("C0", source), judge("J1"), coder("C1")]
+    runner = loop.start(
+        resolve_problem("softmax"),
+        config(rounds=2),
+        get_model(script(tmp_path, items), "coder"),
+        get_model(script(tmp_path, items), "judge"),
+        store,
+        executor=GatheringExecutor(),
+    )
+    outcome = runner.run()
+    assert outcome.status == "finished"
+    assert loop.config_choice(runner.best) == "config 2 of 3 kept: the fastest correct one"
+    assert [s.candidate.round for s in store.history(outcome.run_id)] == [0, 0, 0, 1]
 
 
 def test_malformed_configs_are_a_verdict_the_coder_repairs(store, tmp_path):

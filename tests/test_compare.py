@@ -1,0 +1,100 @@
+"""Whole-output comparison (`forge.evaluator.compare`): chunked, it must give exactly what one
+pass over the whole tensors gives (the oracle below), at every chunk boundary; and the timed
+batch is as long as the GPU's free memory allows (`timing.calls_that_fit`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from forge.evaluator import compare as cmp
+from forge.evaluator.timing import ROTATING, calls_that_fit
+
+
+def whole(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> dict:
+    c, e = out.to(torch.float64), ref.to(torch.float64)
+    finite = torch.isfinite(c) & torch.isfinite(e)
+    diff = torch.where(finite, (c - e).abs(), torch.zeros_like(c))
+    scale = torch.where(finite, e.abs(), torch.zeros_like(e))
+    ok = (finite & (diff <= atol + rtol * scale)) | (torch.isinf(e) & (c == e))
+    ok |= torch.isnan(e) & torch.isnan(c)
+    bad = ~ok
+    flat = torch.nonzero(bad.reshape(-1))
+    nonfinite = bool((bad & ~finite).any())
+    return {
+        "passed": not bool(bad.any()),
+        "max_abs_error": math.inf if nonfinite else float(diff.max()),
+        "max_rel_error": math.inf
+        if nonfinite
+        else float((diff / scale.clamp_min(atol if atol > 0 else 1e-30)).max()),
+        "mismatches": int(bad.sum()),
+        "numel": c.numel(),
+        "first_bad_index": [int(i) for i in torch.unravel_index(flat[0, 0], tuple(c.shape))]
+        if len(flat)
+        else [],
+    }
+
+
+def outputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randn(7, 13, generator=g) * 10
+    out = ref + torch.randn(7, 13, generator=g) * 1e-6
+    return out, ref
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 13, 90, 91, 1 << 24])
+def test_chunked_comparison_equals_one_pass(monkeypatch, chunk):
+    monkeypatch.setattr(cmp, "CHUNK", chunk)
+    out, ref = outputs(0)
+    cases = {"close": (out, ref)}
+    late = out.clone()
+    late[6, 3] += 1.0  # the only mismatch sits in the last chunk for most chunk sizes
+    cases["late mismatch"] = (late, ref)
+    both = out.clone()
+    both[0, 2], both[4, 0] = 3e5, -2.0
+    cases["two mismatches"] = (both, ref)
+    special = ref.clone()
+    special[1, 1], special[2, 2], special[3, 3] = float("inf"), float("nan"), -float("inf")
+    same = special.clone()
+    cases["same inf and nan"] = (same, special)
+    poisoned = same.clone()
+    poisoned[5, 5] = float("nan")
+    cases["unexpected nan"] = (poisoned, special)
+    for name, (o, r) in cases.items():
+        assert cmp.compare(o, r, 1e-4, 1e-4) == whole(o, r, 1e-4, 1e-4), name
+    assert not cmp.compare(late, ref, 1e-4, 1e-4)["passed"]
+    assert cmp.compare(late, ref, 1e-4, 1e-4)["first_bad_index"] == [6, 3]
+    assert cmp.compare(poisoned, special, 1e-4, 1e-4)["max_abs_error"] == math.inf
+    assert cmp.max_difference(both, ref) == pytest.approx(float((both - ref).abs().max()))
+    assert cmp.max_difference(poisoned, special) == math.inf
+    assert cmp.max_difference(same, special) == float((same - special).nan_to_num().abs().max())
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 24])
+def test_degenerate_references_are_named(monkeypatch, chunk):
+    monkeypatch.setattr(cmp, "CHUNK", chunk)
+    assert (
+        cmp.degenerate(torch.zeros(4, 5), 1e-4, 1e-4) == "an all-zeros output passes its tolerance"
+    )
+    constant = torch.full((4, 5), 2.5)
+    assert cmp.degenerate(constant, 1e-4, 1e-4) == "a constant (mean) output passes its tolerance"
+    assert cmp.degenerate(outputs(1)[1], 1e-4, 1e-4) == ""
+    assert cmp.degenerate(torch.arange(6, dtype=torch.int32), 0, 0) == ""
+
+
+def test_timed_batches_shrink_to_the_free_memory():
+    gib = 2**30
+    # small sets: the job's batch
+    assert calls_that_fit(10, 4 * 2**20, 4 * 2**20, 100 * gib) == 10
+    # KernelBench L1/25 Swish at its odd set: 6.44 GB in and out per call, ~100 GiB free
+    swish = 4097 * 393217 * 4
+    fixed = 2 * ROTATING * swish + 3 * swish
+    assert fixed < 0.7 * 100 * gib < fixed + 3 * swish
+    assert calls_that_fit(10, swish, swish, 100 * gib) == 1
+    assert calls_that_fit(10, swish, swish, 200 * gib) == 4
+    # never below one call, never above the job's batch
+    assert calls_that_fit(10, swish, swish, 1 * gib) == 1
+    assert calls_that_fit(4, 1, 1, 1000 * gib) == 4
+    assert calls_that_fit(10, 0, 0, 0) == 10
