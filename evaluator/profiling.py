@@ -117,15 +117,14 @@ def parse_ncu_csv(text: str, kernel_names: list[str]) -> list[dict]:
 
 def triton_kernel_metadata(module, kernel_names: list[str]) -> list[dict]:
     """Registers, spills and shared memory of each compiled Triton kernel of the candidate."""
+    from triton.runtime.jit import JITFunction
+
     found = []
     for name in kernel_names:
         fn = getattr(module, name, None)
-        while (
-            fn is not None
-            and not hasattr(fn, "device_caches")
-            and not hasattr(fn, "cache")
-            and hasattr(fn, "fn")
-        ):
+        # down to the JITFunction through @triton.autotune / @triton.heuristics wrappers (an
+        # Autotuner's `cache` maps tuning keys to Configs, not devices to kernels)
+        while fn is not None and not isinstance(fn, JITFunction) and hasattr(fn, "fn"):
             fn = fn.fn
         for compiled in _compiled_kernels(fn):
             metadata = getattr(compiled, "metadata", None)
@@ -150,5 +149,10 @@ def _compiled_kernels(fn) -> list:
         return [k for entry in caches.values() for k in entry[0].values()]
     cache = getattr(fn, "cache", None)
     if isinstance(cache, dict):
-        return [k for per_device in cache.values() for k in per_device.values()]
+        return [
+            k
+            for per_device in cache.values()
+            if isinstance(per_device, dict)
+            for k in per_device.values()
+        ]
     return []
