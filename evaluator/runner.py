@@ -253,6 +253,7 @@ class Runner:
 
         staged = [[self.value(v) for v in call] for call in request.staged]
         fn = self.guarded(request.what)
+        self.kept = []  # the last batch's outputs go before this one's are cloned
         with self.torch.no_grad():
             batch = timing.measure_batch(fn, staged, self.slots, self.flush, request.sleep_cycles)
         self.after_candidate_code(request.what)

@@ -55,6 +55,8 @@ class Batch:
     outputs: list[object] = field(default_factory=list)
     starved: bool = False
     span_ms: float = 0.0
+    """Device time from the end of the sleep head to the last output's clone: every input copy,
+    L2 flush, call and clone of the batch (with a ready-made output: the batch's fixed work)."""
 
 
 def clone_output(out: object) -> object:
@@ -108,7 +110,7 @@ def measure_batch(
     count = len(staged)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
-    awake = torch.cuda.Event()
+    awake, finished = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     torch.cuda._sleep(sleep_cycles)
     awake.record()
@@ -125,10 +127,11 @@ def measure_batch(
         if keep_outputs:
             outputs.append(clone_output(out))
         del out
+    finished.record()
     starved = awake.query()
     torch.cuda.synchronize()
     device_ms = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-    return Batch(device_ms, host_ms, outputs, starved, starts[0].elapsed_time(ends[-1]))
+    return Batch(device_ms, host_ms, outputs, starved, awake.elapsed_time(finished))
 
 
 def sleep_cycles_per_ms() -> float:

@@ -1002,7 +1002,9 @@ class SetTimer:
 
     def null_span(self, slots: list) -> float:
         """This process's own time for everything in a batch but the calls (input copies, L2
-        flushes, events, output clones), from a call that returns a ready output."""
+        flushes, events, output clones), from a call that returns a ready output: the first
+        call's copy and the last call's clone included, which for a KernelBench-sized set
+        (6.4 GB in and out) are ~3 ms each, more than the wall check's fixed slack."""
         out = self.expected_example
 
         def ready(*args):
