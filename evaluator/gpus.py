@@ -20,8 +20,14 @@ class GpuCeilings(BaseModel):
 
 
 MEASURED = [
-    # bench/ceilings.py on the device machine, 2026-11-21 (docs/benchmarks.md).
-    GpuCeilings(name="H200", bandwidth_bytes_s=4.16e12, fp32_flops_s=50.8e12, half_flops_s=781e12),
+    # bench/ceilings.py on the device machine, 2026-11-21; TF32 on 2026-12-01 (docs/benchmarks.md).
+    GpuCeilings(
+        name="H200",
+        bandwidth_bytes_s=4.16e12,
+        fp32_flops_s=50.8e12,
+        half_flops_s=781e12,
+        tf32_flops_s=404e12,
+    ),
     # 2026-11-22, the SXM part (HBM3); other H100s (PCIe, HBM2e) differ and stay unmeasured.
     GpuCeilings(
         name="H100 80GB HBM3", bandwidth_bytes_s=2.96e12, fp32_flops_s=51.5e12, half_flops_s=755e12

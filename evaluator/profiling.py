@@ -50,14 +50,14 @@ NCU_METRICS = [
 NCU_PRECISION_METRICS = {
     "sm__ops_path_tensor_src_tf32_dst_fp32.sum": "tf32",
     "sm__ops_path_tensor_src_bf16_dst_fp32.sum": "bf16",
-    "sm__ops_path_tensor_src_fp16_dst_fp16.sum": "fp16",
-    "sm__ops_path_tensor_src_fp16_dst_fp32.sum": "fp16",
+    "sm__ops_path_tensor_src_fp16.sum": "fp16",
 }
 """Tensor-core math by input type (Ampere and later): what precision the profiled call's
 kernels computed in, counted from outside the runner (`compiled_code.ncu_uses`)."""
-# Not requested yet: these names have not been checked against Nsight Compute 2025.3 on an H200,
-# and ncu refuses a whole profile over one unknown metric (which would also take away the L2
-# write proof). Add them to NCU_METRICS once `ncu --query-metrics` there lists them (issue 15).
+# `ncu --query-metrics` (Nsight Compute 2025.3.1, H200, 2026-12-01) lists these three counters
+# (fp16 without a destination split). Not requested yet: ncu refuses a whole profile over one
+# metric it cannot collect (which would also take away the L2 write proof), so they join
+# NCU_METRICS once tests/test_gpu_precision.py's Nsight Compute test has passed there (issue 15).
 NVTX_RANGE = "forge_profile"
 
 
