@@ -253,12 +253,10 @@ def _from_outcome(
             **common,
         )
     if "worker_error" in message:
-        return EvalResult(
-            status=Status.runtime_error,
-            reasons=[f"evaluator error: {message['worker_error']}"],
-            stderr=message.get("traceback", ""),
-            environment=env,
-            **{k: v for k, v in common.items() if k != "stderr"},
+        # the trusted process holds no candidate code: its failure is no verdict on the candidate
+        raise EvaluatorError(
+            f"the evaluator failed on {problem.name} (no verdict on the candidate): "
+            f"{message['worker_error']}; its last frame: {_last_frame(message.get('traceback', ''))}"
         )
     trusted = TrustedReport.model_validate(message)
     env = Environment(
@@ -455,3 +453,10 @@ def _external_proof(result: EvalResult, trusted: TrustedReport) -> None:
 
 
 WRITE_SECTORS = "lts__t_sectors_srcunit_tex_op_write.sum"
+
+
+def _last_frame(traceback_text: str) -> str:
+    frames = [
+        line.strip() for line in traceback_text.splitlines() if line.strip().startswith("File ")
+    ]
+    return frames[-1] if frames else "none recorded"

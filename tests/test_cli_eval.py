@@ -55,6 +55,42 @@ def test_bad_problem_is_a_one_line_error(problem, needles):
     _one_line_error(forge("eval", problem, str(LEGIT_SOFTMAX), "--device", "cpu"), *needles)
 
 
+BROKEN_REFERENCE = """
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        raise ValueError("this reference is broken")
+
+rows = 8
+cols = 33
+
+def get_inputs():
+    return [torch.randn(rows, cols)]
+
+def get_init_inputs():
+    return []
+"""
+
+
+def test_a_failure_of_the_evaluator_itself_is_no_verdict(tmp_path):
+    """The trusted process holds no candidate code: when it fails (here the problem's own
+    reference raises), the candidate gets no verdict, and the user one line saying so."""
+    problem = tmp_path / "broken_reference.py"
+    problem.write_text(BROKEN_REFERENCE)
+    out = forge("eval", str(problem), str(LEGIT_SOFTMAX), "--device", "cpu", "--json")
+    _one_line_error(
+        out,
+        "the evaluator failed on broken_reference (no verdict on the candidate)",
+        "ValueError: this reference is broken",
+    )
+    assert out.stdout.strip() == ""
+
+
 def test_missing_candidate_file_is_a_one_line_error():
     _one_line_error(forge("eval", "softmax", "nope.py", "--device", "cpu"), "does not exist")
 
