@@ -107,6 +107,7 @@ class Runner:
             "time": self.time_batch,
             "collect": self.collect,
             "metadata": self.metadata,
+            "release": self.release,
         }
         while True:
             request, fds = protocol.receive(self.sock, Request)
@@ -174,6 +175,20 @@ class Runner:
         for spec in request.buffers:
             fd = -1 if spec.ipc_handle else next(fd_iter)
             self.buffers[spec.id] = MappedBuffer(spec.nbytes, self.device, spec.ipc_handle, fd)
+        return Reply()
+
+    def release(self, request: Request, fds: list[int]) -> Reply:
+        """The trusted process is done with a phase (an input set verified or timed, the
+        profile): drop what was made for it (the model built from its buffers, the rotating
+        inputs, the kept outputs) and unmap its buffers, which the trusted process frees next."""
+        self.model = None
+        self.slots, self.kept = [], []
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        for buffer_id in request.released:
+            self.buffers.pop(buffer_id).close()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
         return Reply()
 
     def build(self, request: Request, fds: list[int]) -> Reply:
