@@ -113,12 +113,25 @@ class Value(BaseModel):
 
 class Request(BaseModel):
     op: Literal[
-        "load", "compile", "share", "build", "call", "warm", "time", "collect", "metadata", "exit"
+        "load",
+        "compile",
+        "share",
+        "build",
+        "call",
+        "warm",
+        "time",
+        "collect",
+        "metadata",
+        "release",
+        "exit",
     ]
     what: str = ""
     source: str = ""
     kernel_names: list[str] = Field(default_factory=list)
     buffers: list[BufferSpec] = Field(default_factory=list, description="share: new buffers")
+    released: list[int] = Field(
+        default_factory=list, description="release: ids of buffers to unmap before they are freed"
+    )
     init_args: list[Value] = Field(default_factory=list)
     init_seed: int = 0
     state: dict[str, TensorSpec] = Field(default_factory=dict)

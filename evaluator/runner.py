@@ -107,6 +107,7 @@ class Runner:
             "time": self.time_batch,
             "collect": self.collect,
             "metadata": self.metadata,
+            "release": self.release,
         }
         while True:
             request, fds = protocol.receive(self.sock, Request)
@@ -176,6 +177,20 @@ class Runner:
             self.buffers[spec.id] = MappedBuffer(spec.nbytes, self.device, spec.ipc_handle, fd)
         return Reply()
 
+    def release(self, request: Request, fds: list[int]) -> Reply:
+        """The trusted process is done with a phase (an input set verified or timed, the
+        profile): drop what was made for it (the model built from its buffers, the rotating
+        inputs, the kept outputs) and unmap its buffers, which the trusted process frees next."""
+        self.model = None
+        self.slots, self.kept = [], []
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+        for buffer_id in request.released:
+            self.buffers.pop(buffer_id).close()
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
+        return Reply()
+
     def build(self, request: Request, fds: list[int]) -> Reply:
         torch = self.torch
         init = [self.value(v) for v in request.init_args]
@@ -231,7 +246,8 @@ class Runner:
         from forge.evaluator.monitor import AtenMonitor
 
         staged = [[self.value(v) for v in call] for call in request.staged]
-        self.slots = timing.rotating_slots(staged[0], timing.ROTATING)
+        copies = timing.rotation(timing.input_bytes(staged[0]), timing.l2_bytes())
+        self.slots = timing.rotating_slots(staged[0], copies)
         self.flush = self.flush or timing.L2Flush()
         fn = self.guarded(request.what)
         reply = Reply()

@@ -109,11 +109,14 @@ class SharedBuffer:
         return typed_view(self.bytes, dtype, shape)
 
     def release(self) -> None:
+        """Free the buffer (idempotent). Views of it dangle afterwards: the caller drops them, and
+        the runner has unmapped it before (`Runner.release`) or has exited."""
         self.bytes = None
         if self.pointer:
             cudart().cudaFree(ctypes.c_void_p(self.pointer))
             self.pointer = 0
         if self.fd >= 0:
+            self._map.close()
             os.close(self.fd)
             self.fd = -1
 
@@ -134,6 +137,7 @@ class MappedBuffer:
     def __init__(self, nbytes: int, device: str, ipc_handle: str = "", fd: int = -1):
         self.nbytes = nbytes
         size = max(nbytes, 1)
+        self.pointer = 0
         if device == "cuda":
             handle = _IpcHandle()
             ctypes.memmove(ctypes.addressof(handle), bytes.fromhex(ipc_handle), 64)
@@ -141,7 +145,8 @@ class MappedBuffer:
             lazy_peer_access = 1
             code = cudart().cudaIpcOpenMemHandle(ctypes.byref(pointer), handle, lazy_peer_access)
             _check(code, "cudaIpcOpenMemHandle")
-            self.bytes = _device_view(pointer.value, size, self)
+            self.pointer = pointer.value
+            self.bytes = _device_view(self.pointer, size, self)
         else:
             self._map = mmap.mmap(fd, size)
             os.close(fd)
@@ -149,3 +154,16 @@ class MappedBuffer:
 
     def view(self, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
         return typed_view(self.bytes, dtype, shape)
+
+    def close(self) -> None:
+        """Unmap the buffer, whatever still views it (such views dangle: the caller drops them),
+        so that the trusted process may free it."""
+        self.bytes = None
+        if self.pointer:
+            _check(
+                cudart().cudaIpcCloseMemHandle(ctypes.c_void_p(self.pointer)),
+                "cudaIpcCloseMemHandle",
+            )
+            self.pointer = 0
+        else:
+            self._map.close()

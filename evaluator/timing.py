@@ -41,8 +41,7 @@ class L2Flush:
     """Zeroing a buffer of twice the L2 size evicts what the previous call left there."""
 
     def __init__(self) -> None:
-        l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
-        self.buffer = torch.empty(2 * l2, dtype=torch.int8, device="cuda")
+        self.buffer = torch.empty(2 * l2_bytes(), dtype=torch.int8, device="cuda")
 
     def __call__(self) -> None:
         self.buffer.zero_()
@@ -68,20 +67,39 @@ def clone_output(out: object) -> object:
 
 
 ROTATING = 3
-"""Copies of the inputs that baselines (here) and the candidate (in the runner) rotate through."""
+"""Copies of the inputs that baselines (here) and the candidate (in the runner) rotate through,
+so that a call does not find its inputs in L2 where the last call left them."""
+
+
+def rotation(input_bytes: int, l2_bytes: int) -> int:
+    """Copies to rotate through: `ROTATING`, or one where the inputs are more than twice the L2
+    (the flush before each call evicts them anyway, and a 6.4 GB set would need 12.8 GB more)."""
+    return 1 if input_bytes > 2 * l2_bytes else ROTATING
+
+
+def input_bytes(items: list) -> int:
+    return sum(x.numel() * x.element_size() for x in items if isinstance(x, torch.Tensor))
+
+
+def l2_bytes() -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+
 
 MEMORY_SHARE = 0.7
 """Of the GPU's free memory, what a batch's inputs and outputs may take; the rest is headroom
 for the candidate's and the baselines' own temporaries."""
 
 
-def calls_that_fit(batch: int, input_bytes: int, output_bytes: int, free_bytes: int) -> int:
+def calls_that_fit(
+    batch: int, input_bytes: int, output_bytes: int, free_bytes: int, rotating: int = ROTATING
+) -> int:
     """Calls per timed batch, at most `batch` and at least 1, whose inputs and outputs fit the
     free memory: each call has its inputs twice (this process's copy and the shared one the
     runner reads) and its output kept for re-verification; the rotating copies of both sides
-    and the shared and reference outputs are there whatever the count."""
+    (`rotating` on each side) and the shared and reference outputs are there whatever the
+    count."""
     per_call = 2 * input_bytes + output_bytes
-    fixed = 2 * ROTATING * input_bytes + 3 * output_bytes
+    fixed = 2 * rotating * input_bytes + 3 * output_bytes
     if per_call == 0:
         return batch
     return max(1, min(batch, int((free_bytes * MEMORY_SHARE - fixed) // per_call)))

@@ -205,10 +205,6 @@ class RunnerProcess:
             return ""
 
 
-def _nbytes(items: list) -> int:
-    return sum(x.numel() * x.element_size() for x in items if isinstance(x, torch.Tensor))
-
-
 def _cache_root() -> Path:
     """The job's compiler-cache directory (set by the sandbox backend)."""
     triton_cache = os.environ.get("TRITON_CACHE_DIR")
@@ -373,50 +369,58 @@ class Evaluation:
         t0 = time.perf_counter()
         first_call_s = 0.0
         for index, input_set in enumerate(self.job.input_sets):
-            announce(f"correctness on '{input_set.name}'")
-            ref = self.build(input_set)
-            in_slots = out_slots = None
-            for seed_index, seed in enumerate(self.job.seeds):
-                with self.timed("inputs"):
-                    inputs = self.make_inputs(input_set, seed, seed_index)
-                with self.timed("reference"):
-                    expected = self.reference(ref, inputs, watch=index == 0 and seed_index == 0)
-                tol = self.tolerance(ref, inputs, expected, input_set.name)
-                if in_slots is None:
-                    self.set_sizes[input_set.name] = sum(
-                        x.numel() for x in inputs if isinstance(x, torch.Tensor)
-                    )
-                    self.report.output_bytes[input_set.name] = sum(
-                        t.numel() * t.element_size() for t in cmp.flatten(expected)
-                    )
-                    in_slots = self.share_like(inputs)
-                    out_slots = self.share_like(cmp.flatten(expected))
-                if seed_index == 0:
-                    self.note_degenerate(input_set.name, expected, tol)
-                outputs = []
-                for phase in ("before_reference", "after_reference"):
-                    c0 = time.perf_counter()
-                    watch = seed_index == 0 and phase == "before_reference"
-                    outputs.append(
-                        self.check_call(
-                            input_set.name,
-                            seed_index,
-                            inputs,
-                            expected,
-                            in_slots,
-                            out_slots,
-                            phase,
-                            watch,
-                            tol,
-                        )
-                    )
-                    if index == 0 and watch:
-                        first_call_s = time.perf_counter() - c0
-                self.record_agreement(input_set.name, seed_index, *outputs, tol)
+            phase = f"correctness on '{input_set.name}'"
+            announce(phase)
+            with self.buffers_of(phase):
+                first_call_s += self.verify_set(index, input_set)
         self.report.phase_seconds["compile"] = (
             self.report.phase_seconds.get("compile", 0.0) + first_call_s
         )
         self.report.phase_seconds["correctness"] = time.perf_counter() - t0 - first_call_s
+
+    def verify_set(self, index: int, input_set) -> float:
+        """Every seed on one input set; the seconds of the evaluation's first call (it compiles)."""
+        first_call_s = 0.0
+        ref = self.build(input_set)
+        in_slots = out_slots = None
+        for seed_index, seed in enumerate(self.job.seeds):
+            with self.timed("inputs"):
+                inputs = self.make_inputs(input_set, seed, seed_index)
+            with self.timed("reference"):
+                expected = self.reference(ref, inputs, watch=index == 0 and seed_index == 0)
+            tol = self.tolerance(ref, inputs, expected, input_set.name)
+            if in_slots is None:
+                self.set_sizes[input_set.name] = sum(
+                    x.numel() for x in inputs if isinstance(x, torch.Tensor)
+                )
+                self.report.output_bytes[input_set.name] = sum(
+                    t.numel() * t.element_size() for t in cmp.flatten(expected)
+                )
+                in_slots = self.share_like(inputs)
+                out_slots = self.share_like(cmp.flatten(expected))
+            if seed_index == 0:
+                self.note_degenerate(input_set.name, expected, tol)
+            outputs = []
+            for phase in ("before_reference", "after_reference"):
+                c0 = time.perf_counter()
+                watch = seed_index == 0 and phase == "before_reference"
+                outputs.append(
+                    self.check_call(
+                        input_set.name,
+                        seed_index,
+                        inputs,
+                        expected,
+                        in_slots,
+                        out_slots,
+                        phase,
+                        watch,
+                        tol,
+                    )
+                )
+                if index == 0 and watch:
+                    first_call_s = time.perf_counter() - c0
+            self.record_agreement(input_set.name, seed_index, *outputs, tol)
+        return first_call_s
 
     def check_call(
         self, set_name, seed_index, inputs, expected, in_slots, out_slots, phase, watch, tol
@@ -788,6 +792,37 @@ class Evaluation:
             self.runner.ask(Request(op="share", buffers=specs), self.job.limits.call_s, fds)
         return slots
 
+    @contextlib.contextmanager
+    def buffers_of(self, phase: str):
+        """The buffers shared within the block are released when it ends without an error.
+        After an error (the runner may be hung or dead) they wait for the end of the
+        evaluation, where the runner is closed before they are freed."""
+        first_id = self.next_id
+        yield
+        self.release([b for b in self.buffers if b.id >= first_id], phase)
+
+    def release(self, buffers: list[SharedBuffer], phase: str) -> None:
+        """The runner unmaps `buffers` and drops what it made from them; on the CPU they are
+        then freed here. Only this process names them (the runner's reply carries no ids) and
+        each leaves `self.buffers` as it is freed, so none is freed twice; GPU buffers, and any
+        the runner cannot release (it hangs, dies), are freed at the end, after the runner has
+        exited."""
+        if not buffers:
+            return
+        self.sync()
+        self.runner.ask(
+            Request(op="release", what=f"release after {phase}", released=[b.id for b in buffers]),
+            self.job.limits.call_s,
+        )
+        if self.device == "cuda":
+            # kept until the runner has exited: legacy CUDA IPC leaves a cudaFree of memory
+            # another process still maps undefined, and the runner only says it unmapped
+            torch.cuda.empty_cache()
+            return
+        for buffer in buffers:
+            buffer.release()
+            self.buffers.remove(buffer)
+
     def spec(self, slot: torch.Tensor) -> TensorSpec:
         return TensorSpec(
             buffer=slot.forge_buffer, dtype=dtype_name(slot.dtype), shape=list(slot.shape)
@@ -831,8 +866,10 @@ class Evaluation:
         self.cycles_per_ms = timing.sleep_cycles_per_ms()
         self.flush = timing.L2Flush()
         for input_set in [*targets, *extra]:
-            announce(f"timing on '{input_set.name}'")
-            raw = SetTimer(self, input_set).run()
+            phase = f"timing on '{input_set.name}'"
+            announce(phase)
+            with self.buffers_of(phase):
+                raw = SetTimer(self, input_set).run()
             raw.target = input_set in targets
             self.report.timings.append(raw)
         self.report.phase_seconds["timing"] = time.perf_counter() - t0
@@ -861,22 +898,8 @@ class Evaluation:
                 allow_tf32=self.policy.tf32,
             )
             self.runner.ask(load, self.job.limits.load_s)
-            self.build(input_set)
-            inputs = self.make_inputs(input_set, self.job.seeds[0], 0)
-            in_slots = self.share_like(inputs)
-            for slot, x in zip(in_slots, inputs, strict=True):
-                if isinstance(slot, torch.Tensor):
-                    slot.copy_(x)
-            self.sync()
-            args = self.values(in_slots)
-            self.runner.ask(
-                Request(op="call", what="profiling warm-up", args=args),
-                self.job.limits.first_call_s,
-            )
-            self.runner.ask(
-                Request(op="call", what="profiled call", args=args, nvtx=True),
-                self.job.limits.call_s * 4,
-            )
+            with self.buffers_of("profiling"):
+                self.profiled_call(input_set)
         except Verdict as verdict:
             self.report.ncu_note = f"profiling run failed: {verdict.reason}"
         finally:
@@ -889,6 +912,24 @@ class Evaluation:
         self.report.phase_seconds["profiling"] = time.perf_counter() - t0
         self.report.profiled_set = self.report.target_sets[0]
 
+    def profiled_call(self, input_set) -> None:
+        self.build(input_set)
+        inputs = self.make_inputs(input_set, self.job.seeds[0], 0)
+        in_slots = self.share_like(inputs)
+        for slot, x in zip(in_slots, inputs, strict=True):
+            if isinstance(slot, torch.Tensor):
+                slot.copy_(x)
+        self.sync()
+        args = self.values(in_slots)
+        self.runner.ask(
+            Request(op="call", what="profiling warm-up", args=args),
+            self.job.limits.first_call_s,
+        )
+        self.runner.ask(
+            Request(op="call", what="profiled call", args=args, nvtx=True),
+            self.job.limits.call_s * 4,
+        )
+
 
 class SetTimer:
     """Candidate (in the runner) and baselines (here) on one input set, interleaved by batch,
@@ -899,6 +940,7 @@ class SetTimer:
         self.ev, self.set = evaluation, input_set
         self.job = evaluation.job
         self.name = input_set.name
+        self.rotating = timing.ROTATING
 
     def run(self) -> RawTiming:
         ev, job = self.ev, self.job
@@ -919,7 +961,7 @@ class SetTimer:
             # lowers, dynamo traces autocast into the graph
             compiled = torch.compile(self.ref, dynamic=False)
             impls["compiled"] = under_policy(compiled, job.precision, ev.device)
-        slots = timing.rotating_slots(self.private[0], timing.ROTATING)
+        slots = timing.rotating_slots(self.private[0], self.rotating)
         raw = RawTiming(
             input_set=self.name, samples={k: {"device_ms": [], "host_ms": []} for k in impls}
         )
@@ -962,11 +1004,14 @@ class SetTimer:
             return self.job.batch
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info()
+        inputs = timing.input_bytes(self.private[0])
+        self.rotating = timing.rotation(inputs, timing.l2_bytes())
         count = timing.calls_that_fit(
             self.job.batch,
-            _nbytes(self.private[0]),
-            _nbytes(cmp.flatten(self.expected_example)),
+            inputs,
+            timing.input_bytes(cmp.flatten(self.expected_example)),
             free,
+            self.rotating,
         )
         if count < self.job.batch:
             self.ev.report.notes.append(

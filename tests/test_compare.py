@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from forge.evaluator import compare as cmp
-from forge.evaluator.timing import ROTATING, calls_that_fit
+from forge.evaluator.timing import ROTATING, calls_that_fit, rotation
 
 
 def whole(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> dict:
@@ -98,3 +98,16 @@ def test_timed_batches_shrink_to_the_free_memory():
     assert calls_that_fit(10, swish, swish, 1 * gib) == 1
     assert calls_that_fit(4, 1, 1, 1000 * gib) == 4
     assert calls_that_fit(10, 0, 0, 0) == 10
+
+
+def test_sets_larger_than_twice_the_l2_are_not_rotated():
+    l2 = 60 * 2**20  # the H200's 60 MiB
+    assert rotation(4 * 2**20, l2) == ROTATING
+    assert rotation(2 * l2, l2) == ROTATING
+    assert rotation(2 * l2 + 1, l2) == 1
+    # KernelBench L1/38 L1Norm (32768 x 65535 fp32, 8.6 GB in and out), ~100 GiB free: one call
+    # per batch, one copy on each side: 8 tensors of the set in all, within 70% of the free memory
+    l1norm = 32768 * 65535 * 4
+    gib = 2**30
+    assert 0.7 * 100 * gib > 8 * l1norm
+    assert calls_that_fit(10, l1norm, l1norm, 100 * gib, rotation(l1norm, l2)) == 1

@@ -3,12 +3,17 @@ and CPU shared memory (the GPU's CUDA IPC path is covered by the GPU tests)."""
 
 from __future__ import annotations
 
+import io
 import os
+import secrets
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,8 +143,6 @@ def test_deadlines_follow_the_backend_and_the_cap():
 
 
 def test_phases_reach_the_host_as_they_happen_and_stay_out_of_the_logs(forge_cache_dir):
-    from pathlib import Path
-
     from forge.evaluator import evaluate, resolve_problem
 
     legit = Path(__file__).parent / "fixtures" / "legit" / "triton_softmax.py"
@@ -149,3 +152,76 @@ def test_phases_reach_the_host_as_they_happen_and_stay_out_of_the_logs(forge_cac
     assert result.status.value == "correct", result.reasons
     assert seen == ["compile/load", "correctness on 'tiny'", "correctness on 'odd'"]
     assert "FORGE-PHASE" not in result.stderr
+
+
+def shared_mappings(pid: int | str) -> set[str]:
+    """The memfd buffers of an evaluation (`forge-<id>`) that process `pid` maps."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split("/memfd:")[1].split()[0] for line in lines if "/memfd:forge-" in line}
+
+
+class PhaseProbe(io.RawIOBase):
+    """Stands for the trusted process's stderr, where it announces each phase to the host; calls
+    `sample(phase)` as each announcement is written."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        line = bytes(data)
+        if line.startswith(protocol.PHASE_MARK):
+            self.sample(line[len(protocol.PHASE_MARK) :].decode().strip())
+        return len(line)
+
+
+def test_an_input_sets_buffers_are_freed_in_both_processes_before_the_next(monkeypatch):
+    """An evaluation run in this process with its real runner: as it announces the next input
+    set, the buffers of the sets before are freed here and no longer mapped by the runner."""
+    from forge.evaluator import resolve_problem
+    from forge.evaluator.host import build_job
+    from forge.evaluator.static import check_source
+    from forge.evaluator.trusted import Evaluation
+
+    control = SharedBuffer(99, 8, "cpu")
+    assert "forge-99" in shared_mappings("self"), "the probe sees a mapped buffer"
+    control.release()
+    assert "forge-99" not in shared_mappings("self")
+
+    problem = resolve_problem("softmax")
+    source = (Path(__file__).parent / "fixtures" / "legit" / "triton_softmax.py").read_text()
+    kernels = check_source(source, None, None, device="cpu").kernel_names
+    job = build_job(
+        problem, source, EvalConfig(device="cpu"), "triton", kernels, secrets.randbits(62)
+    )
+    evaluation = Evaluation(job)
+    before = shared_mappings("self")
+    seen: dict[str, tuple] = {}
+
+    def sample(phase: str) -> None:
+        seen[phase] = (
+            evaluation.next_id,
+            [b.id for b in evaluation.buffers],
+            shared_mappings("self") - before,
+            shared_mappings(evaluation.runner.proc.pid),
+        )
+
+    work = Path(tempfile.mkdtemp(prefix="forge-test-release-"))
+    os.chmod(work, 0o755)  # reachable by the runner's uid 65534 when the tests run as root
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(work / "cache" / "triton"))
+    with monkeypatch.context() as stderr:
+        stderr.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(PhaseProbe(sample))))
+        try:
+            report = evaluation.run()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    assert report.status == "correct", report.reasons
+    assert list(seen) == ["compile/load", "correctness on 'tiny'", "correctness on 'odd'"]
+    shared_for_tiny, live, trusted_maps, runner_maps = seen["correctness on 'odd'"]
+    assert shared_for_tiny > 0
+    assert live == [] and trusted_maps == set() and runner_maps == set()
+    assert evaluation.buffers == []
