@@ -307,6 +307,8 @@ def optimize(
             + ("" if cfg.evaluation.executor == "local" else f", via {cfg.evaluation.executor}")
         )
     )
+    for note in runner.problem.notes:
+        notice(note)
     if cfg.budget_usd is not None and not runner.cost_known:
         unpriced = [m.model_id for m in (coder_llm, judge_llm) if not cost_known(m)]
         notice(

@@ -59,6 +59,8 @@ def render_result(console: Console, r: EvalResult) -> None:
     )
     for reason in r.reasons:
         console.print(f"  - {reason}", highlight=False)
+    for note in r.notes:
+        console.print(f"  note: {note}", highlight=False, markup=False)
     if r.checks:
         by_set: dict[str, list] = {}
         for c in r.checks:

@@ -184,7 +184,12 @@ def evaluate(
         source, config.backend, model_init_params(problem.source), device=config.device
     )
     backend = config.backend or report.backend or "triton"
-    base = {"problem": problem.name, "backend": backend, "candidate_kernels": report.kernel_names}
+    base = {
+        "problem": problem.name,
+        "backend": backend,
+        "candidate_kernels": report.kernel_names,
+        "notes": list(problem.notes),
+    }
     env = Environment(device=config.device)
     static_s = time.perf_counter() - started
     if getattr(report, "syntax_error", False):
@@ -281,13 +286,13 @@ def _from_outcome(
             **{k: v for k, v in trusted.phase_seconds.items() if k in PhaseSeconds.model_fields},
             detail=trusted.phase_detail,
         ),
-        notes=trusted.notes,
         target_sets=trusted.target_sets,
         precision=trusted.precision,
         **{
             **common,
             "sandbox": info,
             "stderr": (trusted.runner_stderr + "\n" + outcome.stderr).strip(),
+            "notes": [*common["notes"], *trusted.notes],
         },
     )
     _add_timings(result, trusted, problem)

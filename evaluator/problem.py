@@ -2,8 +2,8 @@
 
 A problem file defines `class Model(nn.Module)`, `get_inputs()` and `get_init_inputs()`, and
 usually module-level integer constants that fix the shape (`batch_size = 16`). Forge reads
-its metadata from the source without executing it (so the CLI needs no GPU and no torch
-import); the sandbox worker executes it.
+its metadata from the source without executing it (so the CLI needs no GPU); the sandbox
+worker executes it once per input set, with the set's constants (`evaluator/problem_module.py`).
 
 Optional extensions, all module-level literals or functions:
 
@@ -23,7 +23,10 @@ Optional extensions, all module-level literals or functions:
                                                  # tf32 for float32; see evaluator/precision.py)
 
 A file without `forge_input_sets` gets extra sets derived by perturbing its size constants
-(values >= 16) to odd, non-power-of-two sizes, plus a small set usable on the CPU.
+(values >= 16) to odd, non-power-of-two sizes, plus a small set usable on the CPU. Such a file
+is executed here too, once per set on the meta device (shapes only, milliseconds): a derived
+set its Model cannot build or run while the base set can (GroupNorm's channels no longer
+divisible by its groups) is dropped, with a note (`Problem.notes`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from forge.evaluator import problem_module
 from forge.evaluator.parsing import parse_python
 
 CATALOGUE_DIR = Path(__file__).resolve().parent.parent / "kernels_library" / "catalogue"
@@ -76,15 +80,19 @@ class Problem(BaseModel):
         default_factory=lambda: ["strict"],
         description="precision policies the problem accepts (`strict` first)",
     )
+    notes: list[str] = Field(
+        default_factory=list, description="what loading changed, e.g. a derived set dropped"
+    )
 
     def sets_for(self, device: str) -> list[InputSet]:
         if device == "cuda":
             return self.input_sets
         small = [s for s in self.input_sets if s.cpu]
         if not small:
+            why = "".join(f" ({note})" for note in self.notes)
             raise ProblemError(
-                f"problem '{self.name}' has no input set marked cpu=True: add a small one to "
-                "forge_input_sets or run with --device cuda"
+                f"problem '{self.name}' has no input set marked cpu=True{why}: add a small one "
+                "to forge_input_sets or run with --device cuda"
             )
         return small
 
@@ -184,6 +192,25 @@ def _derive_sets(base: dict[str, int]) -> list[InputSet]:
     ]
 
 
+def _runnable_sets(
+    sets: list[InputSet], source: str, dtype: str, label: str
+) -> tuple[list[InputSet], list[str]]:
+    """The derived sets without those the problem's Model cannot run (checked on the meta
+    device), and a note per dropped set. All of them when the base set (the first) fails the
+    check too: then the meta device cannot judge this problem."""
+    base, *derived = sets
+    if problem_module.meta_error(source, base.constants, dtype, label) is not None:
+        return sets, []
+    kept, notes = [base], []
+    for input_set in derived:
+        error = problem_module.meta_error(source, input_set.constants, dtype, label)
+        if error is None:
+            kept.append(input_set)
+        else:
+            notes.append(f"input set '{input_set.name}' dropped: Model rejects it ({error})")
+    return kept, notes
+
+
 def _product(constants: dict[str, int], keys: dict[str, int]) -> int:
     total = 1
     for k in keys:
@@ -221,10 +248,13 @@ def load_problem(
             f"{label}: forge_dtype '{dtype}' is not one of {sorted(DEFAULT_TOLERANCE)}"
         )
     declared = lit.get("forge_input_sets")
+    notes: list[str] = []
     if declared is not None:
         input_sets = _declared_sets(declared, constants, overrides, label)
     else:
-        input_sets = _derive_sets({**constants, **overrides})
+        input_sets, notes = _runnable_sets(
+            _derive_sets({**constants, **overrides}), source, dtype, label
+        )
     targets = [str(t) for t in lit.get("forge_target_sets", [])]
     unknown_targets = sorted(set(targets) - {s.name for s in input_sets})
     if unknown_targets:
@@ -257,6 +287,7 @@ def load_problem(
         shape_buckets=dict(lit.get("forge_shape_buckets", {})),
         description=scan.docstring.strip().splitlines()[0] if scan.docstring.strip() else "",
         precisions=precisions,
+        notes=notes,
     )
 
 

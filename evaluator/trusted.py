@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 from forge.evaluator import compare as cmp
-from forge.evaluator import compiled_code, precision, profiling, protocol, timing
+from forge.evaluator import compiled_code, precision, problem_module, profiling, protocol, timing
 from forge.evaluator.isa import FORMAT_NAMES
 from forge.evaluator.precision_math import policy_math, under_policy
 from forge.evaluator.protocol import (
@@ -253,6 +252,7 @@ class Evaluation:
         self.runner: RunnerProcess | None = None
         self.degenerate: list[str] = []
         self.set_sizes: dict[str, int] = {}
+        self.problem_per_set: dict[tuple, object] = {}
         self.library_only = False
         self.policy = precision.POLICIES[job.precision]
         self.started_at = time.time()
@@ -338,7 +338,7 @@ class Evaluation:
                 "sm_count": props.multi_processor_count,
                 "l2_bytes": props.L2_cache_size,
             }
-        self.problem = _load_problem(self.job.problem_source)
+        self.problem = _load_problem(self.job.problem_source, {})
 
     def compile_only(self) -> None:
         t0 = time.perf_counter()
@@ -695,8 +695,11 @@ class Evaluation:
         }
 
     def set_constants(self, input_set) -> None:
-        for key, value in input_set.constants.items():
-            setattr(self.problem, key, value)
+        """The problem module executed with the set's constants (`problem_module`), once per set."""
+        key = tuple(sorted(input_set.constants.items()))
+        if key not in self.problem_per_set:
+            self.problem_per_set[key] = _load_problem(self.job.problem_source, input_set.constants)
+        self.problem = self.problem_per_set[key]
 
     def build(self, input_set):
         """The reference model here, and the candidate's in the runner from the same init seed
@@ -1223,14 +1226,10 @@ def _derive(secret: int, salt: str):
     return (protocol.derive_seed(secret, salt, i) for i in itertools.count())
 
 
-def _load_problem(source: str):
-    path = Path.cwd() / "forge_problem.py"
+def _load_problem(source: str, constants: dict[str, int]):
+    path = Path.cwd() / f"{problem_module.MODULE_NAME}.py"  # tracebacks show its lines
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("forge_problem", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["forge_problem"] = module
-    spec.loader.exec_module(module)
-    return module
+    return problem_module.execute(source, constants, str(path))
 
 
 def _forget_seed() -> None:

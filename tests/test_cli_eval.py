@@ -91,6 +91,21 @@ def test_a_failure_of_the_evaluator_itself_is_no_verdict(tmp_path):
     assert out.stdout.strip() == ""
 
 
+def test_eval_names_the_input_sets_it_dropped():
+    out = forge(
+        "eval",
+        str(FIXTURES / "derived" / "chunk_softmax.py"),
+        str(FIXTURES / "bad" / "no_modelnew.py"),
+        "--device",
+        "cpu",
+    )
+    assert out.returncode == 1 and "rejected" in out.stdout, out.stderr
+    assert (
+        "note: input set 'odd' dropped: Model rejects it "
+        "(RuntimeError: shape '[17, -1, 17]' is invalid for input of size 561)"
+    ) in " ".join(out.stdout.split())  # the console wraps at 80 columns
+
+
 def test_missing_candidate_file_is_a_one_line_error():
     _one_line_error(forge("eval", "softmax", "nope.py", "--device", "cpu"), "does not exist")
 

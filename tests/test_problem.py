@@ -1,8 +1,12 @@
 """Problem loading: KernelBench files, Forge extensions, overrides, derived input sets."""
 
+from pathlib import Path
+
 import pytest
 
 from forge.evaluator.problem import ProblemError, load_problem, parse_overrides, resolve_problem
+
+DERIVED = Path(__file__).parent / "fixtures" / "derived"
 
 KERNELBENCH = """
 import torch
@@ -34,6 +38,7 @@ def test_kernelbench_file_gets_derived_sets_with_odd_sizes_and_a_cpu_set():
     assert odd.constants["dim"] % 2 == 1 and odd.constants["dim"] & (odd.constants["dim"] - 1) != 0
     assert small.cpu and small.constants["batch_size"] * small.constants["dim"] <= 1 << 16
     assert p.derived_sets and p.dtype == "float32" and p.atol == 1e-4 and p.rtol == 1e-4
+    assert p.notes == []
 
 
 def test_set_overrides_a_constant_and_unknown_names_are_refused():
@@ -100,3 +105,72 @@ def test_cpu_without_cpu_sets_is_refused():
     p = load_problem(KERNELBENCH + "\nforge_input_sets = [{'name': 'big', 'dim': 99999}]\n", "big")
     with pytest.raises(ProblemError, match="cpu=True"):
         p.sets_for("cpu")
+
+
+def test_a_derived_set_the_model_rejects_is_dropped_with_a_note():
+    """GroupNorm's 64 channels in 8 groups: the odd (65) and small (17) channel counts raise
+    in Model.__init__, so only the base set is left (and with it, no CPU set)."""
+    p = resolve_problem(str(DERIVED / "group_norm.py"))
+    assert [s.name for s in p.input_sets] == ["base"]
+    assert p.input_sets[0].constants == dict(batch_size=16, features=64, num_groups=8, dim=32)
+    assert p.notes == [
+        "input set 'odd' dropped: Model rejects it "
+        "(ValueError: num_channels (65) must be divisible by num_groups (8))",
+        "input set 'small' dropped: Model rejects it "
+        "(ValueError: num_channels (17) must be divisible by num_groups (8))",
+    ]
+    with pytest.raises(ProblemError, match=r"cpu=True \(input set 'odd' dropped: .*\(65\)"):
+        p.sets_for("cpu")
+
+
+def test_a_derived_set_whose_forward_fails_is_dropped_and_the_others_kept():
+    p = resolve_problem(str(DERIVED / "chunk_softmax.py"))
+    assert [s.name for s in p.input_sets] == ["base", "small"]
+    assert p.notes == [
+        "input set 'odd' dropped: Model rejects it "
+        "(RuntimeError: shape '[17, -1, 17]' is invalid for input of size 561)"
+    ]
+
+
+def test_module_level_values_computed_from_constants_follow_each_set(tmp_path, monkeypatch):
+    """KernelBench L2/76's `bias_shape = (out_features,)`: the evaluator executes the file with
+    each set's constants, so the bias follows `out_features` and every derived set runs."""
+    import torch
+
+    from forge.evaluator.config import EvalConfig
+    from forge.evaluator.host import build_job
+    from forge.evaluator.trusted import Evaluation
+
+    monkeypatch.chdir(tmp_path)  # the trusted process writes the problem file where it runs
+    p = resolve_problem(str(DERIVED / "gemm_add_relu.py"))
+    assert [s.name for s in p.input_sets] == ["base", "odd", "small"] and p.notes == []
+    job = build_job(p, "", EvalConfig(device="cuda"), "triton", [], 1)
+    evaluation = Evaluation(job.model_copy(update={"device": "cpu"}))
+    for input_set in job.input_sets:
+        evaluation.set_constants(input_set)
+        module = evaluation.problem
+        out_features = input_set.constants["out_features"]
+        assert module.bias_shape == (out_features,)
+        inputs = evaluation.make_inputs(input_set, seed=1, seed_index=0)
+        with torch.no_grad():
+            out = module.Model(*module.get_init_inputs())(*inputs)
+        assert out.shape == (input_set.constants["batch_size"], out_features)
+
+
+def test_when_the_base_set_fails_on_meta_every_set_is_kept():
+    """Sampling a Pareto distribution needs real values (`.item()`), which the meta device has
+    not: the check cannot judge, so nothing is dropped even where a set would fail."""
+    rand = "torch.rand(batch_size, features, dim)"
+    pareto = "torch.distributions.Pareto(0.01, 1.5).sample((batch_size, features, dim))"
+    source = (DERIVED / "group_norm.py").read_text().replace(rand, pareto)
+    assert pareto in source
+    p = load_problem(source, "pareto_group_norm")
+    assert [s.name for s in p.input_sets] == ["base", "odd", "small"] and p.notes == []
+
+
+def test_declared_sets_are_never_dropped():
+    source = (DERIVED / "group_norm.py").read_text() + (
+        "\nforge_input_sets = [{'name': 'big', 'features': 64}, {'name': 'odd', 'features': 65}]\n"
+    )
+    p = load_problem(source, "declared_group_norm")
+    assert [s.name for s in p.input_sets] == ["big", "odd"] and p.notes == []

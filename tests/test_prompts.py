@@ -475,6 +475,18 @@ def test_a_problem_file_shows_its_gpu_sets_on_cpu(tmp_path):
     assert lines["base"].endswith("(GPU only)") and lines["odd"].endswith("(target) (GPU only)")
 
 
+def test_the_prompt_lists_only_the_sets_the_model_runs():
+    """A derived set the problem's Model rejects (`odd`: 33 columns do not split into chunks of
+    17) is neither listed nor the target; the largest set kept is the target."""
+    fixture = Path(__file__).parent / "fixtures" / "derived" / "chunk_softmax.py"
+    problem = resolve_problem(str(fixture))
+    context = PromptContext(problem=problem, backend="triton", device="cuda")
+    text = Coder(context).initial([])[1].content
+    assert "`odd`" not in text
+    assert "- `base`: batch_size=16, dim=32, chunk=16 (target)\n" in text
+    assert "- `small`: batch_size=17, dim=17, chunk=17\n" in text
+
+
 def test_the_judge_on_cpu_is_not_told_to_read_timings():
     context = PromptContext(problem=SOFTMAX, backend="triton", device="cpu")
     cpu = Judge(context).optimize(CANDIDATE, CPU_CORRECT, HISTORY, 2)[-1].content
