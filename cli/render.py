@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from forge.evaluator.precision import STRICT
 from forge.evaluator.result import EvalResult, Status
 
 COLOURS = {
@@ -32,11 +33,16 @@ def _precision(console: Console, r: EvalResult) -> str:
     if p.note:
         line += f"; {p.note}"
     console.print(line, highlight=False, markup=False)
+    error = (
+        "rounding error against its float64 run"
+        if p.policy == STRICT
+        else f"error under {p.policy}"
+    )
     for t in p.tolerances:
         span = f"{t.atol_min:.3g}-{t.atol:.3g}" if t.atol_min != t.atol else f"{t.atol:.3g}"
         console.print(
             f"  tolerance on '{t.input_set}': atol {span} over {t.comparisons} comparisons "
-            f"(x{p.safety:g} the reference's own error under {p.policy} on the same inputs, at most "
+            f"(x{p.safety:g} the reference's own {error} on the same inputs, at most "
             f"{t.reference_error:.3g}), rtol {t.rtol:.3g}",
             highlight=False,
             markup=False,

@@ -82,8 +82,9 @@ class EvalConfig(BaseModel):
     precision: str | None = None
     """Precision policy (`forge.evaluator.precision.POLICIES`): `strict`, `tf32`, `bf16` or
     `fp16`; None is `strict`. The problem must accept it; the baselines run under it, the
-    tolerance is derived from the reference's own error under it, and compiled code that
-    computes in a narrower format than it allows is rejected."""
+    tolerance is derived from the reference's own error under it (under strict, against a
+    float64 run of the reference), and compiled code that computes in a narrower format than it
+    allows is rejected."""
 
     suspicious_speedup: float = 10.0
     """Speedups above this (vs eager) are flagged suspicious until re-verified."""

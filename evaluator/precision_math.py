@@ -1,5 +1,7 @@
 """PyTorch under a precision policy, for the trusted side: the baselines run under it, and the
 reference runs under it once per seed to measure how far the policy's own rounding moves it.
+Under `strict` the reference's own rounding is measured against a float64 copy of it
+(`float64_copy`, `in_float64`).
 
 On the GPU the baselines run under the real thing: cuBLAS/cuDNN TF32 flags, `torch.autocast`
 in bf16/fp16. For `tf32` the reference's own error is also measured with TF32 emulated
@@ -14,6 +16,7 @@ there is no TF32: emulation only. bf16/fp16 autocast is real on the CPU too.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
@@ -84,3 +87,30 @@ def under_policy(fn: Callable, policy_name: str, device: str) -> Callable:
             return fn(*args)
 
     return call
+
+
+FLOAT64_FAILURES = (RuntimeError, TypeError, ValueError, AssertionError)
+"""What the problem's own code may raise when copied or run in float64, a dtype it was not
+written for: an op without float64 kernels, a product of a float64 tensor with a float32 one it
+made itself, a dtype assertion, a module that cannot be deep-copied, running out of memory
+(`NotImplementedError` and `torch.OutOfMemoryError` are RuntimeErrors). The strict atol is then
+kept, with a note."""
+
+
+def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` with its floating-point parameters and buffers in float64: running
+    it leaves the model's own state (BatchNorm running statistics in training mode, any buffer
+    its forward updates) as it was."""
+    return copy.deepcopy(model).to(torch.float64)
+
+
+def in_float64(values: list) -> list:
+    """Copies of `values`' tensors, the floating-point ones in float64 (the problem's values
+    exactly: every float32, float16 and bfloat16 value is a float64 value); a forward that
+    writes into its inputs writes into these."""
+    return [
+        (x.to(torch.float64, copy=True) if x.is_floating_point() else x.clone())
+        if isinstance(x, torch.Tensor)
+        else x
+        for x in values
+    ]

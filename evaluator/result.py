@@ -133,16 +133,19 @@ class KernelPrecision(BaseModel):
 
 
 class SetTolerance(BaseModel):
-    """The tolerances one input set was checked with under a policy other than strict: each
-    comparison's atol is safety x the difference between the reference under the policy and
-    the strict reference on the same inputs (never below the strict atol)."""
+    """The tolerances one input set was checked with: each comparison's atol is safety x the
+    reference's own error on the same inputs (never below the problem's atol). Under strict that
+    error is |reference - its float64 run|, measured on the correctness seeds (timed calls reuse
+    the set's largest); under another policy |reference under the policy - strict reference|,
+    measured for every comparison."""
 
     input_set: str
     atol: float = Field(description="the largest atol used on the set")
     atol_min: float = Field(description="the smallest")
     rtol: float = Field(description="the strict rtol")
     reference_error: float = Field(
-        description="the largest |reference under the policy - strict reference| on the set"
+        description="the largest error of the reference on the set: |reference - its float64 "
+        "run| under strict, |reference under the policy - strict reference| under another policy"
     )
     comparisons: int = Field(description="comparisons made with a derived atol")
 

@@ -7,9 +7,10 @@ ran), its own clock over each timed batch, and the result channel to the host. T
 inputs and empty output slots in shared memory; whatever it does, the values in those slots
 are compared here (see docs/evaluator.md).
 
-Order per input set and seed: the reference on private copies of the inputs, then the
-candidate twice on shared copies (outputs poisoned with NaN before each call), the inputs
-checked unchanged after each call, then the two candidate outputs compared with each other.
+Order per input set and seed: the reference on private copies of the inputs (under strict its
+float64 copy too, for the tolerance), then the candidate twice on shared copies (outputs
+poisoned with NaN before each call), the inputs checked unchanged after each call, then the two
+candidate outputs compared with each other.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ import torch
 from forge.evaluator import compare as cmp
 from forge.evaluator import compiled_code, precision, problem_module, profiling, protocol, timing
 from forge.evaluator.isa import FORMAT_NAMES
-from forge.evaluator.precision_math import policy_math, under_policy
+from forge.evaluator.precision_math import (
+    FLOAT64_FAILURES,
+    float64_copy,
+    in_float64,
+    policy_math,
+    under_policy,
+)
 from forge.evaluator.protocol import (
     BufferSpec,
     EvalJob,
@@ -259,9 +266,10 @@ class Evaluation:
         self.report.precision = PrecisionReport(
             policy=self.policy.name,
             allowed=precision.allowed_formats(self.policy.name, job.dtype),
-            safety=None if self.policy.name == precision.STRICT else precision.SAFETY,
+            safety=precision.SAFETY,
         )
         self.seconds: collections.Counter[str] = collections.Counter()
+        self.float64_refs: dict[str, torch.nn.Module] = {}
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -382,6 +390,7 @@ class Evaluation:
         """Every seed on one input set; the seconds of the evaluation's first call (it compiles)."""
         first_call_s = 0.0
         ref = self.build(input_set)
+        self.build_float64(ref, input_set.name)
         in_slots = out_slots = None
         for seed_index, seed in enumerate(self.job.seeds):
             with self.timed("inputs"):
@@ -420,6 +429,7 @@ class Evaluation:
                 if index == 0 and watch:
                     first_call_s = time.perf_counter() - c0
             self.record_agreement(input_set.name, seed_index, *outputs, tol)
+        self.drop_float64(input_set.name)
         return first_call_s
 
     def check_call(
@@ -561,14 +571,35 @@ class Evaluation:
 
     # ---- precision -------------------------------------------------------------------------
     def tolerance(self, ref, inputs: list, expected, set_name: str) -> tuple[float, float]:
-        """(atol, rtol) for comparing an output on `inputs` with `expected`. Under a policy other
-        than strict, the reference runs again under the policy on the same inputs, and atol is
-        `precision.SAFETY` times its largest difference from `expected` (never below the strict
-        atol): the rounding any kernel that honours the policy also has, on exactly these
-        inputs (an input set with outliers gets the looser bound it needs, a plain one not)."""
-        strict = (self.job.atol, self.job.rtol)
-        if self.policy.name == precision.STRICT:
-            return strict
+        """(atol, rtol) for comparing an output on `inputs` with `expected`: rtol the job's, atol
+        `precision.SAFETY` times the reference's own error on exactly these inputs
+        (`reference_error`), never below the job's atol. An input set with outliers gets the
+        looser bound it needs, a plain one not."""
+        with self.timed("reference_error"):
+            error = self.reference_error(ref, inputs, expected, set_name)
+        if error is None:
+            return self.job.atol, self.job.rtol
+        atol = precision.scaled_tolerance(self.job.atol, error)
+        self.note_tolerance(set_name, atol, error)
+        return atol, self.job.rtol
+
+    def reference_error(self, ref, inputs: list, expected, set_name: str) -> float | None:
+        """How far `expected` is from the same math done otherwise on the same inputs. Under a
+        policy: the reference run again under it (the rounding a kernel that honours the policy
+        also has). Under strict: the reference's float64 copy, on each correctness seed (its
+        rounding in the problem's dtype, which a more accurate kernel does not share); where no
+        copy runs (timing), the set's largest error measured on those seeds. None: no measure,
+        the job's atol."""
+        if self.policy.name != precision.STRICT:
+            return self.policy_error(ref, inputs, expected, set_name)
+        if set_name in self.float64_refs:
+            return self.float64_error(inputs, expected, set_name)
+        measured = next(
+            (t for t in self.report.precision.tolerances if t.input_set == set_name), None
+        )
+        return measured.reference_error if measured else None
+
+    def policy_error(self, ref, inputs: list, expected, set_name: str) -> float | None:
         # on the GPU, TF32 both as cuBLAS/cuDNN do it and emulated (operands cut to TF32):
         # cuBLAS may pick a non-TF32 kernel for a small shape, and may round where a kernel cuts
         emulations = (
@@ -577,9 +608,8 @@ class Evaluation:
         error = 0.0
         for emulate in emulations:
             with policy_math(self.policy, self.device, emulate_tf32=emulate):
-                relaxed = cmp.flatten(self.reference(ref, inputs))
-            pairs = zip(relaxed, cmp.flatten(expected), strict=True)
-            error = max([error, *(cmp.max_difference(r.to(e.dtype), e) for r, e in pairs)])
+                relaxed = self.reference(ref, inputs)
+            error = max(error, _largest_difference(relaxed, expected))
         if not math.isfinite(error):
             line = (
                 f"input set '{set_name}': the reference itself is not finite under --precision "
@@ -587,10 +617,64 @@ class Evaluation:
             )
             if line not in self.degenerate:
                 self.degenerate.append(line)
-            return strict
-        atol = precision.scaled_tolerance(self.job.atol, error)
-        self.note_tolerance(set_name, atol, error)
-        return atol, self.job.rtol
+            return None
+        return error
+
+    def build_float64(self, ref, set_name: str) -> None:
+        """Under strict, a float64 copy of the set's reference, made before the reference's first
+        call and then called once after each of its correctness calls, on the same inputs: a
+        forward that updates the model's state updates the copy's alike, never the reference's."""
+        if self.policy.name != precision.STRICT or self.dtype == torch.float64:
+            return
+        try:
+            with self.timed("reference_error"):
+                self.float64_refs[set_name] = float64_copy(ref)
+        except FLOAT64_FAILURES as exc:
+            self.note_float64_failure(set_name, "be copied", exc)
+
+    def float64_error(self, inputs: list, expected, set_name: str) -> float | None:
+        """The largest |expected - the float64 copy's output| on `inputs`; the float64 tensors
+        are freed (and PyTorch's cache emptied) before the candidate is called again."""
+        try:
+            with torch.no_grad():
+                exact = self.float64_refs[set_name](*in_float64(inputs))
+            error = _largest_difference(exact, expected)
+            del exact
+        except FLOAT64_FAILURES as exc:
+            self.drop_float64(set_name)
+            self.note_float64_failure(set_name, "run", exc)
+            return None
+        finally:
+            self.release_cache()
+        if not math.isfinite(error):
+            self.note_precision(
+                f"input set '{set_name}': the reference and its float64 run are not finite at "
+                f"the same positions (an overflow in {self.job.dtype}); those comparisons keep "
+                f"atol={self.job.atol:g}"
+            )
+            return None
+        return error
+
+    def drop_float64(self, set_name: str) -> None:
+        if self.float64_refs.pop(set_name, None) is not None:
+            self.release_cache()
+
+    def release_cache(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def note_float64_failure(self, set_name: str, what: str, exc: Exception) -> None:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        self.note_precision(
+            f"input set '{set_name}': the reference could not {what} in float64 "
+            f"({type(exc).__name__}: {first_line}); its rounding error was not measured there "
+            f"and atol stays {self.job.atol:g} where none was"
+        )
+
+    def note_precision(self, line: str) -> None:
+        report = self.report.precision
+        if line not in report.note:
+            report.note = f"{report.note}; {line}" if report.note else line
 
     def note_tolerance(self, set_name: str, atol: float, error: float) -> None:
         tolerances = self.report.precision.tolerances
@@ -631,8 +715,8 @@ class Evaluation:
         report.not_inspected = sorted(
             k for k in self.job.kernel_names if k in ran and k not in inspection.found
         )
-        if inspection.notes:
-            report.note = "; ".join(inspection.notes)
+        for line in inspection.notes:
+            self.note_precision(line)
         self.judge_precision()
 
     def check_counted_precision(self) -> None:
@@ -1220,6 +1304,13 @@ class SetTimer:
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")  # workers run side by side
         tmp.write_text(json.dumps(sample))
         tmp.replace(path)
+
+
+def _largest_difference(other, expected) -> float:
+    """The largest |other - expected| over the floating-point outputs (an index output that a
+    rounding moves would otherwise widen every tolerance by the index distance)."""
+    pairs = zip(cmp.flatten(other), cmp.flatten(expected), strict=True)
+    return max((cmp.max_difference(o, e) for o, e in pairs if e.is_floating_point()), default=0.0)
 
 
 def _derive(secret: int, salt: str):

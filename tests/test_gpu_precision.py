@@ -76,6 +76,10 @@ def test_tf32_kernel_under_tf32_is_timed_against_tf32_baselines(forge_cache_dir)
     tf32 = run(TF32_SOURCE, "tf32", forge_cache_dir)
     assert strict.status is Status.correct, strict.reasons
     assert strict.precision.detected == [] and strict.precision.inspected == ["PTX"]
+    # strict: the fp32 reference's own error against its float64 run, measured on the 3
+    # correctness seeds and reused for the timed re-verifications
+    exact = next(t for t in strict.precision.tolerances if t.input_set == "large")
+    assert exact.reference_error > 0 and exact.comparisons > 3
     assert tf32.status is Status.correct, tf32.reasons
     assert tf32.precision.detected == ["tf32"]
     large = next(t for t in tf32.precision.tolerances if t.input_set == "large")
@@ -100,3 +104,23 @@ def test_nsight_compute_counts_tf32_tensor_core_math(forge_cache_dir):
     counted = [k for k in result.precision.kernels if k.source == "Nsight Compute"]
     assert "Nsight Compute" in result.precision.inspected, result.precision
     assert any("tf32" in k.formats and "_matmul_kernel" in k.kernel for k in counted), counted
+
+
+@requires_cuda
+def test_float64_accurate_kernel_passes_strict_and_its_bf16_variant_is_rejected(forge_cache_dir):
+    """The cancelling GEMM row sum (KernelBench L2/14 style): a Triton kernel with float64
+    accumulators fails the problem's fixed atol against cuBLAS's fp32 reference and passes the
+    atol derived from the reference's float64 run; rounding its operands to bf16 is rejected by
+    the compiled-code check."""
+    problem = resolve_problem(str(FIXTURES / "gemm_divide_sum_scaling.py"))
+    source = (FIXTURES / "triton_gemm_divide_sum_scaling.py").read_text()
+    config = EvalConfig(
+        device="cuda", baselines=["eager"], profile=False, trials=20, cache_dir=forge_cache_dir
+    )
+    accurate = evaluate(problem, source, config)
+    assert accurate.status is Status.correct, accurate.reasons
+    (small,) = accurate.precision.tolerances
+    assert small.atol > 1e-4 and small.comparisons > 3
+    narrow = source.replace("ROUND_TO_BF16 = False", "ROUND_TO_BF16 = True")
+    bf16 = evaluate(problem, narrow, config)
+    assert bf16.status is Status.rejected and "bf16" in bf16.reasons[0].lower(), bf16.reasons

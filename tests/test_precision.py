@@ -2,8 +2,9 @@
 PTX/SASS scanner on instruction text (and on what Triton really emits for sm_80/sm_90, compiled
 without a GPU), the verdict on code that computes in more than its policy allows, the compiled
 code the trusted side picks out of a Triton cache, tolerances from the reference's own error
-(TF32 emulated, bf16 autocast real), the prompt, `forge eval/optimize/show`, and one sandboxed
-CPU evaluation under tf32. GPU-only checks: tests/test_gpu_precision.py."""
+(TF32 emulated, bf16 autocast real; under strict against a float64 copy of the reference), the
+prompt, `forge eval/optimize/show`, and sandboxed CPU evaluations under tf32 and strict.
+GPU-only checks: tests/test_gpu_precision.py."""
 
 from __future__ import annotations
 
@@ -20,16 +21,25 @@ import torch
 from forge_process import run_forge as forge
 from openai_stub import OpenAIStub, Reply
 from pydantic import ValidationError
+from rich.console import Console
 from typer.testing import CliRunner
 
 from forge import prompts
 from forge.agents.coder import PromptContext
 from forge.agents.judge import plan_format
+from forge.cli.render import render_result
 from forge.evaluator import compare as cmp
 from forge.evaluator import compiled_code, isa, precision
 from forge.evaluator.config import EvalConfig
 from forge.evaluator.gpus import ceilings_for, floor_ms
-from forge.evaluator.precision_math import Tf32Emulation, policy_math, truncate_to_tf32
+from forge.evaluator.host import build_job, evaluate
+from forge.evaluator.precision_math import (
+    Tf32Emulation,
+    float64_copy,
+    in_float64,
+    policy_math,
+    truncate_to_tf32,
+)
 from forge.evaluator.problem import ProblemError, load_problem, resolve_problem
 from forge.evaluator.result import (
     Environment,
@@ -41,6 +51,7 @@ from forge.evaluator.result import (
     Status,
     TimingStats,
 )
+from forge.evaluator.trusted import Evaluation, _distribute
 
 SCRIPTS = Path(__file__).parent / "fixtures" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -432,6 +443,67 @@ def test_roofline_peak_follows_the_policy():
     assert floor_ms(h200, flops, moved, "float32", "tf32") == expected
 
 
+# ---------------------------------------------------------------- strict: the reference's own error
+
+GEMM_SUM = FIXTURES / "gemm_divide_sum_scaling.py"
+TRITON_GEMM_SUM = FIXTURES / "triton_gemm_divide_sum_scaling.py"
+
+
+def _gemm_sum_model() -> torch.nn.Module:
+    """The fixture's Model at its 'small' set (33 x 1023 @ 1023 x 513), weights from seed 0."""
+    namespace: dict = {}
+    exec(compile(GEMM_SUM.read_text(), str(GEMM_SUM), "exec"), namespace)
+    torch.manual_seed(0)
+    return namespace["Model"](1023, 513, 1.5).eval()
+
+
+def _row_sums(x, w, rounding=lambda t: t):
+    """Another kernel for the fixture's math: x . colsum(W), operands through `rounding`,
+    accumulated in float64 (the fixture's Triton candidate does this)."""
+    return (rounding(x).double() @ rounding(w).double().sum(0) * 0.75)[:, None].float()
+
+
+@pytest.mark.parametrize("style", ["normal", "heavy_tailed", "outliers"])
+def test_strict_tolerance_from_the_float64_reference_passes_accurate_kernels_only(style):
+    """The rule the trusted side applies under strict, on a GEMM whose row sums cancel: a kernel
+    more accurate than the fp32 reference fails the problem's atol (the reference's own rounding
+    exceeds it) and passes SAFETY x |reference - float64 reference|; so does another fp32
+    summation order; kernels that round the operands to bf16 or TF32 err 50x beyond it."""
+    model = _gemm_sum_model()
+    w = model.weight.detach()
+    torch.manual_seed(1)
+    x = _distribute(torch.randn(33, 1023), style, seed=7)
+    with torch.no_grad():
+        reference = model(x)
+        exact = float64_copy(model)(*in_float64([x]))
+    error = cmp.max_difference(reference, exact)
+    atol = precision.scaled_tolerance(1e-4, error)
+    assert atol == precision.SAFETY * error > 1e-4
+    accurate = _row_sums(x, w)
+    assert not cmp.compare(accurate, reference, 1e-4, 1e-4)["passed"]
+    assert cmp.compare(accurate, reference, atol, 1e-4)["passed"]
+    assert cmp.compare((x @ w.sum(0) * 0.75)[:, None], reference, atol, 1e-4)["passed"]
+    for narrow in (lambda t: t.bfloat16(), truncate_to_tf32):
+        result = cmp.compare(_row_sums(x, w, narrow), reference, atol, 1e-4)
+        assert not result["passed"] and result["max_abs_error"] > 50 * atol
+
+
+def test_float64_copy_leaves_the_models_state_alone():
+    """BatchNorm in training mode updates its running statistics on every call: the float64
+    copy's calls update the copy's, not the model's."""
+    model = torch.nn.BatchNorm1d(8).train()
+    x = torch.randn(16, 8) * 3 + 1
+    copy64 = float64_copy(model)
+    assert copy64.running_mean.dtype == torch.float64 and model.running_mean.dtype == torch.float32
+    with torch.no_grad():
+        copy64(*in_float64([x]))
+    assert torch.equal(model.running_mean, torch.zeros(8)) and int(model.num_batches_tracked) == 0
+    assert float(copy64.running_mean.abs().sum()) > 0
+    index = torch.tensor([3, 1])
+    (copied,) = in_float64([index])
+    assert copied.dtype == torch.int64 and copied.data_ptr() != index.data_ptr()
+
+
 # ---------------------------------------------------------------- prompts and surfaces
 
 
@@ -443,7 +515,11 @@ def test_prompt_states_the_policy_from_the_table():
     )
     assert "Precision `strict`" in strict and 'input_precision="ieee"' in strict
     assert "Allowed number formats:\n  fp64, fp32." in strict
-    assert "tolerances are atol=0.0001, rtol=0.0001" in strict
+    assert (
+        "tolerances are rtol=0.0001, and for each comparison atol = 4 x the largest difference "
+        "between the PyTorch reference and a float64 run of it on the same inputs, i.e. its own "
+        "rounding error in float32 (never below 0.0001;"
+    ) in " ".join(strict.split())
     context = PromptContext(problem=problem, backend="triton", device="cuda", precision="tf32")
     tf32 = prompts.render("judge_system", **context.variables(), **plan_format(), techniques=[])
     assert "Precision `tf32`" in tf32 and "TF32 (10-bit mantissa)" in tf32
@@ -589,6 +665,148 @@ def test_cpu_evaluation_under_tf32_derives_tolerances_and_says_nothing_was_detec
     assert len(set(atols.values())) == 3, atols
     assert tiny["atol_min"] == min(atols.values()) < tiny["atol"] == max(atols.values())
     assert all(c["rtol"] == 1e-4 for c in checks)
+
+
+def _evaluation(source: str, tmp_path: Path, monkeypatch) -> Evaluation:
+    """The trusted side of a CPU evaluation of `source` (no runner: its reference, inputs and
+    tolerances only), its problem file written into `tmp_path`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "forge_problem", None)
+    problem = load_problem(source, "p")
+    ev = Evaluation(build_job(problem, "", EvalConfig(device="cpu"), "triton", [], 0))
+    ev.setup()
+    return ev
+
+
+def _reference(ev: Evaluation, input_set) -> torch.nn.Module:
+    """The set's reference as `Evaluation.build` makes it, without the candidate's copy."""
+    ev.set_constants(input_set)
+    torch.manual_seed(0)
+    return ev.problem.Model(*ev.problem.get_init_inputs()).eval()
+
+
+def _correctness_tolerances(ev: Evaluation, ref, input_set) -> list[tuple[float, float]]:
+    """What `Evaluation.verify` does before calling the candidate: per seed, the reference,
+    then the tolerance."""
+    ev.build_float64(ref, input_set.name)
+    tolerances = []
+    for index, seed in enumerate(ev.job.seeds):
+        inputs = ev.make_inputs(input_set, seed, index)
+        expected = ev.reference(ref, inputs)
+        tolerances.append(ev.tolerance(ref, inputs, expected, input_set.name))
+    ev.drop_float64(input_set.name)
+    return tolerances
+
+
+def test_trusted_side_measures_each_seed_and_reuses_the_largest_for_timed_calls(
+    tmp_path, monkeypatch
+):
+    ev = _evaluation(GEMM_SUM.read_text(), tmp_path, monkeypatch)
+    (small,) = ev.job.input_sets
+    ref = _reference(ev, small)
+    tolerances = _correctness_tolerances(ev, ref, small)
+    (entry,) = ev.report.precision.tolerances
+    atols = [atol for atol, _ in tolerances]
+    assert all(rtol == 1e-4 for _, rtol in tolerances) and min(atols) > 1e-4
+    assert entry.atol == max(atols) == precision.SAFETY * entry.reference_error
+    assert entry.atol_min == min(atols) and entry.comparisons == 3
+    assert ev.report.precision.safety == precision.SAFETY and not ev.float64_refs
+    # a timed call's inputs: no float64 run, the set's largest measured error
+    inputs = ev.make_inputs(small, 12345, 1)
+    assert ev.tolerance(ref, inputs, ev.reference(ref, inputs), "small") == (entry.atol, 1e-4)
+    assert entry.comparisons == 4 and ev.seconds["reference_error"] > 0
+
+
+STATEFUL = """
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        self.scale.mul_(2.0)  # a forward that updates its state: outputs depend on the call count
+        return (x @ x.T).sum(1) * self.scale
+
+n = 257
+
+def get_inputs():
+    return [torch.randn(n, n)]
+
+def get_init_inputs():
+    return []
+"""
+
+
+def test_float64_copy_follows_a_stateful_reference_without_touching_it(tmp_path, monkeypatch):
+    """Copied before the reference's first call and called once after each of its calls, the
+    float64 copy sees the same state as the reference (else its error would be the 2x of a
+    missed doubling), and the reference's state holds its own calls only."""
+    ev = _evaluation(STATEFUL, tmp_path, monkeypatch)
+    small = ev.job.input_sets[0]
+    ref = _reference(ev, small)
+    tolerances = _correctness_tolerances(ev, ref, small)
+    assert float(ref.scale) == 2.0 ** len(ev.job.seeds)
+    (entry,) = ev.report.precision.tolerances
+    assert 0 < entry.reference_error < 1e-2 and entry.comparisons == len(tolerances)
+
+
+@pytest.mark.parametrize(
+    ("forward", "note"),
+    [
+        (
+            "return x @ torch.ones(x.shape[1], 3)",  # a float32 tensor it makes itself
+            "the reference could not run in float64 (RuntimeError: ",
+        ),
+        (
+            "return x * 1e30 * 1e30 / 1e30",  # overflows in float32, not in float64
+            "the reference and its float64 run are not finite at the same positions",
+        ),
+    ],
+)
+def test_no_float64_measure_keeps_the_problems_atol_and_says_so(
+    forward, note, tmp_path, monkeypatch
+):
+    source = PROBLEM.replace("return x @ x.T", forward)
+    ev = _evaluation(source, tmp_path, monkeypatch)
+    small = ev.job.input_sets[0]
+    tolerances = _correctness_tolerances(ev, _reference(ev, small), small)
+    assert tolerances == [(1e-4, 1e-4)] * len(ev.job.seeds)
+    assert ev.report.precision.tolerances == []
+    assert f"input set '{small.name}': {note}" in ev.report.precision.note
+    assert ev.report.precision.note.count(note) == 1
+
+
+def test_cpu_evaluation_under_strict_passes_an_accurate_kernel_and_fails_a_bf16_one(
+    forge_cache_dir,
+):
+    """Through the sandboxed evaluator, Triton interpreted: the float64-accurate candidate on the
+    cancelling GEMM sum is correct (each seed compared with its own derived atol, reported per
+    set), its bf16-rounding variant is not."""
+    problem = resolve_problem(str(GEMM_SUM))
+    config = EvalConfig(device="cpu", cache_dir=forge_cache_dir)
+    source = TRITON_GEMM_SUM.read_text()
+    accurate = evaluate(problem, source, config)
+    assert accurate.status is Status.correct, accurate.reasons
+    (small,) = accurate.precision.tolerances
+    assert small.input_set == "small" and small.comparisons == 3
+    assert small.atol == precision.SAFETY * small.reference_error > 1e-4
+    atols = {c.seed_index: c.atol for c in accurate.checks}
+    assert small.atol == max(atols.values()) and small.atol_min == min(atols.values())
+    assert accurate.precision.safety == precision.SAFETY
+    console = Console(record=True, width=200)
+    render_result(console, accurate)
+    assert (
+        f"tolerance on 'small': atol {small.atol_min:.3g}-{small.atol:.3g} over 3 comparisons (x4 "
+        "the reference's own rounding error against its float64 run on the same inputs"
+    ) in console.export_text()
+    narrow = source.replace("ROUND_TO_BF16 = False", "ROUND_TO_BF16 = True")
+    bf16 = evaluate(problem, narrow, config)
+    assert bf16.status is Status.incorrect
+    assert bf16.reasons[0].startswith("mismatch on input set 'small' seed 0")
+    assert all(c.max_abs_error > 50 * c.atol for c in bf16.checks if c.phase != "two_runs_agree")
 
 
 def test_strict_cpu_note_warns_about_tl_dot_defaults():
