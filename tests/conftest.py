@@ -11,9 +11,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from postgres_server import PostgresServer, PostgresUnavailable, start_server
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+
+# Without a GPU (CI), Triton kernels in this process run through the interpreter, which must be
+# switched on before triton is first imported; loading a KernelBench-style problem imports it
+# (its derived input sets are checked on torch's meta device, which loads torch._inductor).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tests Ctrl-C `forge` processes: a suite started in the background (`nohup`, `&` in a script)
 # inherits SIGINT ignored, and so would every process it starts, which then never sees Ctrl-C.
