@@ -254,14 +254,18 @@ def gemm(a, b, c, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
 
 @pytest.fixture(scope="module")
 def triton_gemm(tmp_path_factory):
-    """The gemm kernel above as a module (Triton reads its source from a file)."""
+    """The gemm kernel above as a module (Triton reads its source from a file), compiled rather
+    than interpreted: `@triton.jit` reads TRITON_INTERPRET (set for CPU-only sessions) when it
+    decorates."""
     import importlib.util
 
     path = tmp_path_factory.mktemp("triton") / "triton_gemm.py"
     path.write_text(TRITON_GEMM)
     spec = importlib.util.spec_from_file_location("triton_gemm", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TRITON_INTERPRET", raising=False)
+        spec.loader.exec_module(module)
     return module.gemm
 
 
