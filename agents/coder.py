@@ -39,22 +39,20 @@ def detect_gpu() -> GpuSpec:
     import torch
 
     from forge.evaluator import EvaluatorError
-    from forge.evaluator.gpus import ceilings_for
+    from forge.evaluator.gpus import GpuProperties
 
     if not torch.cuda.is_available():
         raise EvaluatorError(
             "--device cuda needs a CUDA GPU and none is visible here: use --device cpu"
         )
     props = torch.cuda.get_device_properties(0)
-    ceilings = ceilings_for(props.name)
-    return GpuSpec(
-        name=props.name,
-        arch=f"sm_{props.major}{props.minor}",
-        sm_count=props.multi_processor_count,
-        l2_mb=round(props.L2_cache_size / 2**20, 1),
-        bandwidth_tbs=ceilings.bandwidth_bytes_s / 1e12 if ceilings else None,
-        fp32_tflops=ceilings.fp32_flops_s / 1e12 if ceilings else None,
-        bf16_tflops=ceilings.half_flops_s / 1e12 if ceilings else None,
+    return _with_ceilings(
+        GpuProperties(
+            name=props.name,
+            arch=f"sm_{props.major}{props.minor}",
+            sm_count=props.multi_processor_count,
+            l2_mb=round(props.L2_cache_size / 2**20, 1),
+        )
     )
 
 
@@ -62,12 +60,19 @@ def named_gpu(name: str) -> GpuSpec:
     """The known GPU `name` names (`--gpu H200`), with its measured ceilings; raises
     ExecutorSpecError for a GPU Forge has no properties of."""
     from forge.evaluator.executors import ExecutorSpecError
-    from forge.evaluator.gpus import KNOWN, ceilings_for, properties_for
+    from forge.evaluator.gpus import KNOWN, properties_for
 
     props = properties_for(name)
     if props is None:
         known = ", ".join(g.name for g in KNOWN)
         raise ExecutorSpecError(f"--gpu {name}: no GPU of that name is known (known: {known})")
+    return _with_ceilings(props)
+
+
+def _with_ceilings(props) -> GpuSpec:  # noqa: ANN001 (GpuProperties)
+    """`props` with the measured ceilings Forge knows for that GPU (none when unmeasured)."""
+    from forge.evaluator.gpus import ceilings_for
+
     ceilings = ceilings_for(props.name)
     return GpuSpec(
         name=props.name,

@@ -26,7 +26,7 @@ from forge.db.library import list_entries
 from forge.db.store import RunStore
 from forge.evaluator.parsing import parse_python
 from forge.evaluator.precision import STRICT
-from forge.evaluator.problem import Problem, ProblemError, load_problem
+from forge.evaluator.problem import Problem, ProblemError, declared_aten
 from forge.prompts import Example, example_for
 
 MIN_SIMILARITY = 0.3
@@ -74,7 +74,7 @@ def similarity(problem: Problem, name: str, aten: str, source: str) -> float:
 @lru_cache(maxsize=512)
 def _aten(source: str, name: str) -> str:
     try:
-        return load_problem(source, name).aten
+        return declared_aten(source, name)
     except ProblemError:
         return ""
 

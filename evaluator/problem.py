@@ -218,6 +218,12 @@ def _product(constants: dict[str, int], keys: dict[str, int]) -> int:
     return total
 
 
+def declared_aten(source: str, label: str) -> str:
+    """The problem file's `forge_aten` ('' when it names none), read without executing the file
+    (`load_problem` also derives and checks its input sets)."""
+    return str(_scan(source, label).literals.get("forge_aten", ""))
+
+
 def load_problem(
     source: str, name: str, path: str = "", overrides: dict[str, int] | None = None
 ) -> Problem:

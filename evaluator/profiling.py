@@ -149,10 +149,5 @@ def _compiled_kernels(fn) -> list:
         return [k for entry in caches.values() for k in entry[0].values()]
     cache = getattr(fn, "cache", None)
     if isinstance(cache, dict):
-        return [
-            k
-            for per_device in cache.values()
-            if isinstance(per_device, dict)
-            for k in per_device.values()
-        ]
+        return [k for per_device in cache.values() for k in per_device.values()]
     return []

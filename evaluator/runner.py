@@ -246,7 +246,7 @@ class Runner:
         from forge.evaluator.monitor import AtenMonitor
 
         staged = [[self.value(v) for v in call] for call in request.staged]
-        copies = timing.rotation(timing.input_bytes(staged[0]), timing.l2_bytes())
+        copies = timing.rotation(timing.tensor_bytes(staged[0]), timing.l2_bytes())
         self.slots = timing.rotating_slots(staged[0], copies)
         self.flush = self.flush or timing.L2Flush()
         fn = self.guarded(request.what)

@@ -77,7 +77,8 @@ def rotation(input_bytes: int, l2_bytes: int) -> int:
     return 1 if input_bytes > 2 * l2_bytes else ROTATING
 
 
-def input_bytes(items: list) -> int:
+def tensor_bytes(items: list) -> int:
+    """Bytes of the tensors among `items`."""
     return sum(x.numel() * x.element_size() for x in items if isinstance(x, torch.Tensor))
 
 

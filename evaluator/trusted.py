@@ -402,8 +402,8 @@ class Evaluation:
                 self.set_sizes[input_set.name] = sum(
                     x.numel() for x in inputs if isinstance(x, torch.Tensor)
                 )
-                self.report.output_bytes[input_set.name] = sum(
-                    t.numel() * t.element_size() for t in cmp.flatten(expected)
+                self.report.output_bytes[input_set.name] = timing.tensor_bytes(
+                    cmp.flatten(expected)
                 )
                 in_slots = self.share_like(inputs)
                 out_slots = self.share_like(cmp.flatten(expected))
@@ -660,6 +660,7 @@ class Evaluation:
             self.release_cache()
 
     def release_cache(self) -> None:
+        """Give PyTorch's cached GPU memory back to the driver (a no-op on the CPU)."""
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
@@ -863,9 +864,7 @@ class Evaluation:
             if not isinstance(x, torch.Tensor):
                 slots.append(x)
                 continue
-            if self.device == "cuda":
-                # buffers are plain cudaMalloc: give back what PyTorch's allocator keeps cached
-                torch.cuda.empty_cache()
+            self.release_cache()  # buffers are plain cudaMalloc: PyTorch's cache gives way
             buffer = SharedBuffer(self.next_id, x.numel() * x.element_size(), self.device)
             self.next_id += 1
             self.buffers.append(buffer)
@@ -904,7 +903,7 @@ class Evaluation:
         if self.device == "cuda":
             # kept until the runner has exited: legacy CUDA IPC leaves a cudaFree of memory
             # another process still maps undefined, and the runner only says it unmapped
-            torch.cuda.empty_cache()
+            self.release_cache()
             return
         for buffer in buffers:
             buffer.release()
@@ -1089,14 +1088,14 @@ class SetTimer:
         distinct inputs and kept outputs of this set (a note says so)."""
         if self.ev.device != "cuda":
             return self.job.batch
-        torch.cuda.empty_cache()
+        self.ev.release_cache()
         free, _ = torch.cuda.mem_get_info()
-        inputs = timing.input_bytes(self.private[0])
+        inputs = timing.tensor_bytes(self.private[0])
         self.rotating = timing.rotation(inputs, timing.l2_bytes())
         count = timing.calls_that_fit(
             self.job.batch,
             inputs,
-            timing.input_bytes(cmp.flatten(self.expected_example)),
+            timing.tensor_bytes(cmp.flatten(self.expected_example)),
             free,
             self.rotating,
         )
