@@ -20,6 +20,7 @@ tensor-path counters (`ncu_uses`) see every kernel the profiled call ran, from o
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -95,6 +96,17 @@ def _written_since(path: Path, since: float) -> bool:
         return False
 
 
+def triton_cache_dirs(kernel_hash: str) -> list[str]:
+    """The cache directory names a compiled Triton kernel's `hash` (hex SHA-256) may have:
+    Triton 3.2 and later name the directory by the hash's base32 form, earlier ones by the hex
+    itself. A kernel found only by its name's hash is inspected even when a cache hit left its
+    files older than the evaluation."""
+    if not re.fullmatch(r"[0-9a-f]{64}", kernel_hash):
+        return [kernel_hash] if re.fullmatch(r"[\w-]+", kernel_hash) else []
+    base32 = base64.b32encode(bytes.fromhex(kernel_hash)).decode().rstrip("=")
+    return [base32, kernel_hash]
+
+
 def _triton(
     cache: Path,
     names: list[str],
@@ -105,8 +117,8 @@ def _triton(
 ) -> None:
     if not cache.is_dir():
         return
-    named = {h for h in named_hashes if re.fullmatch(r"[\w-]+", h)}
-    entries = {cache / h for h in named if (cache / h).is_dir()}
+    named = {d for h in named_hashes for d in triton_cache_dirs(h)}
+    entries = {cache / d for d in named if (cache / d).is_dir()}
     entries |= {d for d in cache.iterdir() if d.is_dir() and _written_since(d, since)}
     for entry in sorted(entries):
         for meta in entry.glob("*.json"):

@@ -55,9 +55,10 @@ NCU_PRECISION_METRICS = {
 """Tensor-core math by input type (Ampere and later): what precision the profiled call's
 kernels computed in, counted from outside the runner (`compiled_code.ncu_uses`)."""
 # `ncu --query-metrics` (Nsight Compute 2025.3.1, H200, 2026-12-01) lists these three counters
-# (fp16 without a destination split). Not requested yet: ncu refuses a whole profile over one
-# metric it cannot collect (which would also take away the L2 write proof), so they join
-# NCU_METRICS once tests/test_gpu_precision.py's Nsight Compute test has passed there (issue 15).
+# (fp16 without a destination split); requested with the rest since tests/test_gpu_precision.py's
+# Nsight Compute test ran there (2026-12-02). Ampere and later only: ncu refuses a whole profile
+# over one metric a GPU cannot collect.
+NCU_METRICS += list(NCU_PRECISION_METRICS)
 NVTX_RANGE = "forge_profile"
 
 

@@ -94,10 +94,6 @@ def test_tf32_kernel_under_tf32_is_timed_against_tf32_baselines(forge_cache_dir)
 
 @requires_cuda
 @pytest.mark.skipif(ncu_path() is None, reason="needs Nsight Compute (ncu)")
-@pytest.mark.xfail(
-    strict=True,
-    reason="profiling.NCU_PRECISION_METRICS are not requested until verified on the GPU",
-)
 def test_nsight_compute_counts_tf32_tensor_core_math(forge_cache_dir):
     result = run(TF32_SOURCE, "tf32", forge_cache_dir, profile=True)
     assert result.status is Status.correct, result.reasons

@@ -8,6 +8,8 @@ GPU-only checks: tests/test_gpu_precision.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -328,7 +330,11 @@ def test_inspection_takes_this_evaluations_triton_code_and_named_cache_hits(tmp_
     mine = str(tmp_path / "runner" / "forge_candidate.py")
     tf32 = PTX.split(".visible .entry gemm_bf16")[0]
     bf16 = ".visible .entry gemm_tf32(\n)\n{\n\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2;\n}\n"
-    old = _triton_entry(tmp_path, "aaa", "gemm_tf32", "/elsewhere/forge_candidate.py", bf16)
+    # Triton names a cache directory by the base32 form of the kernel's hash (hex SHA-256), which
+    # is what the runner reports for a kernel it loaded from the cache
+    kernel_hash = hashlib.sha256(b"gemm_tf32 compiled earlier").hexdigest()
+    cached_dir = base64.b32encode(bytes.fromhex(kernel_hash)).decode().rstrip("=")
+    old = _triton_entry(tmp_path, cached_dir, "gemm_tf32", "/elsewhere/forge_candidate.py", bf16)
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     since = time.time() - 60
     _triton_entry(tmp_path, "bbb", "gemm_tf32", mine, tf32)
@@ -340,7 +346,7 @@ def test_inspection_takes_this_evaluations_triton_code_and_named_cache_hits(tmp_
         ("gemm_tf32", ["tf32"], "PTX")
     ]
     assert found.found == {"gemm_tf32"}  # ccc: another evaluation's file; ddd: another kernel
-    hit = compiled_code.inspect(tmp_path, ["gemm_tf32"], ["aaa"], [], since, mine)
+    hit = compiled_code.inspect(tmp_path, ["gemm_tf32"], [kernel_hash], [], since, mine)
     assert {f for k in hit.kernels for f in k.formats} == {"tf32", "bf16"}  # named cache hit too
 
 
