@@ -209,7 +209,9 @@ class PhaseSeconds(BaseModel):
     detail: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per kind of step across phases (runner requests by op, reference, "
-        "inputs, comparison; 'sandbox' is the host's total less the worker's; 'worker_wait' is the "
+        "inputs, comparison; 'sandbox' is the host's total less the worker's; 'gpu_lock_wait' is the "
+        "trusted process's wait for the device lock around its timed regions and profile (while "
+        "the next job's pre-started worker started up); 'worker_wait' is the "
         "time spent waiting for a free worker of the executor's pool; 'queue_wait' (queue:DIR, "
         "ray) is the controller's time from submitting the job to its answer less the "
         "evaluation's own: waiting for a worker or task slot, and the way there and back; both "

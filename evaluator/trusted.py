@@ -24,6 +24,7 @@ import math
 import os
 import random
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ from forge.evaluator.protocol import (
 )
 from forge.evaluator.result import PrecisionReport, SetTolerance
 from forge.evaluator.shared import DTYPES, SharedBuffer, dtype_name
+from forge.sandbox import gpu_lock
 from forge.sandbox.policy import NOBODY
 
 # A batch the host cannot queue within this much sleep (20 ms per call at the default batch of
@@ -112,7 +114,8 @@ class RunnerProcess:
         }
         if argv_prefix:
             env["FORGE_RUNNER_PROFILED"] = "1"
-        env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        for name in ("TORCHINDUCTOR_CACHE_DIR", gpu_lock.PATH_VAR, gpu_lock.AHEAD_VAR):
+            env.pop(name, None)
         self.sock, child = socket.socketpair()
         self.log_path = workdir.parent / f"{workdir.name}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
@@ -139,6 +142,12 @@ class RunnerProcess:
         child.close()
         self.hello: Reply | None = None
         self.seconds: collections.Counter[str] = collections.Counter()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the runner has said it is ready (or has died) within `timeout_s`; its hello
+        stays unread, for `start`."""
+        readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout_s))
+        return bool(readable)
 
     def start(self, deadline_s: float) -> Reply:
         if self.hello is None:
@@ -240,6 +249,14 @@ def prestart_runner(device: str) -> None:
     warm_monitor()  # the reference runs under it once per evaluation
 
 
+def wait_for_prestarted_runners(timeout_s: float) -> None:
+    """Until the runners `prestart_runner` started have each said they are ready (CUDA and ncu
+    up) or died, at most `timeout_s` in all."""
+    end = time.monotonic() + timeout_s
+    for runner in _SPARE.values():
+        runner.wait_ready(end - time.monotonic())
+
+
 def _ncu_log() -> Path:
     return Path.cwd() / "ncu.csv"
 
@@ -270,6 +287,19 @@ class Evaluation:
         )
         self.seconds: collections.Counter[str] = collections.Counter()
         self.float64_refs: dict[str, torch.nn.Module] = {}
+
+    @contextlib.contextmanager
+    def gpu_alone(self):
+        """The block runs while no pre-started worker starts up on this device: the device lock
+        held exclusive (`forge.sandbox.gpu_lock`), the wait for it in `gpu_lock_wait`. Without a
+        lock (no worker started ahead while jobs run), the block just runs."""
+        lock = gpu_lock.inherited()
+        if lock is None:
+            yield
+            return
+        with lock.exclusive() as waited:
+            self.seconds["gpu_lock_wait"] += waited
+            yield
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -949,7 +979,6 @@ class Evaluation:
         extra = [
             s for s in self.job.input_sets if s.name in self.job.timing_sets and s not in targets
         ]
-        self.cycles_per_ms = timing.sleep_cycles_per_ms()
         self.flush = timing.L2Flush()
         for input_set in [*targets, *extra]:
             phase = f"timing on '{input_set.name}'"
@@ -975,17 +1004,8 @@ class Evaluation:
         )
         main, self.runner = self.runner, profiled
         try:
-            self.runner.start(self.job.limits.load_s + 60)
-            input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
-            load = Request(
-                op="load",
-                source=self.job.candidate_source,
-                kernel_names=self.job.kernel_names,
-                allow_tf32=self.policy.tf32,
-            )
-            self.runner.ask(load, self.job.limits.load_s)
-            with self.buffers_of("profiling"):
-                self.profiled_call(input_set)
+            with self.gpu_alone():
+                self.profiled_session()
         except Verdict as verdict:
             self.report.ncu_note = f"profiling run failed: {verdict.reason}"
         finally:
@@ -997,6 +1017,19 @@ class Evaluation:
             self.report.ncu_note = f"ncu reported no candidate kernel: {text[-400:].strip()}"
         self.report.phase_seconds["profiling"] = time.perf_counter() - t0
         self.report.profiled_set = self.report.target_sets[0]
+
+    def profiled_session(self) -> None:
+        self.runner.start(self.job.limits.load_s + 60)
+        input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
+        load = Request(
+            op="load",
+            source=self.job.candidate_source,
+            kernel_names=self.job.kernel_names,
+            allow_tf32=self.policy.tf32,
+        )
+        self.runner.ask(load, self.job.limits.load_s)
+        with self.buffers_of("profiling"):
+            self.profiled_call(input_set)
 
     def profiled_call(self, input_set) -> None:
         self.build(input_set)
@@ -1051,37 +1084,47 @@ class SetTimer:
         raw = RawTiming(
             input_set=self.name, samples={k: {"device_ms": [], "host_ms": []} for k in impls}
         )
-        samples = raw.samples
-        raw.persisting_l2_reset = timing.reset_persisting_l2()
-        null = self.null_span(slots)
         warm = job.warmup + ev.rng.randrange(job.warmup + 1)
         with torch.no_grad():
+            # the first warm-up call of each baseline (torch.compile compiles in it) comes
+            # before the device lock, the rest of the warm-up and every clocked batch under it
             for fn in impls.values():
                 if fn is not None:
-                    for _ in range(warm):
-                        fn(*self.private[0])
+                    fn(*self.private[0])
             ev.sync()
-            rounds = math.ceil(job.trials / count)
-            for r in range(rounds):
-                self.refill(seeds)
-                order = list(impls)
-                ev.rng.shuffle(order)
-                for key in order:
-                    if key == "candidate":
-                        if r == 0:
-                            self.warm_candidate(warm)
-                        self.time_candidate(raw, samples[key], null)
-                    else:
-                        batch = self.time_baseline(impls[key], slots)
-                        samples[key]["device_ms"] += batch.device_ms
-                        samples[key]["host_ms"] += batch.host_ms
+            with ev.gpu_alone():
+                self.time_rounds(raw, impls, slots, seeds, warm)
         if compiled_cached is not None:
-            samples["compiled"] = compiled_cached
+            raw.samples["compiled"] = compiled_cached
             raw.compiled_from_cache = True
-        elif "compiled" in samples:
-            self.store_compiled(samples["compiled"])
+        elif "compiled" in raw.samples:
+            self.store_compiled(raw.samples["compiled"])
         self.after_timing()
         return raw
+
+    def time_rounds(self, raw: RawTiming, impls: dict, slots: list, seeds, warm: int) -> None:
+        ev, samples = self.ev, raw.samples
+        self.cycles_per_ms = timing.sleep_cycles_per_ms()
+        raw.persisting_l2_reset = timing.reset_persisting_l2()
+        null = self.null_span(slots)
+        for fn in impls.values():
+            if fn is not None:
+                for _ in range(warm - 1):
+                    fn(*self.private[0])
+        ev.sync()
+        for r in range(math.ceil(self.job.trials / len(self.private))):
+            self.refill(seeds)
+            order = list(impls)
+            ev.rng.shuffle(order)
+            for key in order:
+                if key == "candidate":
+                    if r == 0:
+                        self.warm_candidate(warm)
+                    self.time_candidate(raw, samples[key], null)
+                else:
+                    batch = self.time_baseline(impls[key], slots)
+                    samples[key]["device_ms"] += batch.device_ms
+                    samples[key]["host_ms"] += batch.host_ms
 
     def calls_per_batch(self) -> int:
         """The job's calls per batch, fewer where this GPU's free memory cannot hold that many
@@ -1129,7 +1172,7 @@ class SetTimer:
             sleep_ms *= 4
 
     def sleep_cycles(self, ms: float) -> int:
-        return int(self.ev.cycles_per_ms * ms)
+        return int(self.cycles_per_ms * ms)
 
     def null_span(self, slots: list) -> float:
         """This process's own time for everything in a batch but the calls (input copies, L2

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from forge.evaluator.protocol import PHASE_MARK
 from forge.evaluator.result import SandboxInfo
+from forge.sandbox import gpu_lock
 from forge.sandbox.base import (
     RUNNER_AHEAD,
     ChannelError,
@@ -113,17 +114,46 @@ class LocalSandbox:
         prestart: bool = False,
     ):
         """`prestart=True` keeps the next worker started ahead of its job (imports, CUDA and
-        profiler initialised, no candidate code yet): each job still gets a fresh process."""
+        profiler initialised, no candidate code yet): each job still gets a fresh process.
+        Where `config.overlap_prestart` says so, that worker is started when a job starts,
+        under the device lock (`forge.sandbox.gpu_lock`); else when the job ends."""
         self.config = config or SandboxConfig.from_env()
         self.prestart = prestart
         self._spare: _Launched | None = None
+        self._spare_lock = threading.Lock()
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
         self.isolate_network = self.config.isolate_network and network_namespace_available()
 
     def _prepare_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
-    def _launch(self, gpu: bool, argv_prefix: list[str], evaluates: bool) -> _Launched:
+    def lock_path(self, gpu: bool) -> Path:
+        """The device lock file of this sandbox's workers: one per GPU as CUDA_VISIBLE_DEVICES
+        names it (`gpu-0`; `gpu-all` when unset), one for CPU jobs (`cpu`), per user, shared
+        by every sandbox with the same cache directory."""
+        visible = self.config.extra_env.get(
+            "CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+        )
+        locks = self.cache_dir / f"locks-uid-{os.geteuid()}"
+        return gpu_lock.lock_file(locks, f"gpu-{visible}" if gpu else "cpu")
+
+    def overlaps(self, gpu: bool) -> bool:
+        """Whether the next worker of a job on `gpu` starts when that job starts (under the
+        device lock), rather than when it ends."""
+        mode = self.config.overlap_prestart
+        return self.prestart and (mode == "always" or (mode == "gpu" and gpu))
+
+    def _lock_environment(self, gpu: bool, ahead: bool) -> dict[str, str]:
+        if not self.overlaps(gpu):
+            return {}
+        return {
+            gpu_lock.PATH_VAR: str(self.lock_path(gpu)),
+            **({gpu_lock.AHEAD_VAR: "1"} if ahead else {}),
+        }
+
+    def _launch(
+        self, gpu: bool, argv_prefix: list[str], evaluates: bool, ahead: bool = False
+    ) -> _Launched:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         name = secrets.token_hex(16)
         cache = self.cache_dir / f"uid-{os.geteuid()}"
@@ -137,6 +167,7 @@ class LocalSandbox:
             **cache_environment(cache, workdir),
             "FORGE_WORKER_DEVICE": "cuda" if gpu else "cpu",
             **({RUNNER_AHEAD: "1"} if evaluates else {}),
+            **self._lock_environment(gpu, ahead),
         }
         read_fd, write_fd = os.pipe()
         cgroup = PidsCgroup.create(f"forge-{name}", self.config.max_processes)
@@ -164,31 +195,50 @@ class LocalSandbox:
 
     def _take(self, job: SandboxJob) -> _Launched:
         """The pre-started worker when it fits the job; wrapped jobs (ncu) always start their own."""
-        spare, evaluates = self._spare, evaluates_candidate(job)
-        if job.argv_prefix or spare is None:
+        evaluates = evaluates_candidate(job)
+        if job.argv_prefix:
             return self._launch(job.gpu, job.argv_prefix, evaluates)
-        self._spare = None
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return self._launch(job.gpu, [], evaluates)
         if spare.gpu == job.gpu and spare.evaluates == evaluates and spare.proc.poll() is None:
             return spare
         spare.discard()
-        return self._launch(job.gpu, job.argv_prefix, evaluates)
+        return self._launch(job.gpu, [], evaluates)
+
+    def _start_spare(self, gpu: bool, evaluates: bool) -> None:
+        with self._spare_lock:
+            if self.prestart and self._spare is None:
+                self._spare = self._launch(gpu, [], evaluates, ahead=True)
 
     def start_ahead(self, gpu: bool) -> None:
         """With `prestart`, start the next evaluation's worker now (its runner with it) rather
         than after the first job: a resident process's first job finds it ready."""
-        if self.prestart and self._spare is None:
-            self._spare = self._launch(gpu, [], evaluates=True)
+        self._start_spare(gpu, evaluates=True)
 
     def close(self) -> None:
-        """Stop the pre-started worker, if any; jobs still running start no other."""
-        self.prestart = False
-        spare, self._spare = self._spare, None
+        """Stop the pre-started worker, if any (also one started for a job that turned out to
+        be the last); jobs still running start no other."""
+        with self._spare_lock:
+            self.prestart = False
+            spare, self._spare = self._spare, None
         if spare is not None:
             spare.discard()
 
     def run(self, job: SandboxJob, on_phase: Callable[[str], None] | None = None) -> SandboxOutcome:
         """`on_phase` hears the evaluation's phases as the worker reaches them."""
         worker = self._take(job)
+        try:
+            if self.overlaps(job.gpu) and not job.argv_prefix:
+                self._start_spare(job.gpu, evaluates_candidate(job))
+            return self._run_on(worker, job, on_phase)
+        finally:  # also when the wait is interrupted (Ctrl-C, a cancelled Ray task)
+            worker.discard()
+
+    def _run_on(
+        self, worker: _Launched, job: SandboxJob, on_phase: Callable[[str], None] | None
+    ) -> SandboxOutcome:
         worker.drains[1].on_phase = on_phase
         token = secrets.token_hex(16)
         spec = {
@@ -215,11 +265,10 @@ class LocalSandbox:
             worker.proc.wait(timeout=job.timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-        finally:  # also when the wait is interrupted (Ctrl-C, a cancelled Ray task)
-            worker.discard()
+        worker.discard()
         wall = time.perf_counter() - start
-        if self.prestart and not job.argv_prefix and self._spare is None:
-            self._spare = self._launch(job.gpu, [], evaluates_candidate(job))
+        if not self.overlaps(job.gpu) and not job.argv_prefix:
+            self._start_spare(job.gpu, evaluates_candidate(job))
         stdout, stderr, channel = (bytes(d.data) for d in worker.drains)
         message, channel_error = None, ""
         if channel:
@@ -269,6 +318,7 @@ class _Launched:
     gpu: bool
     isolate_pids: bool
     evaluates: bool
+    discarded: bool = False
 
     @property
     def process_limit(self) -> str:
@@ -277,6 +327,10 @@ class _Launched:
         return "rlimit" if not running_as_root() else "none"
 
     def discard(self) -> None:
+        """Kill its session, wait for it and remove its files (once; again is a no-op)."""
+        if self.discarded:
+            return
+        self.discarded = True
         kill_session(self.proc.pid)
         if self.cgroup is not None:
             self.cgroup.remove()

@@ -11,9 +11,11 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +45,10 @@ def home(forge_cache_dir: Path) -> Path:
     return forge_cache_dir
 
 
-def start_worker(queue: Path, home: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "FORGE_HOME": str(home)}
+def start_worker(
+    queue: Path, home: Path, *args: str, env_vars: dict[str, str] | None = None
+) -> subprocess.Popen:
+    env = {**os.environ, "FORGE_HOME": str(home), **(env_vars or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "forge.cli.main", "worker", "--queue", str(queue), *args],
         env=env,
@@ -297,6 +301,48 @@ def test_racing_workers_never_run_one_job_twice(tmp_path, home):
     assert not list((queue.root / "claimed").iterdir())  # claims removed, workers unregistered
     for log in logs:
         assert "queue empty" in log.splitlines()[-1]
+
+
+def processes_working_in(directory: Path) -> list[int]:
+    """Processes whose working directory lies under `directory`."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if Path(cwd).is_relative_to(directory):
+            found.append(int(entry))
+    return found
+
+
+def test_a_drain_answers_every_job_with_the_next_worker_started_as_each_starts(tmp_path, home):
+    """`forge worker --drain` over two queued jobs, the next job's sandbox process started as
+    each job starts (FORGE_SANDBOX_OVERLAP_PRESTART=always, what GPU jobs get by default; CPU
+    jobs start it as a job ends, the drains of
+    test_optimize_through_a_queue_drained_between_rounds): each job gets its verdict, and once
+    the worker has exited none of its sandbox processes (the one started during the last job
+    included) and none of their directories is left."""
+    scratch = Path(tempfile.mkdtemp(prefix="forge-drain-"))
+    os.chmod(scratch, 0o755)  # the runner (uid 65534) reaches its directory through it
+    queue = Queue(tmp_path / "q")
+    problem = resolve_problem("softmax")
+    jobs = [QueueJob.create(problem, LEGIT, config_for(queue.root, home)) for _ in range(2)]
+    for job in jobs:
+        queue.submit(job)
+    env_vars = {"TMPDIR": str(scratch), "FORGE_SANDBOX_OVERLAP_PRESTART": "always"}
+    try:
+        worker = start_worker(queue.root, home, "--device", "cpu", "--drain", env_vars=env_vars)
+        log = finish(worker)
+        assert worker.returncode == 0, log
+        results = [QueueResult.from_json(p.read_text()) for p in (queue.root / "results").iterdir()]
+        assert sorted(r.id for r in results) == sorted(j.id for j in jobs)
+        assert [r.result.status.value for r in results] == ["correct"] * 2, log
+        assert len(re.findall(r"softmax from \S+: correct in", log)) == 2, log
+        assert not processes_working_in(scratch)
+        assert not list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_a_killed_workers_job_is_retried(tmp_path, home):
