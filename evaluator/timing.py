@@ -91,16 +91,24 @@ MEMORY_SHARE = 0.7
 for the candidate's and the baselines' own temporaries."""
 
 
+WORKSPACE_INPUTS = 3
+"""Input-sized temporaries of the trusted process beside a batch's buffers: generating a call's
+inputs (the tensor `get_inputs` makes, its distribution's temporaries) and the reference's
+clone of them for a timed re-check. Without them, KernelBench L1/48 (8.7 GB per input, 113 GiB
+free) got batches of 3 calls and its runner ran out of memory for its rotating copy (H200,
+2026-12-02)."""
+
+
 def calls_that_fit(
     batch: int, input_bytes: int, output_bytes: int, free_bytes: int, rotating: int = ROTATING
 ) -> int:
     """Calls per timed batch, at most `batch` and at least 1, whose inputs and outputs fit the
     free memory: each call has its inputs twice (this process's copy and the shared one the
     runner reads) and its output kept for re-verification; the rotating copies of both sides
-    (`rotating` on each side) and the shared and reference outputs are there whatever the
-    count."""
+    (`rotating` on each side), the `WORKSPACE_INPUTS` temporaries and the shared and reference
+    outputs are there whatever the count."""
     per_call = 2 * input_bytes + output_bytes
-    fixed = 2 * rotating * input_bytes + 3 * output_bytes
+    fixed = (2 * rotating + WORKSPACE_INPUTS) * input_bytes + 3 * output_bytes
     if per_call == 0:
         return batch
     return max(1, min(batch, int((free_bytes * MEMORY_SHARE - fixed) // per_call)))
