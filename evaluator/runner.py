@@ -27,7 +27,6 @@ from pathlib import Path  # noqa: E402
 
 from forge.evaluator import protocol  # noqa: E402
 from forge.evaluator.protocol import Failure, OutputMeta, Reply, Request, Value  # noqa: E402
-from forge.sandbox import gpu_lock  # noqa: E402
 
 COMPILE_SECONDS = 120.0
 
@@ -502,10 +501,8 @@ def environment(device: str) -> dict:
     return facts
 
 
-def prepare(device: str, start_lock: gpu_lock.GpuLock | None = None) -> None:
-    """Imports and, on a GPU, CUDA and the profiler's start-up, before any candidate code.
-    `start_lock` (a runner started ahead) is held shared around the CUDA start-up alone (under
-    ncu, its injection starts there too; on the CPU the region is empty) and closed after it."""
+def prepare(device: str) -> None:
+    """Imports and, on a GPU, CUDA and the profiler's start-up, before any candidate code."""
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -527,22 +524,17 @@ def prepare(device: str, start_lock: gpu_lock.GpuLock | None = None) -> None:
 
         from forge.evaluator.shared import cudart
 
-        with gpu_lock.start_up(start_lock):
-            torch.cuda.init()
-            cudart()
-            with profile(activities=[ProfilerActivity.CUDA]):
-                torch.empty(1, device="cuda").fill_(1)
+        torch.cuda.init()
+        cudart()
+        with profile(activities=[ProfilerActivity.CUDA]):
+            torch.empty(1, device="cuda").fill_(1)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     else:
         import forge.evaluator.stores  # noqa: F401
 
-        with gpu_lock.start_up(start_lock):
-            pass
-
 
 def main() -> None:
-    start_lock = gpu_lock.passed()
     fd = int(sys.argv[1])
     device = os.environ.get("FORGE_WORKER_DEVICE", "cpu")
     sock = socket.socket(fileno=fd)
@@ -561,7 +553,7 @@ def main() -> None:
         }
     else:
         applied = containment.before_imports(Path.cwd(), device == "cuda", keep_dirs=keep)
-    prepare(device, start_lock)
+    prepare(device)
     applied.update(containment.after_imports(writable=[str(Path.cwd()), *keep, "/dev"]))
     protocol.send(
         sock,

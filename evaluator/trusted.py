@@ -24,6 +24,7 @@ import math
 import os
 import random
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -88,18 +89,9 @@ class Verdict(Exception):
 
 class RunnerProcess:
     """The candidate's process: started ahead of the job, asked one request at a time, each
-    with a deadline after which it is killed. With `start_lock` (a worker started ahead), it
-    gets its own fd of the device lock (`gpu_lock.FD_VAR`) and holds it shared around its CUDA
-    start-up, then closes it (`forge.evaluator.runner.prepare`). Under `argv_prefix` (ncu), the
-    fd, like the socket's, is inherited by the wrapper and passed on to the runner it starts."""
+    with a deadline after which it is killed."""
 
-    def __init__(
-        self,
-        device: str,
-        workdir: Path,
-        argv_prefix: list[str] | None = None,
-        start_lock: gpu_lock.GpuLock | None = None,
-    ):
+    def __init__(self, device: str, workdir: Path, argv_prefix: list[str] | None = None):
         self.device, self.workdir = device, workdir
         workdir.mkdir(parents=True, exist_ok=True)
         cache = _runner_cache()
@@ -125,10 +117,6 @@ class RunnerProcess:
         for name in ("TORCHINDUCTOR_CACHE_DIR", gpu_lock.PATH_VAR, gpu_lock.AHEAD_VAR):
             env.pop(name, None)
         self.sock, child = socket.socketpair()
-        passed = [child.fileno()]
-        if start_lock is not None:
-            passed.append(start_lock.for_child())
-            env[gpu_lock.FD_VAR] = str(passed[-1])
         self.log_path = workdir.parent / f"{workdir.name}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
         self.proc = subprocess.Popen(
@@ -145,17 +133,21 @@ class RunnerProcess:
             stderr=log,
             cwd=workdir,
             env=env,
-            pass_fds=passed,
+            pass_fds=(child.fileno(),),
             # its own process group (killed whole on a deadline) in the worker's session, which
             # the sandbox backend kills whole when the job ends
             preexec_fn=os.setpgrp,
         )
         log.close()
         child.close()
-        for fd in passed[1:]:
-            os.close(fd)
         self.hello: Reply | None = None
         self.seconds: collections.Counter[str] = collections.Counter()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the runner has said it is ready (or has died) within `timeout_s`; its hello
+        stays unread, for `start`."""
+        readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout_s))
+        return bool(readable)
 
     def start(self, deadline_s: float) -> Reply:
         if self.hello is None:
@@ -241,24 +233,28 @@ def _runner_cache() -> Path:
 _SPARE: dict[str, RunnerProcess] = {}
 
 
-def prestart_runner(device: str, start_lock: gpu_lock.GpuLock | None = None) -> None:
+def prestart_runner(device: str) -> None:
     """Start the runner before the job arrives (imports, CUDA and profiler start-up overlap the
     wait); it has no candidate code until the job's `load`. On a GPU host with Nsight Compute, a
     second runner starts under ncu for the profile: both must start before this process is put
     under Landlock, which the CUDA driver's start-up in a new process does not survive (seen on
-    an H200 host: error 304). With `start_lock` (a worker started ahead), each holds the device
-    lock shared around its own CUDA start-up."""
+    an H200 host: error 304)."""
     from forge.evaluator.monitor import warm_monitor
 
-    _SPARE[device] = RunnerProcess(device, Path.cwd() / "runner", start_lock=start_lock)
+    _SPARE[device] = RunnerProcess(device, Path.cwd() / "runner")
     if device == "cuda" and profiling.ncu_path():
         _SPARE["profiled"] = RunnerProcess(
-            device,
-            Path.cwd() / "profiled",
-            profiling.ncu_command(_ncu_log()),
-            start_lock=start_lock,
+            device, Path.cwd() / "profiled", profiling.ncu_command(_ncu_log())
         )
     warm_monitor()  # the reference runs under it once per evaluation
+
+
+def wait_for_prestarted_runners(timeout_s: float) -> None:
+    """Until the runners `prestart_runner` started have each said they are ready (CUDA and ncu
+    up) or died, at most `timeout_s` in all."""
+    end = time.monotonic() + timeout_s
+    for runner in _SPARE.values():
+        runner.wait_ready(end - time.monotonic())
 
 
 def _ncu_log() -> Path:
@@ -294,9 +290,9 @@ class Evaluation:
 
     @contextlib.contextmanager
     def gpu_alone(self):
-        """The block runs while no process started ahead starts CUDA on this device: the device
-        lock held exclusive (`forge.sandbox.gpu_lock`), the wait for it in `gpu_lock_wait`.
-        Without a lock (no worker started ahead while jobs run), the block just runs."""
+        """The block runs while no pre-started worker starts up on this device: the device lock
+        held exclusive (`forge.sandbox.gpu_lock`), the wait for it in `gpu_lock_wait`. Without a
+        lock (no worker started ahead while jobs run), the block just runs."""
         lock = gpu_lock.inherited()
         if lock is None:
             yield
@@ -1008,10 +1004,6 @@ class Evaluation:
         )
         main, self.runner = self.runner, profiled
         try:
-            # its hello before the lock: a runner started ahead may not yet have taken the lock
-            # shared for its CUDA start-up, and would then wait for the lock this process holds
-            # while this process waits for its hello
-            self.runner.start(self.job.limits.load_s + 60)
             with self.gpu_alone():
                 self.profiled_session()
         except Verdict as verdict:
@@ -1027,6 +1019,7 @@ class Evaluation:
         self.report.profiled_set = self.report.target_sets[0]
 
     def profiled_session(self) -> None:
+        self.runner.start(self.job.limits.load_s + 60)
         input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
         load = Request(
             op="load",

@@ -23,6 +23,10 @@ from forge.sandbox import gpu_lock
 from forge.sandbox.base import RUNNER_AHEAD, encode_message
 from forge.sandbox.policy import default_readable, restrict_filesystem
 
+RUNNERS_READY_S = 120.0
+"""The longest a worker started ahead holds the device lock waiting for its runners' start-up;
+a runner not ready by then is the job's to wait for (`runner_wait`)."""
+
 
 def _channel_writer(channel: dict) -> Callable[[bytes], None]:
     if channel["kind"] == "fd":
@@ -96,27 +100,30 @@ def run(job: dict) -> dict:
 
 def prepare(device: str) -> None:
     """Everything that needs no job, done before the spec arrives so a pre-started worker has it
-    behind it: the runners' start (their imports and CUDA start-up run meanwhile), then this
+    behind it: the runner's start (its imports and CUDA start-up run meanwhile), then this
     process's imports and CUDA context. CUDA starts before Landlock: the driver's start-up
     needs writes that Landlock forbids (seen on an H200 host: error 304).
 
     The device's lock file (`gpu_lock`) is opened here, before Landlock, for the evaluation's
-    timed regions. A worker started ahead of its job holds it shared around its own CUDA
-    start-up only (`torch.cuda.init` and the first allocation; on the CPU an empty region), and
-    passes each runner its own fd of it for the runner's CUDA start-up; it does not wait for
-    its runners. One started for its job at once takes no shared lock, nor do its runners."""
+    timed regions. A worker started ahead of its job holds it shared until its runners have
+    said they are ready, so its start-up waits for, and is waited for by, a running
+    evaluation's timing; one started for its job at once does not wait for its runners here
+    (their start-up overlaps the job's setup)."""
     lock = gpu_lock.open_inherited()
     ahead = lock is not None and gpu_lock.started_ahead()
-    if os.environ.get(RUNNER_AHEAD):
-        from forge.evaluator import trusted
-
-        trusted.prestart_runner(device, lock if ahead else None)
-    if device == "cuda":
-        import torch
     with lock.shared() if ahead else nullcontext():
+        runners = os.environ.get(RUNNER_AHEAD)
+        if runners:
+            from forge.evaluator import trusted
+
+            trusted.prestart_runner(device)
         if device == "cuda":
+            import torch
+
             torch.cuda.init()
             torch.empty(1, device="cuda").fill_(1)
+        if ahead and runners:
+            trusted.wait_for_prestarted_runners(RUNNERS_READY_S)
 
 
 def main() -> None:
