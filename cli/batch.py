@@ -446,7 +446,7 @@ def batches(
             return
         console.print(summary_table(found, rows, _timed_on([i for i, _ in rows])))
         return
-    listed = [(b, store.items(b.id)) for b in store.list(limit)]
+    listed = [(b, store.as_shown(store.items(b.id))) for b in store.list(limit)]
     if json_:
         typer.echo(json.dumps([batch_json(b, items) for b, items in listed], indent=2))
         return

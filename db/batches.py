@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from sqlalchemy import inspect, update
 from sqlmodel import Session, col, select
 
-from forge.db.models import Batch, BatchItem, BatchLease, ProblemRow, Run
+from forge.db.models import Batch, BatchItem, BatchLease, ItemStatus, ProblemRow, Run
 from forge.db.redact import redact
 from forge.db.store import LEASE_TTL_S, Leasable, Lease, RecordNotFound, RunStore
+
+SETTLED = (ItemStatus.finished.value, ItemStatus.failed.value)
+"""Item statuses whose stored totals are final."""
 
 
 @dataclass
@@ -100,9 +103,20 @@ class BatchStore:
             raise RecordNotFound(f"no batch item {item_id} in the database")
         return row
 
+    def as_shown(self, items: list[BatchItem]) -> list[BatchItem]:
+        """The items with the totals of their runs so far where the batch has not settled them
+        (running, or left running by a killed `forge batch`): their stored totals are written
+        when an item's session ends. What `forge batches` and the web pages show."""
+        for item in items:
+            if item.run_id is not None and item.status not in SETTLED:
+                item.cost_usd = self.runs.get_run(item.run_id).cost_usd
+                item.gpu_seconds = self.runs.evaluation_seconds(item.run_id)
+        return items
+
     def with_runs(self, batch_id: int) -> list[tuple[BatchItem, Run | None]]:
-        """The batch's items in suite order, each with its run (None before it started)."""
-        items = self.items(batch_id)
+        """The batch's items in suite order (totals `as_shown`), each with its run (None
+        before it started)."""
+        items = self.as_shown(self.items(batch_id))
         ids = [i.run_id for i in items if i.run_id is not None]
         with self._session() as s:
             runs = {r.id: r for r in s.exec(select(Run).where(col(Run.id).in_(ids))).all()}

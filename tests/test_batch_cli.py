@@ -579,6 +579,11 @@ def test_kill_9_then_resume_repeats_nothing(tmp_path):
         "finished",
         "running",
     )
+    # the killed item's totals were never written; what `forge batches` shows is its run's
+    listed = json.loads(forge("batches", "--json").output)[0]
+    shown = json.loads(forge("batches", 1, "--json").output)["item_list"][1]
+    assert shown["gpu_seconds"] == batches.runs.evaluation_seconds(second_run.id) > 0
+    assert listed["gpu_seconds"] == first.gpu_seconds + shown["gpu_seconds"]
     first_calls = [c.id for c in batches.runs.llm_calls(first_run.id)]
     second_candidates = [c.id for c in batches.runs.candidates(second_run.id)]
 

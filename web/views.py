@@ -771,7 +771,7 @@ class BatchPage:
 def batches_page(store: RunStore) -> BatchesPage:
     batches = BatchStore(store)
     listed = batches.list(LIST_LIMIT)
-    return BatchesPage([BatchRow(b, totals(batches.items(b.id))) for b in listed])
+    return BatchesPage([BatchRow(b, totals(batches.as_shown(batches.items(b.id)))) for b in listed])
 
 
 def batch_page(store: RunStore, batch_id: int) -> BatchPage:
