@@ -393,6 +393,12 @@ class Evaluation:
     def load(self) -> None:
         t0 = time.perf_counter()
         announce("compile/load")
+        self.load_candidate()
+        self.report.work = self.work_per_set()
+        self.report.phase_seconds["compile"] = time.perf_counter() - t0
+
+    def load_candidate(self) -> None:
+        """The candidate's source into the current runner (compiled there)."""
         request = Request(
             op="load",
             source=self.job.candidate_source,
@@ -400,8 +406,6 @@ class Evaluation:
             allow_tf32=self.policy.tf32,
         )
         self.runner.ask(request, self.job.limits.load_s)
-        self.report.work = self.work_per_set()
-        self.report.phase_seconds["compile"] = time.perf_counter() - t0
 
     def verify(self) -> None:
         t0 = time.perf_counter()
@@ -1021,13 +1025,7 @@ class Evaluation:
     def profiled_session(self) -> None:
         self.runner.start(self.job.limits.load_s + 60)
         input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
-        load = Request(
-            op="load",
-            source=self.job.candidate_source,
-            kernel_names=self.job.kernel_names,
-            allow_tf32=self.policy.tf32,
-        )
-        self.runner.ask(load, self.job.limits.load_s)
+        self.load_candidate()
         with self.buffers_of("profiling"):
             self.profiled_call(input_set)
 
