@@ -1058,6 +1058,7 @@ class SetTimer:
         self.job = evaluation.job
         self.name = input_set.name
         self.rotating = timing.ROTATING
+        self.refilled = False
 
     def run(self) -> RawTiming:
         ev, job = self.ev, self.job
@@ -1157,7 +1158,12 @@ class SetTimer:
                     shared.copy_(x)
             fresh = x = None
         self.ev.sync()
-        self.ev.release_cache()  # the generation's temporaries, before the runner allocates
+        if not self.refilled:
+            # the generation's temporaries go back to the driver before the runner's warm-up
+            # allocates; later rounds reuse the cached blocks (a release per round would make
+            # every round allocate GBs again)
+            self.ev.release_cache()
+            self.refilled = True
 
     def time_baseline(self, fn, slots: list) -> timing.Batch:
         """A baseline batch here, repeated with a longer sleep while the GPU caught up with the
