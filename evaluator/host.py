@@ -146,6 +146,8 @@ def build_job(
         timing_seed=_derive_seeds(secret, 1, 2)[0],
         kernel_names=kernel_names,
         trials=config.trials,
+        min_trials=min(config.min_trials, config.trials),
+        settle_spread=config.settle_spread,
         warmup=config.warmup,
         batch=config.batch,
         verify_per_batch=config.verify_per_batch,

@@ -58,6 +58,8 @@ class EvalJob(BaseModel):
     timing_seed: int
     kernel_names: list[str]
     trials: int
+    min_trials: int = 20
+    settle_spread: float | None = Field(None, description="None: always `trials`")
     warmup: int
     batch: int
     verify_per_batch: int

@@ -20,6 +20,7 @@ asleep) is the launch overhead, reported apart from the device time.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +113,28 @@ def calls_that_fit(
     if per_call == 0:
         return batch
     return max(1, min(batch, int((free_bytes * MEMORY_SHARE - fixed) // per_call)))
+
+
+SETTLE_MIN_MS = 1.0
+"""Only calls this long or longer stop a set's timing early: there each timed call costs a
+multi-GB input refill, while shorter calls are cheap to time and their run-to-run noise
+(docs/benchmarks.md, Reproducibility) needs every trial asked for."""
+
+
+def settled(device_ms: list[list[float]], at_least: int, spread: float | None) -> bool:
+    """Whether every implementation's device times (one list each) number `at_least`, have a
+    median of `SETTLE_MIN_MS` or more and spread, (p80 - p20) / median, by at most `spread`
+    (None: never)."""
+    if spread is None:
+        return False
+    for times in device_ms:
+        if len(times) < at_least:
+            return False
+        p20, _, _, p80 = statistics.quantiles(times, n=5)
+        median = statistics.median(times)
+        if median < SETTLE_MIN_MS or (p80 - p20) / median > spread:
+            return False
+    return True
 
 
 def rotating_slots(example: list, count: int) -> list[list]:

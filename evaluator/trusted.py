@@ -1124,6 +1124,9 @@ class SetTimer:
                     batch = self.time_baseline(impls[key], slots)
                     samples[key]["device_ms"] += batch.device_ms
                     samples[key]["host_ms"] += batch.host_ms
+            timed = [s["device_ms"] for s in samples.values()]
+            if timing.settled(timed, self.job.min_trials, self.job.settle_spread):
+                break
 
     def calls_per_batch(self) -> int:
         """The job's calls per batch, fewer where this GPU's free memory cannot hold that many

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from forge.evaluator import compare as cmp
-from forge.evaluator.timing import ROTATING, WORKSPACE_INPUTS, calls_that_fit, rotation
+from forge.evaluator.timing import (
+    ROTATING,
+    WORKSPACE_INPUTS,
+    calls_that_fit,
+    rotation,
+    settled,
+)
 
 
 def whole(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> dict:
@@ -142,3 +148,30 @@ def test_the_trusted_sides_temporaries_shorten_the_batch():
     mean = 129 * 4097 * 4096 * 4
     l2 = 60 * 2**20
     assert calls_that_fit(10, mean, 129 * 4097 * 4, int(113.5 * gib), rotation(mean, l2)) == 2
+
+
+def test_timing_stops_once_every_implementation_has_settled():
+    """`settled`: at least `at_least` device times per implementation, each spread (p80 - p20
+    over the median) within the bound; one unsettled implementation keeps the timing going."""
+    steady = [2.150 + 0.002 * (i % 5) for i in range(20)]  # KernelBench-sized: ~0.4% spread
+    noisy = [3.0 * (1.0 + 0.05 * (i % 4)) for i in range(20)]  # ~10% spread
+    short = [0.070 + 0.00001 * (i % 3) for i in range(20)]  # a 70 us kernel: never early
+    assert settled([steady, steady], 20, 0.01)
+    assert not settled([steady, steady[:19]], 20, 0.01)  # too few calls of one
+    assert not settled([steady, noisy], 20, 0.01)
+    assert settled([noisy], 20, 0.2)
+    assert not settled([steady, short], 20, 0.01)
+    assert not settled([steady], 20, None)  # early stopping off
+
+
+def test_the_early_stop_reaches_the_trusted_side_as_configured():
+    from forge.evaluator import resolve_problem
+    from forge.evaluator.config import EvalConfig
+    from forge.evaluator.host import build_job
+
+    problem = resolve_problem("softmax")
+    default = build_job(problem, "", EvalConfig(device="cuda"), "triton", [], 1)
+    assert (default.trials, default.min_trials, default.settle_spread) == (50, 20, 0.01)
+    off = EvalConfig(device="cuda", trials=30, min_trials=40, settle_spread=None)
+    job = build_job(problem, "", off, "triton", [], 1)
+    assert (job.trials, job.min_trials, job.settle_spread) == (30, 30, None)
