@@ -336,6 +336,8 @@ def test_backend_guidance_and_rules():
             "the PyTorch reference and a float64 run of it" in _one_line(text)
         )
         assert "(never below 0.0001;" in _one_line(text)
+        # what the trusted side and the runner do when they build the two models
+        assert "run in eval mode (`.eval()`), so BatchNorm layers use their running" in text
     assert "torch.utils.cpp_extension" in cuda and "torch.utils.cpp_extension" not in triton
 
 
