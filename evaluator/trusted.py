@@ -1273,7 +1273,9 @@ class SetTimer:
             raise Verdict(
                 "rejected",
                 f"timing disagrees with the trusted clock on '{self.name}': the batch took {wall_ms:.2f} ms, "
-                f"at most {bound:.2f} ms is explained by the reported {claimed:.3f} ms of calls",
+                f"at most {bound:.2f} ms is explained by the reported {claimed:.3f} ms of calls "
+                "(time the call's start and end events did not see: work on another stream, or "
+                "queued after forward returned)",
             )
         raw.wall_checks.append(f"{wall_ms:.2f} ms <= {bound:.2f} ms")
 
