@@ -5,6 +5,8 @@
 # Here (controller: `forge optimize|batch ... --executor queue:$PWD/.queue`, with .queue ignored
 # by git), once jobs are pending, make a device call that carries .queue, .whl and .devcache:
 #   bash bench/queue_relay.sh drain          # GPU machine: forge worker --drain, results -> $OUT
+#   THEN="python3 -m pytest -m gpu ..." DRAIN_LIMIT=300 bash bench/queue_relay.sh drain
+#                                            # ... then THEN's commands, output in $OUT/then.log
 # then here:
 #   bash bench/queue_relay.sh collect /work/.device/N/results.tgz
 # which puts the results where the waiting controllers read them and removes their pending jobs
@@ -25,6 +27,8 @@ case ${1:-} in
     # stays pending here and is taken by the next drain
     timeout -s INT "${DRAIN_LIMIT:-0}" python3 -m forge.cli.main worker --queue "$QUEUE" --drain || true
     tar -czf "${OUT:?}/results.tgz" -C "$QUEUE" results
+    # THEN: commands for the rest of the call, in this set-up environment (GPU tests, say)
+    if [ -n "${THEN:-}" ]; then bash -c "$THEN" > "$OUT/then.log" 2>&1 || true; fi
     { find "$FORGE_HOME/cache" -path '*/baselines/*.json' -print0 2>/dev/null || true; } |
       tar -czpf "$OUT/baselines.tgz" --null -T - -P
     ;;
