@@ -44,7 +44,7 @@ from forge.agents.coder import GpuSpec
 from forge.agents.errors import ResumeError
 from forge.agents.llm import ScriptError, check_credentials, get_model, resolve_models
 from forge.agents.suite import ItemSettings, Suite
-from forge.db.batches import BatchStore
+from forge.db.batches import FINAL, BatchStore
 from forge.db.library import promote_best
 from forge.db.models import (
     Batch,
@@ -64,7 +64,6 @@ from forge.evaluator.problem import Problem, ProblemError, load_problem
 from forge.kernels_library.storage import LibraryError
 
 STOPPED_BY_CTRL_C = "Ctrl-C"
-FINAL = (ItemStatus.finished.value, ItemStatus.failed.value)
 
 
 class BatchSettings(BaseModel):

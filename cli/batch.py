@@ -371,6 +371,7 @@ def run_stored(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchSt
     from forge.agents.batch import BatchRunner
     from forge.agents.coder import target_gpu
     from forge.cli.batch_view import LineDisplay, LiveDisplay
+    from forge.db.batches import FINAL
     from forge.evaluator.config import EvalConfig
 
     stored = batches.get(batch_id)
@@ -379,7 +380,7 @@ def run_stored(batches, batch_id: int, models):  # noqa: ANN001, ANN202 (BatchSt
     console.print(
         escape(
             f"batch {batch_id} ({stored.name}): {len(items)} items, "
-            f"{sum(i.status in ('finished', 'failed') for i in items)} done before; "
+            f"{sum(i.status in FINAL for i in items)} done before; "
             f"`forge batches {batch_id}` shows it"
         )
     )

@@ -18,8 +18,8 @@ from forge.db.models import Batch, BatchItem, BatchLease, ItemStatus, ProblemRow
 from forge.db.redact import redact
 from forge.db.store import LEASE_TTL_S, Leasable, Lease, RecordNotFound, RunStore
 
-SETTLED = (ItemStatus.finished.value, ItemStatus.failed.value)
-"""Item statuses whose stored totals are final."""
+FINAL = (ItemStatus.finished.value, ItemStatus.failed.value)
+"""Item statuses that are for good: the batch does not play them again, their totals are final."""
 
 
 @dataclass
@@ -103,24 +103,33 @@ class BatchStore:
             raise RecordNotFound(f"no batch item {item_id} in the database")
         return row
 
-    def as_shown(self, items: list[BatchItem]) -> list[BatchItem]:
+    def as_shown(
+        self, items: list[BatchItem], runs: dict[int, Run] | None = None
+    ) -> list[BatchItem]:
         """The items with the totals of their runs so far where the batch has not settled them
         (running, or left running by a killed `forge batch`): their stored totals are written
-        when an item's session ends. What `forge batches` and the web pages show."""
-        for item in items:
-            if item.run_id is not None and item.status not in SETTLED:
-                item.cost_usd = self.runs.get_run(item.run_id).cost_usd
-                item.gpu_seconds = self.runs.evaluation_seconds(item.run_id)
+        when an item's session ends. What `forge batches` and the web pages show. `runs`: the
+        items' runs by id, when the caller has them."""
+        live = [i for i in items if i.run_id is not None and i.status not in FINAL]
+        runs = runs if runs is not None else self._runs(live)
+        for item in live:
+            item.cost_usd = runs[item.run_id].cost_usd
+            item.gpu_seconds = self.runs.evaluation_seconds(item.run_id)
         return items
+
+    def _runs(self, items: list[BatchItem]) -> dict[int, Run]:
+        ids = [i.run_id for i in items if i.run_id is not None]
+        if not ids:
+            return {}
+        with self._session() as s:
+            return {r.id: r for r in s.exec(select(Run).where(col(Run.id).in_(ids))).all()}
 
     def with_runs(self, batch_id: int) -> list[tuple[BatchItem, Run | None]]:
         """The batch's items in suite order (totals `as_shown`), each with its run (None
         before it started)."""
-        items = self.as_shown(self.items(batch_id))
-        ids = [i.run_id for i in items if i.run_id is not None]
-        with self._session() as s:
-            runs = {r.id: r for r in s.exec(select(Run).where(col(Run.id).in_(ids))).all()}
-        return [(i, runs.get(i.run_id)) for i in items]
+        items = self.items(batch_id)
+        runs = self._runs(items)
+        return [(i, runs.get(i.run_id)) for i in self.as_shown(items, runs)]
 
     def problem(self, problem_id: int) -> ProblemRow:
         with self._session() as s:
