@@ -248,10 +248,9 @@ class Worker:
 
     Resident: what does not change between jobs stays up. The sandbox process of the next job,
     with its runner, is started when the worker starts and again as soon as a GPU job starts
-    (a CPU job: ends), its GPU start-up kept out of the job's timing by the device lock
-    (`forge.sandbox.gpu_lock`;
-    each job still gets a fresh process and runner: candidate code never runs in a reused one);
-    compiler caches and cached torch.compile baselines live in this host's cache directory."""
+    (a CPU job: ends), its start-up kept out of the job's timing by the device lock
+    (`forge.sandbox.gpu_lock`). Each job still gets a fresh process and runner: candidate code
+    never runs in a reused one. Compiler caches and cached torch.compile baselines live in this host's cache directory."""
 
     def __init__(
         self,

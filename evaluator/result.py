@@ -82,15 +82,16 @@ class TimingStats(BaseModel):
         return cls(
             n=len(ordered),
             median_ms=statistics.median(ordered),
-            p20_ms=_quantile(ordered, 0.2),
-            p80_ms=_quantile(ordered, 0.8),
+            p20_ms=quantile(ordered, 0.2),
+            p80_ms=quantile(ordered, 0.8),
             mean_ms=mean,
             cv=std / mean if mean > 0 else 0.0,
             host_median_ms=statistics.median(host_ms),
         )
 
 
-def _quantile(ordered: list[float], q: float) -> float:
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated linearly between neighbours."""
     pos = q * (len(ordered) - 1)
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)

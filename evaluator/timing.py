@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from forge.evaluator.result import quantile
 from forge.evaluator.shared import cudart
 
 
@@ -130,8 +131,9 @@ def settled(device_ms: list[list[float]], at_least: int, spread: float | None) -
     for times in device_ms:
         if len(times) < at_least:
             return False
-        p20, _, _, p80 = statistics.quantiles(times, n=5)
-        median = statistics.median(times)
+        ordered = sorted(times)
+        median = statistics.median(ordered)
+        p20, p80 = quantile(ordered, 0.2), quantile(ordered, 0.8)  # as TimingStats reports them
         if median < SETTLE_MIN_MS or (p80 - p20) / median > spread:
             return False
     return True

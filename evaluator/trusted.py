@@ -1058,7 +1058,6 @@ class SetTimer:
         self.job = evaluation.job
         self.name = input_set.name
         self.rotating = timing.ROTATING
-        self.refilled = False
 
     def run(self) -> RawTiming:
         ev, job = self.ev, self.job
@@ -1113,6 +1112,11 @@ class SetTimer:
         ev.sync()
         for r in range(math.ceil(self.job.trials / len(self.private))):
             self.refill(seeds)
+            if r == 0:
+                # the generation's temporaries go back to the driver before the runner's
+                # warm-up allocates; later rounds reuse the cached blocks (a release per round
+                # would make every round allocate GBs again)
+                ev.release_cache()
             order = list(impls)
             ev.rng.shuffle(order)
             for key in order:
@@ -1161,12 +1165,6 @@ class SetTimer:
                     shared.copy_(x)
             fresh = x = None
         self.ev.sync()
-        if not self.refilled:
-            # the generation's temporaries go back to the driver before the runner's warm-up
-            # allocates; later rounds reuse the cached blocks (a release per round would make
-            # every round allocate GBs again)
-            self.ev.release_cache()
-            self.refilled = True
 
     def time_baseline(self, fn, slots: list) -> timing.Batch:
         """A baseline batch here, repeated with a longer sleep while the GPU caught up with the
