@@ -38,16 +38,16 @@ requires_cuda = pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA G
 
 
 def run(source: str, policy: str, cache_dir: Path, **overrides) -> EvalResult:
-    config = EvalConfig(
-        device="cuda",
-        precision=policy,
-        baselines=["eager"],
-        profile=False,
-        trials=20,
-        cache_dir=cache_dir,
-        timeout_s=600.0,
-        **overrides,
-    )
+    settings = {
+        "device": "cuda",
+        "precision": policy,
+        "baselines": ["eager"],
+        "profile": False,
+        "trials": 20,
+        "cache_dir": cache_dir,
+        "timeout_s": 600.0,
+    }
+    config = EvalConfig(**{**settings, **overrides})
     result = evaluate(resolve_problem(str(PROBLEM)), source, config)
     target = next((t for t in result.timings if t.target), None)
     print(
