@@ -187,6 +187,8 @@ class PlanLaunch(NamedTuple):
     """Each parameter's size as the launcher packs it (checked against the kernel's in C++)."""
     pointers: tuple[tuple[int, int, int, int, bool], ...]
     """(parameter, source 0 input / 1 allocation, index, byte offset, 16-byte aligned)."""
+    scratch: int
+    """The trailing scratch pointers among them (the kernel may not declare them)."""
 
 
 class PlanOutput(NamedTuple):
@@ -431,6 +433,7 @@ def _plan_launch(record: LaunchRecord, stream: int, ranges: list[_Range]) -> Pla
         bytes(params),
         tuple(sizes),
         tuple(pointers),
+        SCRATCH_POINTERS[record.interface],
     )
 
 

@@ -78,7 +78,7 @@ def test_a_softmax_call_becomes_one_allocation_and_one_launch():
     (only,) = plan.launches
     assert (only.function, only.grid, only.block, only.shared) == (FUNCTION, (5, 1, 1), 128, 0)
     # the two scratch pointers the launchers append come after the kernel's own arguments
-    assert only.sizes == (8, 8, 4, 4, 8, 8)
+    assert only.sizes == (8, 8, 4, 4, 8, 8) and only.scratch == 2
     i32 = struct.pack("<i", 127) + bytes(4)
     assert only.params == bytes(16) + i32 + i32 + bytes(16)
     assert only.pointers == ((0, 0, 0, 0, aligned(x)), (1, 1, 0, 0, aligned(y)))

@@ -30,10 +30,10 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/PyInterpreterHooks.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <c10/util/SmallVector.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <torch/csrc/utils/pybind.h>
-#include <c10/util/SmallVector.h>
 
 #include <dlfcn.h>
 
@@ -46,8 +46,8 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -622,16 +622,18 @@ using AllocationSpec = std::tuple<std::vector<int64_t>, std::vector<int64_t>, c1
 // (parameter, source, index, byte offset, 16-byte aligned)
 using PointerSpec = std::tuple<uint32_t, int, uint32_t, int64_t, bool>;
 // (kernel name, CUfunction, grid, threads per block, shared memory bytes, parameter bytes,
-//  parameter sizes, pointer slots)
+//  parameter sizes, pointer slots, trailing scratch pointers)
 using LaunchSpec = std::tuple<std::string, uint64_t, std::vector<int64_t>, int64_t, int64_t,
-                              std::string, std::vector<int64_t>, std::vector<PointerSpec>>;
+                              std::string, std::vector<int64_t>, std::vector<PointerSpec>, int64_t>;
 // (allocation, whole, sizes, strides, storage offset)
 using OutputSpec =
     std::tuple<uint32_t, bool, std::vector<int64_t>, std::vector<int64_t>, int64_t>;
 
-// Why the kernel's own parameter list (cuFuncGetParamInfo) differs from the recorded one.
+// Why the kernel's own parameter list (cuFuncGetParamInfo) differs from the recorded one. The
+// launcher appends `scratch` scratch pointers whether or not the kernel declares them (the
+// driver reads as many parameters as the kernel has), so those may be missing.
 std::string parameter_mismatch(const Driver& driver, const Launch& launch,
-                               const std::vector<int64_t>& sizes) {
+                               const std::vector<int64_t>& sizes, size_t scratch) {
   for (size_t i = 0; i <= sizes.size(); ++i) {
     size_t offset = 0;
     size_t size = 0;
@@ -640,6 +642,9 @@ std::string parameter_mismatch(const Driver& driver, const Launch& launch,
       return result == 0 ? "kernel " + launch.name + " takes more parameters than the " +
                                std::to_string(sizes.size()) + " the recorded launch packs"
                          : "";
+    }
+    if (result != 0 && i + scratch >= sizes.size()) {
+      return "";
     }
     if (result != 0) {
       return "kernel " + launch.name + " has no parameter " + std::to_string(i) + " (" +
@@ -657,12 +662,13 @@ std::string parameter_mismatch(const Driver& driver, const Launch& launch,
 // The launch of a spec, or why it cannot be replayed ("" in `why` when it can).
 Launch make_launch(const RouteState& state, const Driver& driver, const LaunchSpec& spec,
                    size_t allocations, std::string& why) {
-  const auto& [name, function, grid, block, shared, params, sizes, pointers] = spec;
+  const auto& [name, function, grid, block, shared, params, sizes, pointers, scratch] = spec;
   Launch launch{name, reinterpret_cast<void*>(function), {0, 0, 0}, 0, 0, params, {}};
   const bool grid_ok = grid.size() == 3 &&
       std::all_of(grid.begin(), grid.end(), [](int64_t g) { return g >= 0 && g < (1LL << 31); });
   if (function == 0 || !grid_ok || block <= 0 || block > 1024 || shared < 0 ||
-      sizes.size() > kMaxParams || params.size() != sizes.size() * kParamSlot) {
+      sizes.size() > kMaxParams || params.size() != sizes.size() * kParamSlot || scratch < 0 ||
+      static_cast<size_t>(scratch) > sizes.size()) {
     why = "the recorded launch of " + name + " is malformed";
     return launch;
   }
@@ -681,7 +687,7 @@ Launch make_launch(const RouteState& state, const Driver& driver, const LaunchSp
     }
     launch.pointers.push_back({param, static_cast<Source>(source), index, offset, aligned});
   }
-  why = parameter_mismatch(driver, launch, sizes);
+  why = parameter_mismatch(driver, launch, sizes, static_cast<size_t>(scratch));
   return launch;
 }
 
