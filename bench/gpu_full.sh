@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device run: the steps named in STEPS (latency agreement sweep repro gputests library model
-# ceilings precision throughput), after a sandbox diagnosis that turns off any containment measure that stops CUDA on
+# Device run: the steps named in STEPS (latency agreement sweep repro gputests library route
+# model ceilings precision throughput), after a sandbox diagnosis that turns off any containment measure that stops CUDA on
 # this host. GPU_K: a pytest -k selection for gputests; *_T: seconds per step.
 set -u -o pipefail
 source bench/gpu_setup.sh || exit 1
@@ -16,6 +16,7 @@ for step in ${STEPS:-latency agreement sweep gputests}; do
     repro) timeout ${REPRO_T:-200} python3 bench/reproducibility.py --runs 5 ${REPRO_ARGS:-} --json "$OUT/reproducibility.json" 2>/dev/null | tee -a "$OUT/log" ;;
     gputests) timeout -s INT -k 30 ${GPU_T:-300} python3 -m pytest -m gpu -q -rA --tb=short ${GPU_K:+-k "$GPU_K"} -p no:cacheprovider --basetemp=/tmp/pt --ignore=tests/test_sandbox_docker.py ${GPU_TESTS:-tests} > "$OUT/gputests.txt" 2>&1; tail -40 "$OUT/gputests.txt" | tee -a "$OUT/log" ;;
     library) timeout ${LIB_T:-300} python3 bench/library_bench.py --json "$OUT/library_bench.json" 2>&1 | tail -30 | tee -a "$OUT/log" ;;
+    route) timeout ${ROUTE_T:-300} python3 bench/library_route_bench.py --device cuda --json "$OUT/route.json" 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     model) timeout ${MODEL_T:-580} python3 bench/model_bench.py --out "$OUT/model_bench.json" ${MODEL_ARGS:-} 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     throughput) timeout ${THROUGHPUT_T:-560} python3 bench/local_throughput.py --time-limit $(( ${THROUGHPUT_T:-560} - 120 )) --json "$OUT/local_throughput.json" ${THROUGHPUT_ARGS:-} 2>&1 | grep -v Warn | tee -a "$OUT/log" ;;
     ceilings) timeout ${CEIL_T:-120} python3 bench/ceilings.py --json "$OUT/ceilings.json" 2>&1 | tee -a "$OUT/log" ;;

@@ -1,6 +1,8 @@
 """Per-call cost of the kernel library runtime's two routes (issue 13): `torch.softmax` on a tiny
-tensor, PyTorch alone against `kl.enable(route="python")` and `kl.enable(route="cxx")`, for a
-call the library does not serve (dim 100: no entry for the shape bucket) and one it serves.
+tensor, PyTorch alone against `kl.enable(route="python")`, `kl.enable(route="cxx")` (served calls
+replayed from C++ after the key's second call, docs/library.md "Launch replay") and
+`kl.enable(route="cxx", replay=False)`, for a call the library does not serve (dim 100: no entry
+for the shape bucket) and one it serves.
 
 The library holds one softmax entry for the [7, 127] set:
 - `--device cpu`: the legit Triton fixture verified by the evaluator on this CPU (Triton under
@@ -12,7 +14,10 @@ The library holds one softmax entry for the [7, 127] set:
 
 Per variant, `--repeats` samples of `--calls` calls each (the variants interleaved, one round of
 warm-up first; on cuda each sample is synchronized at both ends); min and median us per call.
-The stats are checked to count every call exactly.
+Each enable is followed by two untimed served calls (the first serves the key, the second
+records it for replay). The stats are checked to count every call exactly; the report says how
+many served calls of the cxx route were replayed from C++ (none on the CPU, where the entry runs
+under the Triton interpreter) and why any key was not.
 
     python3 bench/library_route_bench.py --device cpu --json /tmp/route.json
     source bench/gpu_setup.sh && python3 bench/library_route_bench.py --device cuda --json "$OUT/route.json"
@@ -121,36 +126,52 @@ def main() -> None:
 
     x = torch.randn(*SERVED, device=args.device)
     miss = torch.randn(*UNSERVED, device=args.device)
-    routes = {
+    routes = {  # name: (route, replay)
         "pytorch": None,
-        "python route": "python",
-        "cxx route": "cxx",
+        "python route": ("python", False),
+        "cxx route": ("cxx", True),
+        "cxx route, no replay": ("cxx", False),
     }
     samples: dict[str, list[float]] = {}
-    made = {"python route": [0, 0], "cxx route": [0, 0]}  # unserved, served calls
+    made = {name: [0, 0] for name, r in routes.items() if r is not None}  # unserved, served
+    replayed = 0
     kl.disable()
     for i in range(args.repeats + 1):  # round 0 warms up and is not kept
-        for name, route in routes.items():
+        for name, variant in routes.items():
             kl.disable()
-            if route is not None:
-                report = kl.enable(["softmax"], path=library, devices=[args.device], route=route)
+            if variant is not None:
+                route, replay = variant
+                report = kl.enable(
+                    ["softmax"], path=library, devices=[args.device], route=route, replay=replay
+                )
                 assert report.registered == {"softmax": 1}, report
+                before = kl.stats()["ops"]["softmax"]["replayed_calls"]
+                for _ in range(2):  # served, then recorded for replay
+                    torch.softmax(x, -1)
+                made[name][1] += 2
             for what, tensor, calls in (
                 ("unserved", miss, args.calls),
                 ("served", x, served_calls),
             ):
                 n = calls if i else 10
                 us = per_call_us(lambda t=tensor: torch.softmax(t, -1), n, sync)
-                if route is not None:
+                if variant is not None:
                     made[name][what == "served"] += n
                 if i:
                     samples.setdefault(f"{what}, {name}", []).append(us)
+            if name == "cxx route":
+                replayed += kl.stats()["ops"]["softmax"]["replayed_calls"] - before
         kl.disable()
     counts = kl.stats()["ops"]["softmax"]
     total_unserved = sum(m[0] for m in made.values())
     total_served = sum(m[1] for m in made.values())
     assert counts["fallbacks"] == {runtime.NO_BUCKET: total_unserved}, counts
     assert counts["library_calls"] == total_served, counts
+    assert counts["replayed_calls"] == replayed, counts  # only the cxx route with replay on
+    replay_note = (
+        f"{replayed} of the cxx route's {made['cxx route'][1]} served calls replayed from C++"
+        + (f"; not replayed: {counts['not_replayed']}" if counts["not_replayed"] else "")
+    )
 
     rows = {
         name: {"min_us": min(v), "median_us": statistics.median(v), "samples_us": v}
@@ -178,10 +199,23 @@ def main() -> None:
         "overhead_over_pytorch_us": {
             "unserved, python route": over("unserved, python route", "unserved, pytorch"),
             "unserved, cxx route": over("unserved, cxx route", "unserved, pytorch"),
+            "unserved, cxx route, no replay": over(
+                "unserved, cxx route, no replay", "unserved, pytorch"
+            ),
             "served, python route": over("served, python route", "served, pytorch"),
             "served, cxx route": over("served, cxx route", "served, pytorch"),
+            "served, cxx route, no replay": over("served, cxx route, no replay", "served, pytorch"),
         },
-        "stats": {"fallbacks": counts["fallbacks"], "library_calls": counts["library_calls"]},
+        "replay": {
+            "served_calls_cxx_route": made["cxx route"][1],
+            "replayed_calls": replayed,
+            "not_replayed": counts["not_replayed"],
+        },
+        "stats": {
+            "fallbacks": counts["fallbacks"],
+            "library_calls": counts["library_calls"],
+            "replayed_calls": counts["replayed_calls"],
+        },
     }
     print(
         f"{args.device}, torch {torch.__version__}; {args.repeats} samples x {args.calls} calls "
@@ -194,6 +228,7 @@ def main() -> None:
         extra = out["overhead_over_pytorch_us"].get(name)
         tail = f"{extra['min_us']:+13.2f} / {extra['median_us']:+.2f}" if extra else ""
         print(f"  {name:32s} {r['min_us']:12.2f} {r['median_us']:10.2f} {tail:>28s}")
+    print(f"  replay: {replay_note}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")

@@ -10,8 +10,9 @@
     torch.compile(model, backend=kl.compile_backend())   # served ops as custom ops in the graph
 
 `FORGE_KERNELS_DISABLE=1` turns `enable`/`use` into no-ops; `FORGE_KERNELS_ROUTE=python` (or
-`enable(..., route="python")`) skips the C++ route that answers unserved calls without Python
-(built on first use with g++ and ninja). Entries are read from
+`enable(..., route="python")`) skips the C++ route that answers unserved calls, and replays
+served ones, without Python (built on first use with g++ and ninja); `FORGE_KERNELS_REPLAY=0`
+(or `enable(..., replay=False)`) keeps the C++ route but not its replay. Entries are read from
 `$FORGE_LIBRARY` (directories separated by os.pathsep), else `$FORGE_HOME/library`; see
 docs/library.md. The operator catalogue (reference problems) lives in `catalogue/`.
 

@@ -2,7 +2,8 @@
 
 `kl.enable(route="cxx")` (the default) registers, at each overridden (ATen operator, dispatch
 key), a boxed C++ kernel that answers the calls the Python side has already decided to leave
-to PyTorch (by a key of the call's arguments) without entering Python; `route="python"` (or
+to PyTorch (by a key of the call's arguments) without entering Python, and on CUDA the served
+calls whose key has a replay plan (`replay`: the recorded Triton launches); `route="python"` (or
 `FORGE_KERNELS_ROUTE=python`) registers the Python kernel directly, as before. The extension is
 built with `torch.utils.cpp_extension.load` (a C++ compiler and ninja) the first time it is
 needed, into `$FORGE_HOME/torch_extensions/forge_route-<torch version>-<python>`, and reused by

@@ -14,7 +14,8 @@ With the C++ route (the default, `cxx_route`), the kernel registered is a boxed 
 front of that Python kernel: a call whose key (its arguments' devices, dtypes, shapes, strides,
 scalar values, and grad mode) Python has already left to PyTorch, for a reason that depends on
 that key alone, is answered in C++ (PyTorch's kernel called, the reason counted there and merged
-into `stats()`); every other call runs the Python kernel as before.
+into `stats()`); every other call runs the Python kernel as before. A served key is recorded
+once and then replayed in C++ as well (`replay`: its Triton launches repeated without Python).
 
 Needs torch >= 2.9 for `torch.library.get_kernel`; `load()` works with any torch.
 """
@@ -38,6 +39,7 @@ from pydantic import BaseModel, Field
 
 from forge.kernels_library import adapters as _adapters
 from forge.kernels_library import cxx_route
+from forge.kernels_library import replay as _replay
 from forge.kernels_library.keys import (
     Machine,
     bucket_of,
@@ -86,6 +88,11 @@ class RuntimeConfig(BaseModel):
     """How calls reach the routing: `cxx` registers a C++ kernel that answers the calls already
     decided for PyTorch without entering Python (built on first use; see docs/library.md),
     `python` registers the Python kernel directly."""
+
+    replay: bool = True
+    """With the C++ route on CUDA: record a served call's Triton launches once per key and
+    replay them from C++ for the key's later calls (`kernels_library/replay.py`). False keeps
+    every served call on the Python kernel (for debugging; `$FORGE_KERNELS_REPLAY=0` too)."""
 
 
 @dataclass
@@ -250,6 +257,26 @@ def _reason_id(reason: str) -> int | None:
 
 _DETAILS_SEEN: set[tuple] = set()
 _MAX_DETAILS = 1000
+# replayed library calls per operator; keys not replayed per operator, by reason
+_REPLAYED: dict[str, int] = {}
+_NOT_REPLAYED: dict[str, dict[str, int]] = {}
+# entry id <-> the small integer the C++ route counts its replays under
+_ENTRY_IDS: dict[str, int] = {}
+_ENTRIES: list[str] = []
+
+
+def _entry_id(entry: str) -> int | None:
+    """The entry's id for the C++ route (None: more distinct entries than it counts)."""
+    eid = _ENTRY_IDS.get(entry)
+    if eid is None:
+        with _LOCK:
+            eid = _ENTRY_IDS.get(entry)
+            if eid is None:
+                if len(_ENTRIES) >= cxx_route.extension().MAX_ENTRIES:
+                    return None
+                eid = _ENTRY_IDS[entry] = len(_ENTRIES)
+                _ENTRIES.append(entry)
+    return eid
 
 
 def _counts(op: str) -> dict[str, int]:
@@ -447,9 +474,11 @@ def _make_impl(
     archs: dict[int, str],
     composite_level: bool,
     remember: Callable[[int], bool] | None = None,
+    replayer: _replay.Replayer | None = None,
 ):
     """The Python kernel. `remember` (the C++ route's, when it calls this kernel) is told each
-    fallback decided by the call's key alone, so that C++ answers the next calls with that key."""
+    fallback decided by the call's key alone, so that C++ answers the next calls with that key;
+    `replayer` (the C++ route's on CUDA, replay on) records a served key's second call."""
     adapter = state.adapter
     prepare = adapter.prepare
     by_device = _tables_by_device(state, archs)
@@ -492,6 +521,13 @@ def _make_impl(
         if slot is None:
             return _Miss(UNBINDABLE)
         return (*slot, choice.key)
+
+    def serve(forward, inputs, out_shape, args, kwargs, device, entry):
+        if replayer is not None and device >= 0 and replayer.due():
+            return replayer.record(
+                lambda: _run(forward, inputs, out_shape), args, kwargs, device, entry
+            )
+        return _run(forward, inputs, out_shape)
 
     def decided(key, decision):
         table = routes.table
@@ -547,9 +583,9 @@ def _make_impl(
         try:
             if several_gpus and device >= 0 and device != current_device():
                 with torch.cuda.device(device):
-                    out = forward(*inputs)
+                    out = serve(forward, inputs, out_shape, args, kwargs, device, entry)
             else:
-                out = forward(*inputs)
+                out = serve(forward, inputs, out_shape, args, kwargs, device, entry)
         finally:
             local.depth = 0
             if mirror_depth is not None:
@@ -557,9 +593,15 @@ def _make_impl(
             for slots, name in binds:
                 slots[name] = None
         by_entry[entry] = by_entry.get(entry, 0) + 1
-        return out if out_shape is None else out.reshape(out_shape)
+        return out
 
     return impl
+
+
+def _run(forward, inputs: tuple, out_shape):
+    """The entry's forward on the adapted inputs, its output in the operator's shape."""
+    out = forward(*inputs)
+    return out if out_shape is None else out.reshape(out_shape)
 
 
 class _PublicOp:
@@ -757,7 +799,14 @@ def _register_key(
     if state.config.route == "cxx":
         extension = _route_extension()
         impl = _make_impl(
-            op, op_state, original, keyset, state.archs, composite_level, extension.remember
+            op,
+            op_state,
+            original,
+            keyset,
+            state.archs,
+            composite_level,
+            extension.remember,
+            _replayer(state, op_state, extension) if key.endswith("CUDA") else None,
         )
         debug = f"registered at {__file__} through {cxx_route.SOURCE}"
         op_state.routes.append(extension.Route(aten, key, impl, debug))
@@ -766,6 +815,22 @@ def _register_key(
         op_state.library = torch.library.Library("aten", "IMPL")
     impl = _make_impl(op, op_state, original, keyset, state.archs, composite_level)
     op_state.library.impl(op_state.adapter.registered_name, impl, key)
+
+
+def _replayer(state: _State, op_state: _OpState, extension) -> _replay.Replayer | None:
+    """The recording side of a CUDA registration of the C++ route (None with replay off)."""
+    if not state.config.replay:
+        return None
+    op = op_state.adapter.op
+    entries = {
+        choice.key: (choice.record.meta.backend, choice.record.kernel_source)
+        for table in op_state.index.values()
+        for choice in table.values()
+    }
+    several_gpus = sum(1 for d in state.archs if d >= 0) > 1
+    return _replay.Replayer(
+        op, extension, entries, _entry_id, _NOT_REPLAYED.setdefault(op, {}), several_gpus
+    )
 
 
 def _drain(state: _State) -> None:
@@ -778,6 +843,13 @@ def _drain(state: _State) -> None:
                 for rid, n in drained:
                     reason = _REASONS[rid]
                     counts[reason] = counts.get(reason, 0) + n
+            replays = route.drain_replays()
+            if replays:
+                by_entry = _ENTRY_COUNTS.setdefault(op, {})
+                for eid, n in replays:
+                    entry = _ENTRIES[eid]
+                    by_entry[entry] = by_entry.get(entry, 0) + n
+                    _REPLAYED[op] = _REPLAYED.get(op, 0) + n
 
 
 def _unregister(state: _State) -> None:
@@ -803,11 +875,13 @@ def enable(
     path=None,
     devices: Sequence[str] = ("cuda",),
     route: str | None = None,
+    replay: bool | None = None,
 ) -> EnableReport:
     """Dispatch the mapped ATen operators of `ops` (default: all with a usable entry) to the
     library, replacing what an earlier `enable` registered. `route`: `cxx` (default, else
-    `$FORGE_KERNELS_ROUTE`) or `python`, see `RuntimeConfig.route`. With FORGE_KERNELS_DISABLE
-    set, it registers nothing and says so in the report."""
+    `$FORGE_KERNELS_ROUTE`) or `python`, see `RuntimeConfig.route`. `replay`: default True, else
+    `$FORGE_KERNELS_REPLAY`, see `RuntimeConfig.replay`. With FORGE_KERNELS_DISABLE set, it
+    registers nothing and says so in the report."""
     global _STATE
     config = RuntimeConfig(
         ops=list(ops) if ops is not None else None,
@@ -816,6 +890,7 @@ def enable(
         if path is not None
         else None,
         route=cxx_route.chosen_route(route),
+        replay=_replay.chosen_replay(replay),
     )
     with _LOCK:
         reason = _disabled_by_env()
@@ -866,24 +941,32 @@ def use(
     path=None,
     devices: Sequence[str] = ("cuda",),
     route: str | None = None,
+    replay: bool | None = None,
 ) -> Iterator[EnableReport]:
     """Within the block, dispatch exactly `ops` (default all) to the library; afterwards restore
     whatever was enabled before (or nothing)."""
     with _LOCK:
         previous = _STATE.config if _STATE is not None else None
     try:
-        yield enable(ops, path=path, devices=devices, route=route)
+        yield enable(ops, path=path, devices=devices, route=route, replay=replay)
     finally:
         disable()
         if previous is not None:
-            enable(previous.ops, path=previous.path, devices=previous.devices, route=previous.route)
+            enable(
+                previous.ops,
+                path=previous.path,
+                devices=previous.devices,
+                route=previous.route,
+                replay=previous.replay,
+            )
 
 
 def stats() -> dict:
-    """Per operator: calls served by the library and fallbacks to PyTorch by reason; what is
-    registered, what is not and why, and skipped entries. Counters are per process (approximate
-    under concurrent threads) and survive disable(); `reset_stats()` clears them. The C++
-    route's counts are included."""
+    """Per operator: calls served by the library (`replayed_calls` of them replayed from C++,
+    `not_replayed`: served keys left on the Python kernel, by reason) and fallbacks to PyTorch by
+    reason; what is registered, what is not and why, and skipped entries. Counters are per
+    process (approximate under concurrent threads) and survive disable(); `reset_stats()` clears
+    them. The C++ route's counts are included."""
     state = _STATE
     if state is not None:
         _drain(state)
@@ -899,6 +982,8 @@ def stats() -> dict:
             "entries": op_state.entries if op_state else 0,
             "library_calls": library,
             "library_calls_by_entry": dict(_ENTRY_COUNTS.get(op, {})),
+            "replayed_calls": _REPLAYED.get(op, 0),
+            "not_replayed": dict(_NOT_REPLAYED.get(op, {})),
             "fallbacks": counts,
         }
     return {
@@ -906,6 +991,7 @@ def stats() -> dict:
         "disabled_reason": _disabled_by_env(),
         "devices": list(state.config.devices) if state else [],
         "route": state.config.route if state else "",
+        "replay": bool(state and state.config.route == "cxx" and state.config.replay),
         "library_dirs": list(state.report.library_dirs) if state else [],
         "ops": ops,
         "not_registered": dict(state.report.not_registered) if state else {},
@@ -915,16 +1001,18 @@ def stats() -> dict:
 
 def reset_stats() -> None:
     """Zero every counter (registered kernels keep counting into the same dictionaries); the C++
-    route forgets its keys, so that the next call of each runs the Python kernel again (and logs
-    its reason once more)."""
+    route forgets its keys and plans, so that the next call of each runs the Python kernel again
+    (and logs its reason once more, or is recorded again)."""
     state = _STATE
     if state is not None:
         for op_state in state.ops.values():
             for route in op_state.routes:
                 route.drain()
+                route.drain_replays()
                 route.forget()
-    for counts in (*_COUNTS.values(), *_ENTRY_COUNTS.values()):
+    for counts in (*_COUNTS.values(), *_ENTRY_COUNTS.values(), *_NOT_REPLAYED.values()):
         counts.clear()
+    _REPLAYED.clear()
     _SEEN.clear()
     _DETAILS_SEEN.clear()
 

@@ -10,6 +10,7 @@ whole, for the promotion rules.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -225,6 +226,23 @@ def interpreted_runtime(home: Path | None) -> Iterator[None]:
         assert problem is None, problem
         yield
     runtime.disable()
+
+
+@contextmanager
+def python_kernel_calls() -> Iterator[list[int]]:
+    """Counts the runtime's Python kernel (`impl`) entered on this thread inside the block."""
+    seen = [0]
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "impl":
+            if frame.f_code.co_filename == runtime.__file__:
+                seen[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(None)
 
 
 def test_major_minor():

@@ -12,17 +12,23 @@ import os
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_library_helpers import LEGIT, cpu_entry, cpu_library, interpreted_runtime, write_all
+from test_library_helpers import (
+    LEGIT,
+    cpu_entry,
+    cpu_library,
+    interpreted_runtime,
+    python_kernel_calls,
+    write_all,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import forge.kernels_library as kl
-from forge.kernels_library import adapters, custom_ops, runtime
+from forge.kernels_library import adapters, custom_ops, cxx_route, replay, runtime
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(),
@@ -31,7 +37,6 @@ pytestmark = pytest.mark.skipif(
 
 CPU = ["cpu"]
 N = 200
-RUNTIME_FILE = runtime.__file__
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,23 +64,6 @@ def fallbacks(op: str) -> dict:
 
 def library_calls(op: str) -> int:
     return kl.stats()["ops"].get(op, {}).get("library_calls", 0)
-
-
-@contextmanager
-def python_kernel_calls():
-    """Counts the runtime's Python kernel (`impl`) entered on this thread inside the block."""
-    seen = [0]
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "impl":
-            if frame.f_code.co_filename == RUNTIME_FILE:
-                seen[0] += 1
-
-    sys.setprofile(profile)
-    try:
-        yield seen
-    finally:
-        sys.setprofile(None)
 
 
 def test_repeated_unserved_calls_run_python_once_and_are_counted_exactly(lib):
@@ -328,3 +316,23 @@ def test_a_failed_build_is_a_clear_error_and_the_python_route_still_works(lib, t
     assert "route='python'" in error and "FORGE_KERNELS_ROUTE=python" in error
     assert "PYTHON [('gelu', 1), ('layer_norm', 1), ('softmax', 1)]" in out.stdout
     assert not any(Path(tmp_path / "home").rglob("*.so"))
+
+
+def test_a_plan_crosses_into_cxx_in_the_form_install_takes():
+    """The recorder's plan (replay.build_plan, here from CPU tensors) converts to install()'s
+    arguments; outside a call of the route there is nothing to install it for."""
+    x = torch.randn(5, 127)
+    y = torch.empty_like(x)
+    record = replay.LaunchRecord(
+        "_softmax_kernel", replay.GENERATED, 0x1234, (5, 1, 1), 0, 4, 1, 0, False, False, 0, 0,
+        False, (("*fp32", x), ("*fp32", y), ("i32", 127), ("fp32", 0.5)),
+    )  # fmt: skip
+    call = replay.RecordedCall(
+        (x, -1, False), ["aten.empty_like.default"], [y], [record], (y,), x.device, 0
+    )
+    plan = replay.build_plan(call)
+    extension = cxx_route.extension()
+    with pytest.raises(RuntimeError, match=r"install\(\) outside a call of the C\+\+ route"):
+        extension.install(0, 0, False, *map(list, plan))
+    assert not extension.served() and not extension.refuse()
+    assert extension.driver_problem() == "libcuda.so.1 is not loaded in this process"
