@@ -299,9 +299,19 @@ def _launch_record(kernel, launcher, args: tuple) -> LaunchRecord:
         pdl=bool(getattr(launcher, "launch_pdl", False)),
         global_scratch=int(getattr(launcher, "global_scratch_size", 0) or 0),
         profile_scratch=int(getattr(launcher, "profile_scratch_size", 0) or 0),
-        hooks=enter is not None or leave is not None,
+        hooks=hook_installed(enter) or hook_installed(leave),
         params=launcher_params(signature, values),
     )
+
+
+def hook_installed(hook) -> bool:
+    """Whether a launch hook the JIT passes would run. Triton >= 3.4 always passes a `HookChain`
+    (`triton.knobs.runtime.launch_enter_hook`), empty unless someone added a hook; older
+    releases pass None or the function."""
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if isinstance(calls, list) else True
 
 
 # ------------------------------------------------------------------------------------ plans

@@ -297,6 +297,30 @@ def test_a_launch_through_an_unknown_launcher_is_recorded_and_refused():
     assert short.interface.startswith("unexpected Triton launch arguments (ValueError")
 
 
+def test_tritons_empty_hook_chains_are_no_hook_and_a_hook_added_is_one():
+    """Triton >= 3.4 passes its `HookChain`s to every launch, empty by default (the H200 run
+    with Triton 3.6 refused every call as "a Triton launch hook is installed" before this)."""
+    from triton import knobs
+
+    call = softmax_call()
+    x, y = call.inputs[0], call.allocations[0]
+    signature = {"x_ptr": "*fp32", "y_ptr": "*fp32", "n_cols": "i32", "stride": "i32"}
+    kernel = SimpleNamespace(name="_softmax_kernel", src=SimpleNamespace(signature=signature))
+    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    args = (5, 1, 1, STREAM, FUNCTION, (4, 1, 0), None, enter, leave, x, y, 127, 127)
+    assert not replay.launch_record(kernel, object(), args).hooks
+
+    def hook(metadata):
+        return None
+
+    enter.add(hook)
+    try:
+        assert replay.launch_record(kernel, object(), args).hooks
+    finally:
+        enter.remove(hook)
+    assert replay.launch_record(kernel, object(), (*args[:7], hook, None, *args[9:])).hooks
+
+
 def test_the_recorder_logs_aten_ops_in_the_form_build_plan_reads():
     x = torch.randn(4, 6)
     with replay.recording() as rec:
