@@ -450,7 +450,7 @@ def _external_proof(result: EvalResult, trusted: TrustedReport) -> None:
     timed = next((t for t in result.timings if t.input_set == trusted.profiled_set), None)
     if timed and all(d is not None for d in durations):
         ncu_ms = sum(durations) / 1e6
-        if timed.candidate.median_ms < 0.5 * ncu_ms:
+        if timed.candidate.median_ms < NCU_AGREEMENT * ncu_ms:
             result.status = Status.rejected
             result.reasons.insert(
                 0,
@@ -460,6 +460,14 @@ def _external_proof(result: EvalResult, trusted: TrustedReport) -> None:
 
 
 WRITE_SECTORS = "lts__t_sectors_srcunit_tex_op_write.sum"
+NCU_AGREEMENT = 1 / 3
+"""A timed median below this fraction of the profiled call's kernel time (Nsight Compute) is
+rejected. Honest kernels run longer under ncu than in a timed batch where they are slow to
+start on cold memory: on an H200 (2026-12-02) a strided mean reduction over an 8.7 GB input
+(KernelBench L1/48) ran 1.2x, 1.71x and 2.17x its timed median there (0.5 rejected the last),
+while the contiguous kernels of the same run were within 0.9-1.22x. The trusted clock's wall
+check is the first defence against time hidden from the events; this one is its outside
+second opinion, set past what honest kernels were seen to do."""
 
 
 def _last_frame(traceback_text: str) -> str:
