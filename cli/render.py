@@ -123,6 +123,8 @@ def render_result(console: Console, r: EvalResult) -> None:
         console.print(
             "[bold yellow]suspicious:[/] " + "; ".join(r.suspicious_reasons), highlight=False
         )
+    elif r.reverified:
+        console.print("[bold]re-verified:[/] " + "; ".join(r.suspicious_reasons), highlight=False)
     if r.profile and r.profile.kernels:
         table = Table(
             "kernel",

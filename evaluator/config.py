@@ -58,6 +58,12 @@ class EvalConfig(BaseModel):
     profile: bool = True
     """Profile the candidate's kernels (Nsight Compute when usable, else torch.profiler)."""
 
+    reverify_suspicious: bool = True
+    """A correct result flagged only for its speed (more than 10x eager) is evaluated again
+    before it counts (`host.reverify`): fresh secret seeds, three times the seeds per input set,
+    every timed call's output checked, the profile on. Correct again, it counts, marked
+    `reverified`; a flag for beating the roofline floor or an unreset persisting L2 stays."""
+
     timing_sets: list[str] = Field(default_factory=list)
     """Input sets to time besides the target sets (the problem's `forge_target_sets`, else the
     largest). Speedups that drive the loop and the library are taken at the target sets only;

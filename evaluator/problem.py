@@ -125,11 +125,23 @@ def _scan(source: str, label: str) -> _Scan:
             try:
                 value = ast.literal_eval(node.value)
             except ValueError:
+                _require_literal_settings(targets, label, node.lineno)
                 continue
             for target in targets:
                 if isinstance(target, ast.Name):
                     scan.literals[target.id] = value
     return scan
+
+
+def _require_literal_settings(targets: list[ast.expr], label: str, line: int) -> None:
+    """Forge reads its `forge_*` settings without running the file: one that is not a literal
+    would be ignored without a word."""
+    for target in targets:
+        if isinstance(target, ast.Name) and target.id.startswith("forge_"):
+            raise ProblemError(
+                f"{label}:{line}: {target.id} must be a literal (numbers, strings, lists, dicts; "
+                "no expressions such as 16 * 1024): Forge reads it without running the file"
+            )
 
 
 def _int_constants(literals: dict[str, object]) -> dict[str, int]:

@@ -278,6 +278,11 @@ class EvalResult(BaseModel):
     speedup_vs_compile: float | None = None
     suspicious: bool = False
     suspicious_reasons: list[str] = Field(default_factory=list)
+    reverified: bool = Field(
+        False,
+        description="flagged for its speed, then correct in a second, stricter evaluation: it "
+        "counts (the flag's reasons stay in suspicious_reasons, suspicious is false)",
+    )
     precision: PrecisionReport | None = Field(
         None, description="the precision policy and what the candidate's compiled code used"
     )

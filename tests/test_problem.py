@@ -48,6 +48,14 @@ def test_set_overrides_a_constant_and_unknown_names_are_refused():
         load_problem(KERNELBENCH, "relu", overrides={"batchsize": 8})
 
 
+def test_a_forge_setting_that_is_not_a_literal_is_an_error_not_ignored():
+    computed = KERNELBENCH + '\nforge_input_sets = [{"name": "large", "dim": 16 * 1024}]\n'
+    with pytest.raises(ProblemError, match=r"relu:\d+: forge_input_sets must be a literal"):
+        load_problem(computed, "relu")
+    # other module-level expressions stay the problem's own business
+    assert load_problem(KERNELBENCH + "\nscale = 2 ** 0.5\n", "relu").input_sets
+
+
 def test_parse_overrides():
     assert parse_overrides(["batch_size=8", "dim=127"]) == {"batch_size": 8, "dim": 127}
     with pytest.raises(ProblemError, match="NAME=INT"):
