@@ -192,6 +192,9 @@ class Reply(BaseModel):
     )
     compile_log: str = ""
     containment: dict[str, Any] = Field(default_factory=dict)
+    startup: dict[str, float] = Field(
+        default_factory=dict, description="hello: seconds of each start-up step of the runner"
+    )
 
 
 # ---- trusted -> host ---------------------------------------------------------------------------

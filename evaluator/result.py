@@ -216,7 +216,10 @@ class PhaseSeconds(BaseModel):
         "time spent waiting for a free worker of the executor's pool; 'queue_wait' (queue:DIR, "
         "ray) is the controller's time from submitting the job to its answer less the "
         "evaluation's own: waiting for a worker or task slot, and the way there and back; both "
-        "left out of 'total')",
+        "left out of 'total'); where the start-up went, off the verdict's path when it was "
+        "started ahead: 'runner.startup.*' and 'profiled.startup.*' are the runners' own steps "
+        "(imports, monitor, triton, cuda, profiler, containment), 'worker_start.*' when the "
+        "worker's own start-up and its runners were ready, in seconds from its start)",
     )
 
 

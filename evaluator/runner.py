@@ -501,8 +501,18 @@ def environment(device: str) -> dict:
     return facts
 
 
-def prepare(device: str) -> None:
-    """Imports and, on a GPU, CUDA and the profiler's start-up, before any candidate code."""
+def prepare(device: str) -> dict[str, float]:
+    """Imports and, on a GPU, CUDA and the profiler's start-up, before any candidate code.
+    Returns the seconds each step took."""
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = now - mark
+        mark = now
+
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -512,13 +522,15 @@ def prepare(device: str) -> None:
     import forge.evaluator.timing  # noqa: F401
     from forge.evaluator.monitor import warm_monitor
 
+    step("imports")
     warm_monitor()
-
+    step("monitor")
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except ImportError:
         pass
+    step("triton")
     if device == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -526,12 +538,15 @@ def prepare(device: str) -> None:
 
         torch.cuda.init()
         cudart()
+        step("cuda")
         with profile(activities=[ProfilerActivity.CUDA]):
             torch.empty(1, device="cuda").fill_(1)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        step("profiler")
     else:
         import forge.evaluator.stores  # noqa: F401
+    return steps
 
 
 def main() -> None:
@@ -553,14 +568,18 @@ def main() -> None:
         }
     else:
         applied = containment.before_imports(Path.cwd(), device == "cuda", keep_dirs=keep)
-    prepare(device)
+    startup = {"before_prepare": time.perf_counter() - STARTED}
+    startup.update(prepare(device))
+    contained = time.perf_counter()
     applied.update(containment.after_imports(writable=[str(Path.cwd()), *keep, "/dev"]))
+    startup["containment"] = time.perf_counter() - contained
     protocol.send(
         sock,
         Reply(
             environment=environment(device),
             containment=applied,
             seconds=time.perf_counter() - STARTED,
+            startup=startup,
         ),
     )
     try:

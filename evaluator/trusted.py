@@ -249,12 +249,24 @@ def prestart_runner(device: str) -> None:
     warm_monitor()  # the reference runs under it once per evaluation
 
 
-def wait_for_prestarted_runners(timeout_s: float) -> None:
+_STARTUP: dict[str, float] = {}
+"""When this worker's start-up steps ended, in seconds from its start (`sandbox.worker.prepare`,
+where it starts its runners ahead); the evaluation reports them as `worker_start.*` in its
+phase detail."""
+
+
+def note_startup(step: str, started: float) -> None:
+    _STARTUP[step] = time.perf_counter() - started
+
+
+def wait_for_prestarted_runners(timeout_s: float, started: float) -> None:
     """Until the runners `prestart_runner` started have each said they are ready (CUDA and ncu
-    up) or died, at most `timeout_s` in all."""
+    up) or died, at most `timeout_s` in all; when each was, in `_STARTUP` (seconds from
+    `started`, this process's start)."""
     end = time.monotonic() + timeout_s
-    for runner in _SPARE.values():
+    for name, runner in _SPARE.items():
         runner.wait_ready(end - time.monotonic())
+        note_startup("profiled_ready" if name == "profiled" else "runner_ready", started)
 
 
 def _ncu_log() -> Path:
@@ -301,6 +313,10 @@ class Evaluation:
             self.seconds["gpu_lock_wait"] += waited
             yield
 
+    def note_startup(self, runner: str, hello: Reply) -> None:
+        """A runner's start-up steps (its hello's seconds per step) in the phase detail."""
+        self.seconds.update({f"{runner}.startup.{k}": v for k, v in hello.startup.items()})
+
     @contextlib.contextmanager
     def timed(self, what: str):
         t0 = time.perf_counter()
@@ -319,6 +335,8 @@ class Evaluation:
                 self.setup()
             with self.timed("runner_wait"):
                 hello = self.runner.start(self.job.limits.load_s + 60)
+            self.note_startup("runner", hello)
+            self.seconds.update({f"worker_start.{k}": v for k, v in _STARTUP.items()})
             self.report.containment = hello.containment
             self.report.environment = {**self.report.environment, **hello.environment}
             self.report.phase_seconds["startup"] = time.perf_counter() - t0
@@ -1023,7 +1041,7 @@ class Evaluation:
         self.report.profiled_set = self.report.target_sets[0]
 
     def profiled_session(self) -> None:
-        self.runner.start(self.job.limits.load_s + 60)
+        self.note_startup("profiled", self.runner.start(self.job.limits.load_s + 60))
         input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
         self.load_candidate()
         with self.buffers_of("profiling"):

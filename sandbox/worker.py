@@ -122,8 +122,10 @@ def prepare(device: str) -> None:
 
             torch.cuda.init()
             torch.empty(1, device="cuda").fill_(1)
+        if runners:
+            trusted.note_startup("own_ready", STARTED)
         if ahead and runners:
-            trusted.wait_for_prestarted_runners(RUNNERS_READY_S)
+            trusted.wait_for_prestarted_runners(RUNNERS_READY_S, STARTED)
 
 
 def main() -> None:

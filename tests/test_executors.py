@@ -456,6 +456,12 @@ def test_one_shot_eval_through_a_resident_worker(tmp_path, home):
     assert seconds["detail"]["runner_wait"] < 0.25 * seconds["prepare"], seconds
     # a sandbox process started then would import torch on the verdict's path as well
     assert seconds["detail"]["sandbox"] < 0.5 * seconds["prepare"], seconds
+    # where the runner's start-up went, step by step, and when the worker's own was done
+    detail = seconds["detail"]
+    steps = {k.removeprefix("runner.startup.") for k in detail if k.startswith("runner.startup.")}
+    assert steps == {"before_prepare", "imports", "monitor", "triton", "containment"}, detail
+    assert sum(detail[f"runner.startup.{s}"] for s in steps) <= seconds["prepare"], detail
+    assert 0 < detail["worker_start.own_ready"] < 120, detail
     assert worker.returncode == 130
     assert len(re.findall(r"softmax from \S+: correct in", log)) == 2, log
     assert not any(list((queue / d).iterdir()) for d in ("pending", "results", "claimed", "tmp"))
