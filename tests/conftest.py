@@ -33,6 +33,18 @@ def fixtures_dir() -> Path:
     return FIXTURES_DIR
 
 
+@pytest.fixture
+def clean_library() -> Iterator[None]:
+    """The kernel library's runtime off and its counts zeroed around a test (modules that enable
+    it use it through `pytest.mark.usefixtures`)."""
+    import forge.kernels_library as kl
+
+    kl.disable()
+    kl.reset_stats()
+    yield
+    kl.disable()
+
+
 @pytest.fixture(scope="session")
 def forge_cache_dir() -> Iterator[Path]:
     """A compiler cache (Triton, torch extensions, cupy) shared by the evaluations of one test

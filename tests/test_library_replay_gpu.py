@@ -39,6 +39,7 @@ from forge.kernels_library.storage import EntryRecord
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("clean_library"),
 ]
 
 N = 12
@@ -56,14 +57,6 @@ def home(forge_cache_dir):
         ):
             mp.delenv(name, raising=False)
         yield
-    kl.disable()
-
-
-@pytest.fixture(autouse=True)
-def clean():
-    kl.disable()
-    kl.reset_stats()
-    yield
     kl.disable()
 
 

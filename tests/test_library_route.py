@@ -30,10 +30,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import forge.kernels_library as kl
 from forge.kernels_library import adapters, custom_ops, cxx_route, replay, runtime
 
-pytestmark = pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        torch.cuda.is_available(),
+        reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)",
+    ),
+    pytest.mark.usefixtures("clean_library"),
+]
 
 CPU = ["cpu"]
 N = 200
@@ -43,14 +46,6 @@ N = 200
 def interpreter(forge_cache_dir):
     with interpreted_runtime(forge_cache_dir):
         yield
-
-
-@pytest.fixture(autouse=True)
-def clean():
-    kl.disable()
-    kl.reset_stats()
-    yield
-    kl.disable()
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,13 @@ from forge.kernels_library import adapters, runtime
 # Triton decides at import whether its kernels (and its standard library) are interpreted, so
 # TRITON_INTERPRET=1 is set (by the `interpreter` fixture) before this process first imports
 # triton, which only library kernels loaded here do. Only on a host without a GPU.
-pytestmark = pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        torch.cuda.is_available(),
+        reason="CPU-dispatch tests run on a host without a GPU (TRITON_INTERPRET)",
+    ),
+    pytest.mark.usefixtures("clean_library"),
+]
 
 CPU = ["cpu"]
 
@@ -32,14 +35,6 @@ CPU = ["cpu"]
 def interpreter(forge_cache_dir):
     with interpreted_runtime(forge_cache_dir):
         yield
-
-
-@pytest.fixture(autouse=True)
-def clean():
-    kl.disable()
-    kl.reset_stats()
-    yield
-    kl.disable()
 
 
 @pytest.fixture(scope="module")
