@@ -10,7 +10,7 @@ States (`--states`, the first three by default):
   is cold unless an in-process state ran before it);
 - resident: a `forge worker --queue DIR` started once, then `--repeat` runs of `forge eval
   --executor queue:DIR`, `--idle` seconds apart (the worker starts the next job's sandbox
-  process and runner as soon as a GPU job starts, as a CPU job ends; see
+  process and runner as a GPU job starts while another is pending, else as the job ends; see
   SandboxConfig.overlap_prestart).
 
 "verdict" is the time until correct/incorrect is known: static + startup (which includes

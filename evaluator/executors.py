@@ -16,6 +16,8 @@ Every executor's `evaluate` may be called from several threads at once. Add one 
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import os
 import queue
@@ -79,16 +81,24 @@ class LocalExecutor:
     CPU jobs (`local:N`: N workers; `local:gpus=LIST`: those GPUs). A job waits for a free
     worker of its device and runs there; `evaluate` may be called from several threads at once.
     Each worker keeps its next sandbox process started ahead of its job (a fresh process per
-    job all the same); the static check and the verdict's arithmetic run outside the worker."""
+    job all the same): as the job starts where another job of its device is waiting (`backlog`),
+    else as it ends; the static check and the verdict's arithmetic run outside the worker.
+    `more_jobs(device)` says whether jobs of `device` wait elsewhere too (a queue directory)."""
 
     def __init__(
-        self, config: EvalConfig, workers: int | None = None, gpus: list[str] | None = None
+        self,
+        config: EvalConfig,
+        workers: int | None = None,
+        gpus: list[str] | None = None,
+        more_jobs: Callable[[str], bool] | None = None,
     ):
         self.config = config
         self.workers = workers
         self.gpus = gpus
+        self.more_jobs = more_jobs
         self._pools: dict[str, queue.LifoQueue[Slot]] = {}
         self._slots: list[Slot] = []
+        self._waiting: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
     @classmethod
@@ -114,15 +124,43 @@ class LocalExecutor:
             if device not in self._pools:
                 slots = self._gpu_slots() if device == "cuda" else self._cpu_slots()
                 prestart = self.config.sandbox == "local"
+                backlog = functools.partial(self.backlog, device)
                 for slot in slots:
                     if prestart:
-                        slot.sandbox = make_sandbox(self.config, slot.env, prestart=True)
+                        slot.sandbox = make_sandbox(
+                            self.config, slot.env, prestart=True, backlog=backlog
+                        )
                 self._slots += slots
                 free: queue.LifoQueue[Slot] = queue.LifoQueue()
                 for slot in reversed(slots):
                     free.put(slot)
                 self._pools[device] = free
             return self._pools[device]
+
+    def take(self, device: str) -> Slot:
+        """A free worker of `device`, waiting (counted in `waiting`) while every one is busy."""
+        free = self.pool(device)
+        try:
+            return free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            self._waiting[device] += 1
+        try:
+            return free.get()
+        finally:
+            with self._lock:
+                self._waiting[device] -= 1
+
+    def waiting(self, device: str) -> int:
+        """The jobs of `device` waiting for a free worker of this executor."""
+        with self._lock:
+            return self._waiting[device]
+
+    def backlog(self, device: str) -> bool:
+        """Whether another job of `device` is already waiting: for a worker of this executor,
+        or (`more_jobs`) elsewhere."""
+        return self.waiting(device) > 0 or (self.more_jobs is not None and self.more_jobs(device))
 
     def _cpu_slots(self) -> list[Slot]:
         return [Slot(f"cpu {i}", {}) for i in range(self.workers or 1)]
@@ -185,8 +223,9 @@ class _PooledSandbox:
         self.executor, self.config = executor, config
 
     def run(self, job: SandboxJob, on_phase: Callable[[str], None] | None = None) -> SandboxOutcome:
-        free = self.executor.pool("cuda" if job.gpu else "cpu")
-        slot = free.get()
+        device = "cuda" if job.gpu else "cpu"
+        slot = self.executor.take(device)
+        free = self.executor.pool(device)
         held_from = time.time()
         try:
             sandbox = slot.sandbox

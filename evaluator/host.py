@@ -53,10 +53,15 @@ def _derive_seeds(secret: int, count: int, salt: int) -> list[int]:
     return [derive_seed(secret, salt, i) for i in range(count)]
 
 
-def make_sandbox(config: EvalConfig, env: dict[str, str] | None = None, prestart: bool = False):
+def make_sandbox(
+    config: EvalConfig,
+    env: dict[str, str] | None = None,
+    prestart: bool = False,
+    backlog: Callable[[], bool] | None = None,
+):
     """The sandbox `config.sandbox` names; `env` is added to its workers' environment (an
     executor's GPU placement: CUDA_VISIBLE_DEVICES), `prestart` keeps a local worker started
-    ahead of its job."""
+    ahead of its job, `backlog` says whether another job is waiting for it (`LocalSandbox`)."""
     from forge.sandbox.policy import SandboxConfig
 
     if config.sandbox == "docker":
@@ -68,7 +73,7 @@ def make_sandbox(config: EvalConfig, env: dict[str, str] | None = None, prestart
     settings = SandboxConfig.from_env()
     if env:
         settings = settings.model_copy(update={"extra_env": {**settings.extra_env, **env}})
-    return LocalSandbox(settings, cache_dir=config.cache_dir, prestart=prestart)
+    return LocalSandbox(settings, cache_dir=config.cache_dir, prestart=prestart, backlog=backlog)
 
 
 def require_gpu() -> None:

@@ -200,12 +200,15 @@ class Queue:
         (claims / HEARTBEAT).touch()
         return claims
 
+    def pending(self, device: str) -> list[str]:
+        """The file names of the jobs of `device` waiting for a worker, oldest first."""
+        names = os.listdir(self.root / "pending")
+        return sorted(n for n in names if n.startswith(f"{device}-") and n.endswith(".json"))
+
     def claim(self, worker_id: str, device: str) -> Path | None:
         """Take the oldest pending job of `device`; None when there is none."""
         claims = self.register(worker_id)
-        for name in sorted(os.listdir(self.root / "pending")):
-            if not (name.startswith(f"{device}-") and name.endswith(".json")):
-                continue
+        for name in self.pending(device):
             try:
                 os.rename(self.root / "pending" / name, claims / name)
             except FileNotFoundError:  # another worker took it
@@ -247,10 +250,11 @@ class Worker:
     heartbeating its claim; `log` hears one line per job (and per dead worker's job put back).
 
     Resident: what does not change between jobs stays up. The sandbox process of the next job,
-    with its runner, is started when the worker starts and again as soon as a GPU job starts
-    (a CPU job: ends), its start-up kept out of the job's timing by the device lock
-    (`forge.sandbox.gpu_lock`). Each job still gets a fresh process and runner: candidate code
-    never runs in a reused one. Compiler caches and cached torch.compile baselines live in this host's cache directory."""
+    with its runner, is started when the worker starts and again as a GPU job starts while
+    another job of its device is pending (else, and for a CPU job, as the job ends), its
+    start-up kept out of the job's timing by the device lock (`forge.sandbox.gpu_lock`). Each
+    job still gets a fresh process and runner: candidate code never runs in a reused one.
+    Compiler caches and cached torch.compile baselines live in this host's cache directory."""
 
     def __init__(
         self,
@@ -269,9 +273,12 @@ class Worker:
         self.log = log
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.config = EvalConfig(device=device)
-        self.executor = LocalExecutor(self.config)
+        self.executor = LocalExecutor(self.config, more_jobs=self._pending)
         self.claim: Path | None = None
         self._stop = threading.Event()
+
+    def _pending(self, device: str) -> bool:
+        return bool(self.queue.pending(device))
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(min(2.0, self.stale_s / 4)):

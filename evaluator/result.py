@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -223,6 +224,9 @@ class PhaseSeconds(BaseModel):
     )
 
 
+NextWorker = Literal["", "with_job", "after_job"]
+
+
 class SandboxInfo(BaseModel):
     backend: str
     exit_code: int | None = None
@@ -257,6 +261,11 @@ class SandboxInfo(BaseModel):
     """Unix time the job took its worker (`local`: no other job holds that worker meanwhile)."""
     held_until: float | None = None
     """Unix time the job let go of its worker."""
+    next_worker: NextWorker = ""
+    """When the sandbox started the worker of its next job (`LocalSandbox(prestart=True)`):
+    `with_job` as this job started, because another job was waiting (its start-up can add to
+    this job's `phase_seconds.detail.gpu_lock_wait`); `after_job` once this job had ended;
+    empty where none is kept started."""
 
 
 class Environment(BaseModel):

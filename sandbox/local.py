@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge.evaluator.protocol import PHASE_MARK
-from forge.evaluator.result import SandboxInfo
+from forge.evaluator.result import NextWorker, SandboxInfo
 from forge.sandbox import gpu_lock
 from forge.sandbox.base import (
     RUNNER_AHEAD,
@@ -112,13 +112,19 @@ class LocalSandbox:
         config: SandboxConfig | None = None,
         cache_dir: Path | None = None,
         prestart: bool = False,
+        backlog: Callable[[], bool] | None = None,
     ):
         """`prestart=True` keeps the next worker started ahead of its job (imports, CUDA and
         profiler initialised, no candidate code yet): each job still gets a fresh process.
-        Where `config.overlap_prestart` says so, that worker is started when a job starts,
-        under the device lock (`forge.sandbox.gpu_lock`); else when the job ends."""
+        Where `config.overlap_prestart` says so and another job is already waiting, that
+        worker is started when a job starts, under the device lock (`forge.sandbox.gpu_lock`);
+        else when the job ends, so that a job nobody waits behind is never slowed by it.
+
+        `backlog` (also settable as an attribute): whether another job is already waiting for
+        this sandbox, asked once as each job starts; None counts as yes."""
         self.config = config or SandboxConfig.from_env()
         self.prestart = prestart
+        self.backlog = backlog
         self._spare: _Launched | None = None
         self._spare_lock = threading.Lock()
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "forge-cache"
@@ -138,8 +144,8 @@ class LocalSandbox:
         return gpu_lock.lock_file(locks, f"gpu-{visible}" if gpu else "cpu")
 
     def overlaps(self, gpu: bool) -> bool:
-        """Whether the next worker of a job on `gpu` starts when that job starts (under the
-        device lock), rather than when it ends."""
+        """Whether the next worker of a job on `gpu` may start when that job starts (under the
+        device lock), rather than when it ends: it does where another job waits (`backlog`)."""
         mode = self.config.overlap_prestart
         return self.prestart and (mode == "always" or (mode == "gpu" and gpu))
 
@@ -230,14 +236,28 @@ class LocalSandbox:
         """`on_phase` hears the evaluation's phases as the worker reaches them."""
         worker = self._take(job)
         try:
-            if self.overlaps(job.gpu) and not job.argv_prefix:
+            next_worker = self._next_worker_start(job)
+            if next_worker == "with_job":
                 self._start_spare(job.gpu, evaluates_candidate(job))
-            return self._run_on(worker, job, on_phase)
+            return self._run_on(worker, job, on_phase, next_worker)
         finally:  # also when the wait is interrupted (Ctrl-C, a cancelled Ray task)
             worker.discard()
 
+    def _next_worker_start(self, job: SandboxJob) -> NextWorker:
+        """When the next job's worker is started, decided once as `job` starts: with it where
+        it overlaps and another job is waiting, else after it ('' when none is kept)."""
+        if not self.prestart or job.argv_prefix:
+            return ""
+        if self.overlaps(job.gpu) and (self.backlog is None or self.backlog()):
+            return "with_job"
+        return "after_job"
+
     def _run_on(
-        self, worker: _Launched, job: SandboxJob, on_phase: Callable[[str], None] | None
+        self,
+        worker: _Launched,
+        job: SandboxJob,
+        on_phase: Callable[[str], None] | None,
+        next_worker: NextWorker,
     ) -> SandboxOutcome:
         worker.drains[1].on_phase = on_phase
         token = secrets.token_hex(16)
@@ -267,7 +287,7 @@ class LocalSandbox:
             timed_out = True
         worker.discard()
         wall = time.perf_counter() - start
-        if not self.overlaps(job.gpu) and not job.argv_prefix:
+        if next_worker == "after_job":
             self._start_spare(job.gpu, evaluates_candidate(job))
         stdout, stderr, channel = (bytes(d.data) for d in worker.drains)
         message, channel_error = None, ""
@@ -300,6 +320,7 @@ class LocalSandbox:
                 killed_on_timeout=timed_out,
                 processes_isolated=worker.isolate_pids,
                 process_limit=worker.process_limit,
+                next_worker=next_worker,
             ),
         )
 

@@ -27,11 +27,14 @@ from forge.db.store import RunStore
 from forge.evaluator import EvalConfig, EvaluatorError, resolve_problem
 from forge.evaluator.executors import (
     ExecutorSpecError,
+    LocalExecutor,
     check_spec,
     make_executor,
     on_this_machine,
 )
-from forge.evaluator.job_queue import Queue, QueueJob, QueueResult
+from forge.evaluator.job_queue import Queue, QueueJob, QueueResult, Worker
+from forge.sandbox.gpu_lock import GpuLock
+from forge.sandbox.local import LocalSandbox
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGIT_FILE = FIXTURES / "legit" / "triton_softmax.py"
@@ -257,6 +260,48 @@ def test_a_job_that_fails_frees_its_worker(tmp_path, home):
         executor.close()
 
 
+def test_local_starts_a_workers_next_process_with_a_job_only_while_another_waits(monkeypatch, home):
+    """`local:1` with CPU jobs overlapping as GPU jobs do (`always`): a job that starts while no
+    other waits for the worker has its next process started as it ends; one that starts while
+    another waits, as it starts (`sandbox.next_worker`). The first job is held (its process,
+    started ahead, waits for the device lock that the test holds as a timing would) until two
+    more wait for the worker."""
+    monkeypatch.setenv("FORGE_SANDBOX_OVERLAP_PRESTART", "always")
+    config = EvalConfig(device="cpu", cache_dir=home / "cache")
+    decided = threading.Event()
+    executor = LocalExecutor(config, workers=1, more_jobs=lambda _: decided.set() or False)
+    problem = resolve_problem("softmax")
+    timing = GpuLock(LocalSandbox(cache_dir=config.cache_dir).lock_path(gpu=False))
+    answers: list = []
+
+    def evaluate_one() -> None:
+        answers.append(executor.evaluate(problem, LEGIT, config))
+
+    threads = [threading.Thread(target=evaluate_one) for _ in range(3)]
+    try:
+        with timing.exclusive():
+            executor.start_ahead("cpu")
+            threads[0].start()
+            assert decided.wait(60), "the first job did not start"
+            assert not executor.backlog("cpu")
+            for thread in threads[1:]:
+                thread.start()
+            deadline = time.monotonic() + 60
+            while executor.waiting("cpu") < 2:
+                assert time.monotonic() < deadline, "the other two jobs do not wait"
+                time.sleep(0.05)
+            assert executor.backlog("cpu")
+        for thread in threads:
+            thread.join(timeout=300)
+    finally:
+        executor.close()
+        timing.close()
+    assert [r.status.value for r in answers] == ["correct"] * 3, [r.reasons for r in answers]
+    answers.sort(key=lambda r: r.sandbox.held_from)
+    assert [r.sandbox.next_worker for r in answers] == ["after_job", "with_job", "after_job"]
+    assert not executor.backlog("cpu")
+
+
 @pytest.mark.gpu
 def test_local_runs_one_evaluation_per_gpu_at_once(home):
     """On the GPU machine: twice as many evaluations at once as there are GPUs; each GPU runs
@@ -303,6 +348,26 @@ def test_racing_workers_never_run_one_job_twice(tmp_path, home):
         assert "queue empty" in log.splitlines()[-1]
 
 
+def test_a_queue_workers_backlog_is_its_devices_pending_jobs(tmp_path, home):
+    """`forge worker --queue DIR` starts a job's next sandbox process with the job only while
+    another job of its device is pending in DIR: its executor's backlog is DIR/pending/."""
+    queue = Queue(tmp_path / "q")
+    worker = Worker(queue.root, "cpu", log=lambda _: None)
+    problem = resolve_problem("softmax")
+    on_gpu = config_for(queue.root, home).model_copy(update={"device": "cuda"})
+    assert not worker.executor.backlog("cpu")
+    queue.submit(QueueJob.create(problem, BROKEN, on_gpu))
+    assert not worker.executor.backlog("cpu")  # not its device
+    job = QueueJob.create(problem, BROKEN, config_for(queue.root, home))
+    queue.submit(job)
+    assert worker.executor.backlog("cpu")
+    claim = queue.claim("another-worker", "cpu")
+    assert claim is not None and claim.stem == job.id
+    assert not worker.executor.backlog("cpu")
+    queue.release(claim)
+    assert worker.executor.backlog("cpu")
+
+
 def processes_working_in(directory: Path) -> list[int]:
     """Processes whose working directory lies under `directory`."""
     found = []
@@ -316,13 +381,13 @@ def processes_working_in(directory: Path) -> list[int]:
     return found
 
 
-def test_a_drain_answers_every_job_with_the_next_worker_started_as_each_starts(tmp_path, home):
-    """`forge worker --drain` over two queued jobs, the next job's sandbox process started as
-    each job starts (FORGE_SANDBOX_OVERLAP_PRESTART=always, what GPU jobs get by default; CPU
-    jobs start it as a job ends, the drains of
-    test_optimize_through_a_queue_drained_between_rounds): each job gets its verdict, and once
-    the worker has exited none of its sandbox processes (the one started during the last job
-    included) and none of their directories is left."""
+def test_a_drain_answers_every_job_with_the_next_worker_started_while_jobs_wait(tmp_path, home):
+    """`forge worker --drain` over two queued jobs, the next job's sandbox process started as a
+    job starts while another is pending (FORGE_SANDBOX_OVERLAP_PRESTART=always, what GPU jobs
+    get by default; CPU jobs start it as a job ends, the drains of
+    test_optimize_through_a_queue_drained_between_rounds), as the last job ends: each job gets
+    its verdict, and once the worker has exited none of its sandbox processes (the one started
+    after the last job included) and none of their directories is left."""
     scratch = Path(tempfile.mkdtemp(prefix="forge-drain-"))
     os.chmod(scratch, 0o755)  # the runner (uid 65534) reaches its directory through it
     queue = Queue(tmp_path / "q")
@@ -338,6 +403,8 @@ def test_a_drain_answers_every_job_with_the_next_worker_started_as_each_starts(t
         results = [QueueResult.from_json(p.read_text()) for p in (queue.root / "results").iterdir()]
         assert sorted(r.id for r in results) == sorted(j.id for j in jobs)
         assert [r.result.status.value for r in results] == ["correct"] * 2, log
+        next_worker = {r.id: r.result.sandbox.next_worker for r in results}
+        assert next_worker == {jobs[0].id: "with_job", jobs[1].id: "after_job"}
         assert len(re.findall(r"softmax from \S+: correct in", log)) == 2, log
         assert not processes_working_in(scratch)
         assert not list(scratch.iterdir())

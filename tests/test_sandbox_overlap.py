@@ -111,12 +111,27 @@ def holders_of(path: Path, pids) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("overlap", ["always", "never"])
-def test_the_next_worker_starts_when_the_job_starts(forge_cache_dir, marker, overlap):
-    """With overlap, while the job runs (at each phase it announces) a second worker is up: the
-    one the next job gets, still there after the job. Without, it starts after the job ended.
-    Either way the job's verdict is the same and close() leaves no process behind."""
+@pytest.mark.parametrize(
+    ("overlap", "waiting", "next_worker"),
+    [
+        ("always", True, "with_job"),
+        ("always", False, "after_job"),
+        ("never", None, "after_job"),
+    ],
+)
+def test_the_next_worker_starts_with_the_job_only_while_another_waits(
+    forge_cache_dir, marker, overlap, waiting, next_worker
+):
+    """With overlap and another job waiting (the sandbox's backlog says so; none known counts
+    as yes), while the job runs (at each phase it announces) a second worker is up: the one the next job
+    gets, still there after the job. Else it starts after the job ended, so a job no other waits
+    behind is never slowed by it. The backlog is asked once, as the job starts; either way one
+    worker waits afterwards, the result says which way it went, the verdict is the same and
+    close() leaves no process behind."""
     sandbox = marked_sandbox(forge_cache_dir, marker, overlap)
+    asked: list[bool] = []
+    if waiting is not None:
+        sandbox.backlog = lambda: asked.append(waiting) or waiting
     config = EvalConfig(device="cpu", cache_dir=forge_cache_dir)
     during: list[set[int]] = []
     try:
@@ -131,9 +146,11 @@ def test_the_next_worker_starts_when_the_job_starts(forge_cache_dir, marker, ove
     finally:
         sandbox.close()
     assert result.status.value == "correct", result.reasons
+    assert result.sandbox.next_worker == next_worker
+    assert len(asked) == (1 if overlap == "always" and waiting is not None else 0)
     assert during, "no phase announced"
     assert len(after) == 1  # the next job's worker, waiting
-    if overlap == "always":
+    if next_worker == "with_job":
         assert all(len(s) == 2 for s in during), during
         assert after < during[0], "the waiting worker is not the one started with the job"
     else:
