@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -32,6 +33,8 @@ from forge.evaluator.config import EvalConfig
 from forge.evaluator.host import EvaluatorError, deadline_for, evaluate, make_sandbox
 from forge.evaluator.problem import Problem
 from forge.evaluator.result import EvalResult
+
+log = logging.getLogger("forge.evaluator")
 
 if TYPE_CHECKING:
     from forge.sandbox.base import Sandbox, SandboxJob, SandboxOutcome
@@ -275,8 +278,15 @@ class QueueExecutor:
 
         try:
             self.queue = Queue(directory)
+            withdrawn = self.queue.withdraw_orphans()
         except OSError as exc:
             raise EvaluatorError(f"cannot use queue directory {directory}: {exc}") from exc
+        if withdrawn:
+            log.info(
+                "%s: withdrew %d jobs of controllers on this host that have exited",
+                directory,
+                len(withdrawn),
+            )
         self.stale_s = STALE_S if stale_s is None else stale_s
         self.poll_s = poll_s
         self.consumed: set[str] = set()

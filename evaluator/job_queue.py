@@ -34,6 +34,41 @@ from forge.evaluator.host import EvaluatorError
 from forge.evaluator.problem import Problem, ProblemError
 from forge.evaluator.result import EvalResult
 
+
+def process_identity(pid: int | None = None) -> str:
+    """`host/pid namespace/pid/start time` of a process (this one by default), or "" where
+    /proc cannot tell (not Linux): with the namespace and the start time, neither a container
+    with the same host name nor a reused pid passes for the process."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        start = _start_time(pid)
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{namespace}/{pid}/{start}"
+
+
+def _start_time(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[19]  # field 22: start time, clock ticks
+
+
+def process_gone(identity: str) -> bool:
+    """Whether the process `identity` names ran here (this host, this pid namespace) and has
+    exited; False for a process elsewhere, which cannot be told from here."""
+    host, namespace, pid, start = identity.rsplit("/", 3)
+    if host != socket.gethostname():
+        return False
+    try:
+        if os.readlink("/proc/self/ns/pid") != namespace:
+            return False
+        return _start_time(int(pid)) != start
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 STALE_S = 30.0
 """A worker whose heartbeat is older than this is taken for dead and its jobs are retried."""
 HEARTBEAT = "heartbeat"
@@ -52,6 +87,9 @@ class QueueJob(BaseModel):
     """How to evaluate it; the worker uses its own compiler cache."""
     submitted_by: str = ""
     """`host:pid` of the controller, for the worker's log."""
+    owner: str = ""
+    """The controller process (`process_identity`): a job whose controller has exited is
+    withdrawn by the next controller on its host (`Queue.withdraw_orphans`)."""
 
     @classmethod
     def create(cls, problem: Problem, source: str, config: EvalConfig) -> QueueJob:
@@ -62,6 +100,7 @@ class QueueJob(BaseModel):
             source=source,
             config=config.model_copy(update={"executor": "local"}),
             submitted_by=f"{socket.gethostname()}:{os.getpid()}",
+            owner=process_identity(),
         )
 
     def answer(
@@ -76,8 +115,8 @@ class QueueJob(BaseModel):
         try:
             result = evaluate(self.problem, self.source, config)
         except (EvaluatorError, ProblemError) as exc:
-            return QueueResult(id=self.id, worker=worker, error=str(exc))
-        return QueueResult(id=self.id, worker=worker, result=result)
+            return QueueResult(id=self.id, worker=worker, owner=self.owner, error=str(exc))
+        return QueueResult(id=self.id, worker=worker, owner=self.owner, result=result)
 
 
 class QueueResult(BaseModel):
@@ -91,6 +130,8 @@ class QueueResult(BaseModel):
     """The verdict; None when the evaluation could not be run (see `error`)."""
     error: str = ""
     """Why there is no verdict (no GPU on the worker, an unreadable job ...)."""
+    owner: str = ""
+    """The job's controller (`QueueJob.owner`)."""
 
     def to_json(self) -> str:
         """JSON that round-trips infinities (an error can be inf), as the database stores it."""
@@ -151,6 +192,23 @@ class Queue:
         (self.root / "results" / name).unlink(missing_ok=True)
         for worker in self._workers():
             (worker / name).unlink(missing_ok=True)
+
+    def withdraw_orphans(self) -> list[str]:
+        """Remove the jobs and results of controllers of this host that have exited (killed, or
+        stopped mid-batch): pending, held by a worker (which then discards its result) or
+        answered. A resumed batch submits its unevaluated candidates again, so these would be
+        evaluated for nobody. Returns the ids removed."""
+        places = [self.root / "pending", self.root / "results", *self._workers()]
+        removed = []
+        for path in (p for place in places for p in place.glob("*.json")):
+            try:
+                owner = json.loads(path.read_text()).get("owner", "")
+            except (OSError, ValueError):  # taken meanwhile, or being written
+                continue
+            if owner and process_gone(owner):
+                path.unlink(missing_ok=True)
+                removed.append(path.stem)
+        return removed
 
     def drop_results(self, consumed: Iterable[str]) -> None:
         """Delete late duplicate results of jobs already answered."""

@@ -32,7 +32,14 @@ from forge.evaluator.executors import (
     make_executor,
     on_this_machine,
 )
-from forge.evaluator.job_queue import Queue, QueueJob, QueueResult, Worker
+from forge.evaluator.job_queue import (
+    Queue,
+    QueueJob,
+    QueueResult,
+    Worker,
+    process_gone,
+    process_identity,
+)
 from forge.sandbox.gpu_lock import GpuLock
 from forge.sandbox.local import LocalSandbox
 
@@ -557,6 +564,52 @@ def test_a_worker_whose_sandbox_cannot_start_stops_with_one_line(tmp_path):
     assert worker.returncode == 2
     assert log.strip().splitlines()[-1].startswith("error: the sandbox of worker 'cpu 0' failed")
     assert not list((tmp_path / "q" / "claimed").iterdir())  # unregistered
+
+
+def exited_process_identity() -> str:
+    """The identity (`process_identity`) of a process that ran here and has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        identity = process_identity(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    return identity
+
+
+def test_a_new_controller_withdraws_the_jobs_of_one_that_exited(tmp_path, home):
+    """A batch killed with jobs in the queue and resumed submits its unevaluated candidates
+    again: the first controller's jobs (pending, held by a worker, answered) are withdrawn, so
+    nothing is evaluated twice; jobs of live controllers and of other hosts stay."""
+    queue = Queue(tmp_path / "q")
+    config = config_for(queue.root, home)
+    problem = resolve_problem("softmax")
+    gone = exited_process_identity()
+    assert gone and process_gone(gone) and not process_gone(process_identity())
+    assert not process_gone("other-host/pid:[1]/1/1")
+
+    def job(owner: str) -> QueueJob:
+        made = QueueJob.create(problem, BROKEN, config).model_copy(update={"owner": owner})
+        queue.submit(made)
+        return made
+
+    orphan, held, answered = job(gone), job(gone), job(gone)
+    alive, elsewhere = job(process_identity()), job("other-host/pid:[1]/1/1")
+    claims = [queue.claim("worker-a", "cpu") for _ in range(2)]
+    assert {c.stem for c in claims} == {orphan.id, held.id}  # oldest first
+    queue.answer(claims[0], QueueResult(id=orphan.id, worker="worker-a", owner=gone, error="x"))
+    queue.claim("worker-b", "cpu")  # `answered`, left held by worker-b
+    queue._write(
+        queue.root / "results" / f"{answered.id}.json",
+        QueueResult(id=answered.id, worker="worker-b", owner=gone, error="x").to_json(),
+    )
+    executor = make_executor(config)  # a controller resuming the batch
+    executor.close()
+    left = {p.stem for p in queue.root.glob("*/*.json")} | {
+        p.stem for p in queue.root.glob("claimed/*/*.json")
+    }
+    assert left == {alive.id, elsewhere.id}
+    assert not queue.answer(claims[1], QueueResult(id=held.id, worker="worker-a", owner=gone))
 
 
 def test_a_late_duplicate_result_is_never_applied(tmp_path, home):
