@@ -60,7 +60,7 @@ class EvalConfig(BaseModel):
 
     reverify_suspicious: bool = True
     """A correct result flagged only for its speed (more than 10x eager) is evaluated again
-    before it counts (`host.reverify`): fresh secret seeds, three times the seeds per input set,
+    before it counts (`host.reverify_config`, `host.reverified`): fresh secret seeds, three times the seeds per input set,
     every timed call's output checked, the profile on. Correct again, it counts, marked
     `reverified`; a flag for beating the roofline floor or an unreset persisting L2 stays."""
 

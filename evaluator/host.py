@@ -211,8 +211,9 @@ def flagged_for_speed_alone(result: EvalResult) -> bool:
 
 def reverify_config(config: EvalConfig) -> EvalConfig:
     """The second evaluation of a result flagged for its speed: fresh secret seeds (every
-    evaluation draws its own), `REVERIFY_SEED_FACTOR` times the seeds per input set, every timed call's output
-    checked, the profile on (Nsight Compute's check from outside the runner where it runs)."""
+    evaluation draws its own), `REVERIFY_SEED_FACTOR` times the seeds per input set, every timed
+    call's output checked, the profile on (Nsight Compute's check from outside the runner where
+    it runs)."""
     return config.model_copy(
         update={
             "seeds": REVERIFY_SEED_FACTOR * config.seeds,

@@ -144,8 +144,9 @@ class LocalSandbox:
         return gpu_lock.lock_file(locks, f"gpu-{visible}" if gpu else "cpu")
 
     def overlaps(self, gpu: bool) -> bool:
-        """Whether the next worker of a job on `gpu` may start when that job starts (under the
-        device lock), rather than when it ends: it does where another job waits (`backlog`)."""
+        """Whether this sandbox's workers take the device lock, so that the next worker of a
+        job on `gpu` may start when that job starts rather than when it ends (it does where
+        another job waits: `_next_worker_start`)."""
         mode = self.config.overlap_prestart
         return self.prestart and (mode == "always" or (mode == "gpu" and gpu))
 

@@ -72,8 +72,8 @@ class SandboxConfig(BaseModel):
     executor's workers): `gpu` starts it as soon as a GPU job starts if another job is already
     waiting (`LocalSandbox.backlog`; else when it ends, so a lone job's timing never waits for
     it), so its start-up (Python, torch, CUDA, its runners and ncu) runs alongside the job,
-    while a lock per device (`forge.sandbox.gpu_lock`) keeps that start-up off the GPU whenever the job
-    is timed or profiled. `always` does the same for CPU jobs, whose evaluation is itself CPU
+    while a lock per device (`forge.sandbox.gpu_lock`) keeps that start-up off the GPU whenever
+    the job is timed or profiled. `always` does the same for CPU jobs, whose evaluation is itself CPU
     work that the start-up competes with (worth it only with cores to spare: on 2 cores it
     slows a CPU drain). `never` (FORGE_SANDBOX_OVERLAP_PRESTART=never) starts the next worker
     once the job has ended, and takes no lock."""
