@@ -2,9 +2,9 @@
 
 A pre-started worker (`LocalSandbox` with `prestart`) is started while the previous evaluation
 still runs where another job is already waiting. Its start-up (its runners' CUDA start-up,
-ncu's, its own CUDA context) holds the lock shared (`shared`); the trusted process of an evaluation holds it exclusive (`exclusive`)
-around everything it clocks: the candidate's and the baselines' timed batches with their
-calibration, and the Nsight Compute profile. So a worker's start-up never runs on the GPU while
+ncu's, its own CUDA context) holds the lock shared (`shared`); the trusted process of an
+evaluation holds it exclusive (`exclusive`) around everything it clocks: the candidate's and the
+baselines' timed batches with their calibration, and the Nsight Compute profile. So a worker's start-up never runs on the GPU while
 an evaluation is being timed on it: whichever comes second waits.
 
 The worker opens the file in `sandbox.worker.prepare`, before Landlock restricts it; the fd is
