@@ -204,7 +204,7 @@ def flagged_for_speed_alone(result: EvalResult) -> bool:
     return (
         result.status is Status.correct
         and result.suspicious
-        and not any(t.roofline_fraction and t.roofline_fraction > 1.0 for t in result.timings)
+        and not any(_beyond_roofline(t) for t in result.timings)
         and L2_NOT_RESET not in result.suspicious_reasons
     )
 
@@ -449,13 +449,18 @@ def _unmeasured_peak(ceilings, precision: str) -> str:  # noqa: ANN001 (GpuCeili
     )
 
 
+def _beyond_roofline(t: SetTiming) -> bool:
+    """Faster than the roofline floor: impossible with the work the problem counts."""
+    return bool(t.roofline_fraction and t.roofline_fraction > 1.0)
+
+
 def _flag(result: EvalResult, t: SetTiming, suspicious_speedup: float = 10.0) -> None:
     reasons = []
     if t.speedup_vs_eager and t.speedup_vs_eager > suspicious_speedup:
         reasons.append(
             f"'{t.input_set}': {t.speedup_vs_eager:.1f}x faster than eager (> {suspicious_speedup:g}x)"
         )
-    if t.roofline_fraction and t.roofline_fraction > 1.0:
+    if _beyond_roofline(t):
         reasons.append(
             f"'{t.input_set}': faster than the roofline floor ({t.candidate.median_ms:.4f} ms < {t.floor_ms:.4f} ms)"
         )
