@@ -55,10 +55,12 @@ def _start_time(pid: int) -> str:
 
 def process_gone(identity: str) -> bool:
     """Whether the process `identity` names ran here (this host, this pid namespace) and has
-    exited; False for a process elsewhere, which cannot be told from here."""
-    host, namespace, pid, start = identity.rsplit("/", 3)
-    if host != socket.gethostname():
+    exited; False for a process elsewhere, which cannot be told from here, and for an identity
+    not in `process_identity`'s form."""
+    parts = identity.rsplit("/", 3)
+    if len(parts) != 4 or parts[0] != socket.gethostname():
         return False
+    _, namespace, pid, start = parts
     try:
         if os.readlink("/proc/self/ns/pid") != namespace:
             return False

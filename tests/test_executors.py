@@ -587,6 +587,7 @@ def test_a_new_controller_withdraws_the_jobs_of_one_that_exited(tmp_path, home):
     gone = exited_process_identity()
     assert gone and process_gone(gone) and not process_gone(process_identity())
     assert not process_gone("other-host/pid:[1]/1/1")
+    assert not process_gone("a job file from elsewhere") and not process_gone("")
 
     def job(owner: str) -> QueueJob:
         made = QueueJob.create(problem, BROKEN, config).model_copy(update={"owner": owner})
