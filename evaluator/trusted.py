@@ -255,7 +255,8 @@ where it starts its runners ahead); the evaluation reports them as `worker_start
 phase detail."""
 
 
-def note_startup(step: str, started: float) -> None:
+def mark_worker_ready(step: str, started: float) -> None:
+    """When this worker's start-up step `step` was done (`_STARTUP`)."""
     _STARTUP[step] = time.perf_counter() - started
 
 
@@ -266,7 +267,7 @@ def wait_for_prestarted_runners(timeout_s: float, started: float) -> None:
     end = time.monotonic() + timeout_s
     for name, runner in _SPARE.items():
         runner.wait_ready(end - time.monotonic())
-        note_startup("profiled_ready" if name == "profiled" else "runner_ready", started)
+        mark_worker_ready("profiled_ready" if name == "profiled" else "runner_ready", started)
 
 
 def _ncu_log() -> Path:
@@ -313,7 +314,7 @@ class Evaluation:
             self.seconds["gpu_lock_wait"] += waited
             yield
 
-    def note_startup(self, runner: str, hello: Reply) -> None:
+    def note_runner_startup(self, runner: str, hello: Reply) -> None:
         """A runner's start-up steps (its hello's seconds per step) in the phase detail."""
         self.seconds.update({f"{runner}.startup.{k}": v for k, v in hello.startup.items()})
 
@@ -335,7 +336,7 @@ class Evaluation:
                 self.setup()
             with self.timed("runner_wait"):
                 hello = self.runner.start(self.job.limits.load_s + 60)
-            self.note_startup("runner", hello)
+            self.note_runner_startup("runner", hello)
             self.seconds.update({f"worker_start.{k}": v for k, v in _STARTUP.items()})
             self.report.containment = hello.containment
             self.report.environment = {**self.report.environment, **hello.environment}
@@ -1041,7 +1042,7 @@ class Evaluation:
         self.report.profiled_set = self.report.target_sets[0]
 
     def profiled_session(self) -> None:
-        self.note_startup("profiled", self.runner.start(self.job.limits.load_s + 60))
+        self.note_runner_startup("profiled", self.runner.start(self.job.limits.load_s + 60))
         input_set = next(s for s in self.job.input_sets if s.name == self.report.target_sets[0])
         self.load_candidate()
         with self.buffers_of("profiling"):

@@ -123,7 +123,7 @@ def prepare(device: str) -> None:
             torch.cuda.init()
             torch.empty(1, device="cuda").fill_(1)
         if runners:
-            trusted.note_startup("own_ready", STARTED)
+            trusted.mark_worker_ready("own_ready", STARTED)
         if ahead and runners:
             trusted.wait_for_prestarted_runners(RUNNERS_READY_S, STARTED)
 

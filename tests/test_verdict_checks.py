@@ -16,22 +16,18 @@ OUTPUT_BYTES = 4 * 4096
 LEGIT = Path(__file__).parent / "fixtures" / "legit"
 
 
+def steady(ms: float) -> TimingStats:
+    """20 timed calls of `ms` each."""
+    return TimingStats.from_samples([ms] * 20, [0.01] * 20)
+
+
 def verdict(timed_ms: float, ncu_ms: float, written_bytes: int = OUTPUT_BYTES) -> EvalResult:
-    stats = TimingStats(
-        n=20,
-        median_ms=timed_ms,
-        p20_ms=timed_ms,
-        p80_ms=timed_ms,
-        mean_ms=timed_ms,
-        cv=0.0,
-        host_median_ms=0.01,
-    )
     result = EvalResult(
         status=Status.correct,
         problem="48_Mean_reduction_over_a_dimension",
         backend="triton",
         environment=Environment(device="cuda"),
-        timings=[SetTiming(input_set="odd", target=True, candidate=stats)],
+        timings=[SetTiming(input_set="odd", target=True, candidate=steady(timed_ms))],
     )
     metrics = {"gpu__time_duration.sum": ncu_ms * 1e6, host.WRITE_SECTORS: written_bytes / 32}
     trusted = TrustedReport(
@@ -67,13 +63,10 @@ def test_kernels_that_wrote_less_than_the_output_are_rejected_whatever_their_tim
 
 
 def timed_result(speedup: float, roofline: float | None = None) -> EvalResult:
-    stats = TimingStats(
-        n=20, median_ms=1.0, p20_ms=1.0, p80_ms=1.0, mean_ms=1.0, cv=0.0, host_median_ms=0.01
-    )
     timing = SetTiming(
         input_set="odd",
         target=True,
-        candidate=stats,
+        candidate=steady(1.0),
         speedup_vs_eager=speedup,
         roofline_fraction=roofline,
         floor_ms=roofline,
