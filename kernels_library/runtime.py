@@ -236,23 +236,33 @@ def module_class(record: EntryRecord) -> type:
 _COUNTS: dict[str, dict[str, int]] = {}
 _ENTRY_COUNTS: dict[str, dict[str, int]] = {}
 _SEEN: set[tuple[str, str]] = set()
-# reason <-> the small integer the C++ route counts it under
-_REASON_IDS: dict[str, int] = {}
-_REASONS: list[str] = []
 
 
-def _reason_id(reason: str) -> int | None:
-    """The reason's id for the C++ route (None: more distinct reasons than it counts)."""
-    rid = _REASON_IDS.get(reason)
-    if rid is None:
-        with _LOCK:
-            rid = _REASON_IDS.get(reason)
-            if rid is None:
-                if len(_REASONS) >= cxx_route.extension().MAX_REASONS:
-                    return None
-                rid = _REASON_IDS[reason] = len(_REASONS)
-                _REASONS.append(reason)
-    return rid
+class _Numbering:
+    """Names <-> the small integers the C++ route counts under, at most `limit()` of them."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+        self._limit = limit
+
+    def id(self, name: str) -> int | None:
+        """The name's number (None: more distinct names than the C++ route counts)."""
+        number = self.ids.get(name)
+        if number is None:
+            with _LOCK:
+                number = self.ids.get(name)
+                if number is None:
+                    if len(self.names) >= self._limit():
+                        return None
+                    number = self.ids[name] = len(self.names)
+                    self.names.append(name)
+        return number
+
+
+# fallback reasons and library entries, as the C++ route counts them
+_REASONS = _Numbering(lambda: cxx_route.extension().MAX_REASONS)
+_ENTRIES = _Numbering(lambda: cxx_route.extension().MAX_ENTRIES)
 
 
 _DETAILS_SEEN: set[tuple] = set()
@@ -260,23 +270,6 @@ _MAX_DETAILS = 1000
 # replayed library calls per operator; keys not replayed per operator, by reason
 _REPLAYED: dict[str, int] = {}
 _NOT_REPLAYED: dict[str, dict[str, int]] = {}
-# entry id <-> the small integer the C++ route counts its replays under
-_ENTRY_IDS: dict[str, int] = {}
-_ENTRIES: list[str] = []
-
-
-def _entry_id(entry: str) -> int | None:
-    """The entry's id for the C++ route (None: more distinct entries than it counts)."""
-    eid = _ENTRY_IDS.get(entry)
-    if eid is None:
-        with _LOCK:
-            eid = _ENTRY_IDS.get(entry)
-            if eid is None:
-                if len(_ENTRIES) >= cxx_route.extension().MAX_ENTRIES:
-                    return None
-                eid = _ENTRY_IDS[entry] = len(_ENTRIES)
-                _ENTRIES.append(entry)
-    return eid
 
 
 def _counts(op: str) -> dict[str, int]:
@@ -505,7 +498,7 @@ def _make_impl(
     def fallback(args, kwargs, reason):
         """PyTorch's kernel, for a reason that every call with this key shares."""
         if remember is not None:
-            rid = _reason_id(reason)
+            rid = _REASONS.id(reason)
             if rid is not None:
                 remember(rid)
         return fallback_now(args, kwargs, reason)
@@ -829,7 +822,7 @@ def _replayer(state: _State, op_state: _OpState, extension) -> _replay.Replayer 
     }
     several_gpus = sum(1 for d in state.archs if d >= 0) > 1
     return _replay.Replayer(
-        op, extension, entries, _entry_id, _NOT_REPLAYED.setdefault(op, {}), several_gpus
+        op, extension, entries, _ENTRIES.id, _NOT_REPLAYED.setdefault(op, {}), several_gpus
     )
 
 
@@ -841,13 +834,13 @@ def _drain(state: _State) -> None:
             if drained:
                 counts = _counts(op)
                 for rid, n in drained:
-                    reason = _REASONS[rid]
+                    reason = _REASONS.names[rid]
                     counts[reason] = counts.get(reason, 0) + n
             replays = route.drain_replays()
             if replays:
                 by_entry = _ENTRY_COUNTS.setdefault(op, {})
                 for eid, n in replays:
-                    entry = _ENTRIES[eid]
+                    entry = _ENTRIES.names[eid]
                     by_entry[entry] = by_entry.get(entry, 0) + n
                     _REPLAYED[op] = _REPLAYED.get(op, 0) + n
 
