@@ -427,6 +427,19 @@ struct Decision {
   Mark mark = kUnseen;
 };
 
+// The non-zero counters of `counts` by index, each zeroed as it is read.
+template <size_t N>
+std::vector<std::pair<int, int64_t>> drained(std::array<std::atomic<int64_t>, N>& counts) {
+  std::vector<std::pair<int, int64_t>> out;
+  for (size_t i = 0; i < N; ++i) {
+    const int64_t n = counts[i].exchange(0, std::memory_order_relaxed);
+    if (n != 0) {
+      out.emplace_back(static_cast<int>(i), n);
+    }
+  }
+  return out;
+}
+
 bool tensor_type(const c10::TypePtr& type) {
   return type->isSubtypeOf(*c10::OptionalType::ofTensor());
 }
@@ -778,28 +791,10 @@ class Route {
   }
 
   // The counts since the last drain, by reason id (zeroed).
-  std::vector<std::pair<int, int64_t>> drain() {
-    std::vector<std::pair<int, int64_t>> out;
-    for (int i = 0; i < kMaxReasons; ++i) {
-      const int64_t n = state_->counts[i].exchange(0, std::memory_order_relaxed);
-      if (n != 0) {
-        out.emplace_back(i, n);
-      }
-    }
-    return out;
-  }
+  std::vector<std::pair<int, int64_t>> drain() { return drained(state_->counts); }
 
   // The replays since the last drain, by entry id (zeroed).
-  std::vector<std::pair<int, int64_t>> drain_replays() {
-    std::vector<std::pair<int, int64_t>> out;
-    for (int i = 0; i < kMaxEntries; ++i) {
-      const int64_t n = state_->replays[i].exchange(0, std::memory_order_relaxed);
-      if (n != 0) {
-        out.emplace_back(i, n);
-      }
-    }
-    return out;
-  }
+  std::vector<std::pair<int, int64_t>> drain_replays() { return drained(state_->replays); }
 
   // How many keys are decided for PyTorch / served from a plan / not replayed.
   size_t known() { return count([](const Decision& d) { return d.reason >= 0; }); }
