@@ -63,9 +63,13 @@ def chosen_replay(requested: bool | None) -> bool:
 
 
 ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
+# `reshape` is logged whole by some torch builds (2.11 with CUDA: the runtime's reshape of a
+# forward's output to the operator's shape) and as `view` by others. Where it copies instead,
+# the copy is no allocation the plan knows: an output or launch pointer in it is refused.
 VIEWS = frozenset(
     {
         "view",
+        "reshape",
         "_unsafe_view",
         "_reshape_alias",
         "as_strided",

@@ -100,6 +100,37 @@ def test_a_reshaped_output_is_allocated_in_its_final_layout():
     assert plan.outputs == (PlanOutput(0, True, (2, 5, 127), (635, 127, 1), 0),)
 
 
+@pytest.mark.parametrize("reshape", ["aten.view.default", "aten.reshape.default"])
+def test_the_runtimes_reshape_of_the_output_is_replayed_as_a_view(reshape):
+    """The runtime reshapes a forward's 2-D output to the operator's shape: logged as a view by
+    some torch builds and whole (`aten.reshape`) by others (torch 2.11 on the H200)."""
+    x3 = torch.randn(3, 11, 127)
+    y = torch.empty(33, 127)
+    call = softmax_call(
+        inputs=(x3, -1, False),
+        ops=["aten.empty_like.default", reshape],
+        allocations=[y],
+        launches=[launch([("*fp32", x3), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        outputs=(y.reshape(3, 11, 127),),
+    )
+    plan = build_plan(call)
+    assert plan.outputs == (PlanOutput(0, True, (3, 11, 127), (1397, 127, 1), 0),)
+
+
+def test_a_reshape_that_copied_is_not_replayed():
+    x = torch.randn(8, 16)
+    y = torch.empty(16, 8)
+    copied = y.t().reshape(128)  # not viewable: a copy outside the plan's allocations
+    call = softmax_call(
+        inputs=(x, -1, False),
+        ops=["aten.empty.memory_format", "aten.t.default", "aten.reshape.default"],
+        allocations=[y],
+        launches=[launch([("*fp32", x), ("*fp32", y), ("i32", 16), ("i32", 16)])],
+        outputs=(copied,),
+    )
+    assert build_plan(call).startswith("an output is not a tensor the forward allocated")
+
+
 def test_pointers_into_an_input_keep_their_offset_and_alignment():
     x = torch.randn(8, 127)
     y = torch.empty(7, 127)
