@@ -179,9 +179,15 @@ def main() -> None:
     }
 
     def over(name: str, base: str) -> dict:
+        # the variants of a round run back to back: a sample's difference from PyTorch's sample
+        # of the same round cancels drift that min and median of each column do not
+        paired = [a - b for a, b in zip(samples[name], samples[base], strict=True)]
+        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
         return {
             "min_us": rows[name]["min_us"] - rows[base]["min_us"],
             "median_us": rows[name]["median_us"] - rows[base]["median_us"],
+            "paired_median_us": statistics.median(paired),
+            "paired_quartiles_us": [q1, q3],
         }
 
     out = {
@@ -223,11 +229,18 @@ def main() -> None:
     )
     print(
         f"  {'variant':32s} {'min us/call':>12s} {'median':>10s} {'over PyTorch (min/median)':>28s}"
+        f" {'paired median [quartiles]':>30s}"
     )
     for name, r in rows.items():
         extra = out["overhead_over_pytorch_us"].get(name)
         tail = f"{extra['min_us']:+13.2f} / {extra['median_us']:+.2f}" if extra else ""
-        print(f"  {name:32s} {r['min_us']:12.2f} {r['median_us']:10.2f} {tail:>28s}")
+        paired = (
+            f"{extra['paired_median_us']:+.2f} [{extra['paired_quartiles_us'][0]:+.2f}, "
+            f"{extra['paired_quartiles_us'][1]:+.2f}]"
+            if extra
+            else ""
+        )
+        print(f"  {name:32s} {r['min_us']:12.2f} {r['median_us']:10.2f} {tail:>28s} {paired:>30s}")
     print(f"  replay: {replay_note}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
