@@ -550,14 +550,16 @@ def _external_proof(result: EvalResult, trusted: TrustedReport) -> None:
 
 
 WRITE_SECTORS = "lts__t_sectors_srcunit_tex_op_write.sum"
-NCU_AGREEMENT = 1 / 3
+NCU_AGREEMENT = 1 / 5
 """A timed median below this fraction of the profiled call's kernel time (Nsight Compute) is
 rejected. Honest kernels run longer under ncu than in a timed batch where they are slow to
-start on cold memory: on an H200 (2026-12-02) a strided mean reduction over an 8.7 GB input
-(KernelBench L1/48) ran 1.2x, 1.71x and 2.17x its timed median there (0.5 rejected the last),
-while the contiguous kernels of the same run were within 0.9-1.22x. The trusted clock's wall
-check is the first defence against time hidden from the events; this one is its outside
-second opinion, set past what honest kernels were seen to do."""
+start on cold memory: on an H200 (2026-12-02) strided mean reductions over an 8.7 GB input
+(KernelBench L1/48) ran 1.2x, 1.71x, 2.17x and, a tile-loop variant with one pipeline stage,
+3.54x their timed median there (the earlier bounds of 1/2 and 1/3 rejected the last of each),
+while the contiguous kernels of the same runs were within 0.9-1.22x. The trusted clock's wall
+check (1.3x its batch's reported time plus a fixed slack) is the defence against time hidden
+from the events; this one is its outside second opinion, set well past what honest kernels
+were seen to do."""
 
 
 def _last_frame(traceback_text: str) -> str:

@@ -40,19 +40,19 @@ def verdict(timed_ms: float, ncu_ms: float, written_bytes: int = OUTPUT_BYTES) -
     return result
 
 
-@pytest.mark.parametrize("ratio", [1.0, 1.71, 2.17])
+@pytest.mark.parametrize("ratio", [1.0, 1.71, 2.17, 3.54])
 def test_an_honest_kernel_slower_under_ncu_as_measured_on_the_h200_stays_correct(ratio):
-    """The L1/48 reduction's three H200 evaluations ran 1.2-2.17x their timed median under ncu."""
+    """The L1/48 reductions' H200 evaluations ran 1.2-3.54x their timed median under ncu."""
     result = verdict(3.9275, 3.9275 * ratio)
     assert result.status is Status.correct, result.reasons
 
 
 def test_a_timing_far_below_the_profiled_kernels_is_rejected():
-    result = verdict(1.0, 4.0)
+    result = verdict(1.0, 6.0)
     assert result.status is Status.rejected
     assert result.reasons[0] == (
         "timings disagree with Nsight Compute on 'odd': 1.0000 ms reported, its kernels ran "
-        "4.0000 ms"
+        "6.0000 ms"
     )
 
 
