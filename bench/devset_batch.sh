@@ -17,6 +17,11 @@ set -euo pipefail
 verb=${1:?usage: devset_batch.sh start NAME PORT [--search ...] | resume NAME}
 name=${2:?NAME}
 shift 2
+case $verb in start | resume) ;; *)
+  echo "usage: devset_batch.sh start NAME PORT [--search ...] | resume NAME" >&2
+  exit 2
+  ;;
+esac
 runs=${DEVSET_RUNS:-/work/devrun2}/$name
 mkdir -p "$runs/home"
 export FORGE_HOME=$runs/home OPENAI_API_KEY=bridge-key LITELLM_LOCAL_MODEL_COST_MAP=True
@@ -34,5 +39,4 @@ case $verb in
     exec forge batch --resume 1 --model openai/bridge --concurrency 10 --db "$db" \
       >>"$runs/batch.log" 2>&1
     ;;
-  *) echo "usage: devset_batch.sh start NAME PORT [--search ...] | resume NAME" >&2; exit 2 ;;
 esac
