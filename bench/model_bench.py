@@ -21,6 +21,10 @@ measures everything around it on the GPU with known kernels.
     python3 bench/model_bench.py --out "$OUT/model_bench.json"                      # all
     python3 bench/model_bench.py --models gpt2 --dtypes bfloat16 --out "$OUT/m.json" # a part
 
+`--device cpu` (Triton interpreter; small sizes, e.g. `--layers 1 --batch 1 --seq 16
+--cnn-batch 1 --dtypes float32`) runs the same steps on the CPU, to check the script itself
+before a GPU call: CPU timings, no GPU figures.
+
 The JSON is rewritten after every model, so a run stopped by a time limit keeps what it did.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -129,7 +134,7 @@ def models(layers: int, batch: int, seq: int, cnn_batch: int) -> dict:
     }
 
 
-def build_libraries(written, root: Path, threshold: float, log) -> tuple[dict, list]:
+def build_libraries(written, root: Path, threshold: float, device: str, log) -> tuple[dict, list]:
     libs = {"promoted": root / "promoted", "all": root / "all"}
     for lib in libs.values():
         lib.mkdir(parents=True, exist_ok=True)
@@ -147,7 +152,7 @@ def build_libraries(written, root: Path, threshold: float, log) -> tuple[dict, l
         result = evaluate(
             problem,
             fixture.read_text(),
-            EvalConfig(device="cuda", profile=False, baselines=["eager", "compile"]),
+            EvalConfig(device=device, profile=False, baselines=["eager", "compile"]),
         )
         model_set = next((t for t in result.timings if t.input_set == "model"), None)
         row.update(
@@ -178,15 +183,15 @@ def run_model(name: str, spec, dtype: str, args, root: Path, log) -> dict:
     build, inputs_fn, description = spec
     torch.manual_seed(0)
     target = getattr(torch, dtype)
-    model = build().to("cuda", target).eval()
+    model = build().to(args.device, target).eval()
     torch.manual_seed(1)
-    inputs = [x.to("cuda", target) for x in inputs_fn()]
+    inputs = [x.to(args.device, target) for x in inputs_fn()]
     log(f"\n== {name} {dtype}: {description}")
     profile = profile_model(
         model,
         inputs,
         name=name,
-        device="cuda",
+        device=args.device,
         dtype=dtype,
         iters=args.profile_iters,
         check_compile=args.check_compile,
@@ -204,7 +209,7 @@ def run_model(name: str, spec, dtype: str, args, root: Path, log) -> dict:
     written = write_problems(
         trace(model, inputs), profile.items, args.top, folder / "problems", dtype, name, True
     )
-    libs, entries = build_libraries(written, folder / "library", args.threshold, log)
+    libs, entries = build_libraries(written, folder / "library", args.threshold, args.device, log)
     ends = {}
     for lib_name, lib in libs.items():
         if not any(lib.iterdir()):
@@ -214,7 +219,7 @@ def run_model(name: str, spec, dtype: str, args, root: Path, log) -> dict:
         result = measure(
             model,
             inputs,
-            device="cuda",
+            device=args.device,
             dtype=dtype,
             iters=args.iters,
             repeats=args.repeats,
@@ -260,16 +265,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile-iters", type=int, default=3)
     parser.add_argument("--check-compile", action="store_true")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: bench/model_bench.py needs a CUDA GPU")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: bench/model_bench.py --device cuda needs a CUDA GPU (or --device cpu)")
+    if args.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
     import triton
 
-    props = torch.cuda.get_device_properties(0)
+    gpu = torch.cuda.get_device_properties(0) if args.device == "cuda" else None
     out: dict = {
         "environment": {
-            "gpu": props.name,
-            "arch": f"sm_{props.major}{props.minor}",
+            "gpu": gpu.name if gpu else "cpu",
+            "arch": f"sm_{gpu.major}{gpu.minor}" if gpu else "cpu",
             "torch": torch.__version__,
             "triton": triton.__version__,
             "cuda": torch.version.cuda,
@@ -294,14 +302,15 @@ def main() -> None:
                 )
             )
 
-    log(f"{props.name}, torch {torch.__version__}, triton {triton.__version__}")
+    log(f"{out['environment']['gpu']}, torch {torch.__version__}, triton {triton.__version__}")
     root = Path(tempfile.mkdtemp(prefix="forge-model-bench-"))
     specs = models(args.layers, args.batch, args.seq, args.cnn_batch)
     for name in args.models.split(","):
         for dtype in args.dtypes.split(","):
             out["runs"].append(run_model(name, specs[name], dtype, args, root, log))
             save()
-            torch.cuda.empty_cache()
+            if gpu:
+                torch.cuda.empty_cache()
     if args.out:
         log(f"\nwrote {args.out}")
 
