@@ -1,6 +1,6 @@
-"""After the runner's report: the outside check of a correct GPU verdict (what Nsight Compute saw
-of the candidate's own kernels against what the runner reported), and the second evaluation of
-a result flagged for its speed."""
+"""The checks of what the runner reports: the trusted clock over a timed batch, the outside check
+of a correct GPU verdict (what Nsight Compute saw of the candidate's own kernels against what
+the runner reported), and the second evaluation of a result flagged for its speed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from forge.evaluator import EvalConfig, host
-from forge.evaluator.protocol import TrustedReport
+from forge.evaluator.protocol import RawTiming, Reply, TrustedReport
 from forge.evaluator.result import Environment, EvalResult, SetTiming, Status, TimingStats
+from forge.evaluator.trusted import SetTimer, Verdict
 
 OUTPUT_BYTES = 4 * 4096
 LEGIT = Path(__file__).parent / "fixtures" / "legit"
@@ -139,3 +140,32 @@ def test_the_deadline_an_executor_allows_covers_the_second_evaluation():
         problem, source, host.reverify_config(once)
     )
     assert host.deadline_for(problem, source, both) > single
+
+
+def trusted_clock(wall_ms: float, claimed_ms: list[float]) -> tuple[str | None, RawTiming]:
+    """The trusted clock's check of one batch (`SetTimer.cross_check`) with the sleep head and
+    fixed work of the honest Swish batch the H200 rejected on 2026-12-02 (7.1 ms together)."""
+    timer = SetTimer.__new__(SetTimer)
+    timer.name = "odd"
+    raw = RawTiming(input_set="odd", samples={})
+    return timer.cross_check(raw, Reply(device_ms=claimed_ms), wall_ms, 2.0, 5.09), raw
+
+
+def test_a_batch_within_the_trusted_clocks_bound_agrees():
+    disagreement, raw = trusted_clock(15.0, [0.3219] * 10)
+    assert disagreement is None
+    assert raw.wall_checks == ["15.00 ms <= 18.40 ms"]
+
+
+def test_a_batch_past_the_bound_is_a_disagreement_to_time_again_not_yet_a_verdict():
+    disagreement, raw = trusted_clock(19.27, [0.3219] * 10)
+    assert disagreement.startswith(
+        "timing disagrees with the trusted clock on 'odd': the batch took 19.27 ms, at most "
+        "18.40 ms is explained by the reported 3.219 ms of calls"
+    )
+    assert raw.wall_checks == []
+
+
+def test_more_device_time_than_the_batch_took_rejects_at_once():
+    with pytest.raises(Verdict, match="timing forged on 'odd'"):
+        trusted_clock(4.0, [1.0] * 10)
