@@ -51,6 +51,14 @@ def _watched(runner: object) -> dict[str, object]:
     }
 
 
+REBOUND_BY_TORCH = frozenset({("torch", "manual_seed")})
+"""Attributes torch itself rebinds: torch._dynamo wraps torch.manual_seed when it is first
+imported (nothing else it touches is watched). The runner does not import it at start-up
+(`monitor.AtenMonitor` opts out of the Dynamo wrapper), so a torch path first taken by candidate
+code may import it mid-job. The seed takes no part in a verdict: the model's parameters reach
+the runner as data and its outputs are compared by the trusted process."""
+
+
 def _identities(obj: object) -> dict[str, int]:
     namespace = obj.__dict__ if hasattr(obj, "__dict__") else {}
     return {name: id(value) for name, value in list(namespace.items())}
@@ -86,7 +94,7 @@ class IdentitySnapshot:
         for label, obj in _watched(self.runner).items():
             now = _identities(obj)
             for name, ident in self.before.get(label, {}).items():
-                if now.get(name) != ident:
+                if now.get(name) != ident and (label, name) not in REBOUND_BY_TORCH:
                     changes.append(f"{label}.{name}")
         now_modules = _modules()
         changes += [

@@ -7,6 +7,8 @@ every call the static check lets through runs under the monitor without a forbid
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from forge.evaluator.integrity import IdentitySnapshot
 from forge.evaluator.monitor import LIBRARY_ATEN, AtenMonitor
 from forge.evaluator.problem import resolve_problem
 from forge.evaluator.static.rules import LIBRARY_CALLS, LIBRARY_MODULES
@@ -192,3 +195,33 @@ def test_nn_modules_other_than_library_layers_are_forbidden() -> None:
     with monitor:
         nn.LayerNorm(4)(torch.randn(2, 4))
     assert monitor.forbidden and not monitor.library
+
+
+def test_the_runners_start_up_leaves_torch_dynamo_unimported() -> None:
+    """The monitor opts out of TorchDispatchMode's Dynamo wrapper, whose first call imports
+    torch._dynamo and sympy (4.6 s of a runner's start-up on the H200 host): the runner's
+    `prepare` runs the monitor once and imports neither."""
+    code = (
+        "import sys; from forge.evaluator.runner import prepare; prepare('cpu'); "
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_torch_rebinding_its_seed_function_is_not_a_patch_but_a_timer_swap_is() -> None:
+    """torch._dynamo wraps torch.manual_seed when first imported, which may now happen mid-job;
+    the identity check lets exactly that through (integrity.REBOUND_BY_TORCH)."""
+    snapshot = IdentitySnapshot(object())
+    snapshot.take()
+    seed, elapsed = torch.manual_seed, torch.cuda.Event.elapsed_time
+    try:
+        torch.manual_seed = torch._disable_dynamo(seed)
+        assert snapshot.changed() == []
+        torch.cuda.Event.elapsed_time = lambda self, end: 0.0
+        assert snapshot.changed() == ["torch.cuda.Event.elapsed_time"]
+    finally:
+        torch.manual_seed, torch.cuda.Event.elapsed_time = seed, elapsed
+    assert snapshot.changed() == []
