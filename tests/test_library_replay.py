@@ -48,6 +48,11 @@ def launch(params, **changes) -> LaunchRecord:
     return record._replace(**changes)
 
 
+def softmax_launch(x: torch.Tensor, y: torch.Tensor, cols: int = 127) -> LaunchRecord:
+    """The softmax fixture's launch `_softmax_kernel(x, y, n_cols, stride)` on rows of `cols`."""
+    return launch([("*fp32", x), ("*fp32", y), ("i32", cols), ("i32", cols)])
+
+
 def softmax_call(**changes) -> RecordedCall:
     """A recorded `_softmax(x, -1, False)` served by the softmax fixture's forward: y =
     empty_like(x), one launch of (x, y, n_cols, stride)."""
@@ -57,7 +62,7 @@ def softmax_call(**changes) -> RecordedCall:
         inputs=(x, -1, False),
         ops=["aten.empty_like.default"],
         allocations=[y],
-        launches=[launch([("*fp32", x), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x, y)],
         outputs=(y,),
         device=CPU,
         stream=STREAM,
@@ -92,7 +97,7 @@ def test_a_reshaped_output_is_allocated_in_its_final_layout():
         inputs=(x3, -1, False),
         ops=["aten.view.default", "aten.empty_like.default", "aten.view.default"],
         allocations=[y],
-        launches=[launch([("*fp32", x), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x, y)],
         outputs=(y.view(2, 5, 127),),
     )
     plan = build_plan(call)
@@ -110,7 +115,7 @@ def test_the_runtimes_reshape_of_the_output_is_replayed_as_a_view(reshape):
         inputs=(x3, -1, False),
         ops=["aten.empty_like.default", reshape],
         allocations=[y],
-        launches=[launch([("*fp32", x3), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x3, y)],
         outputs=(y.reshape(3, 11, 127),),
     )
     plan = build_plan(call)
@@ -125,7 +130,7 @@ def test_a_reshape_that_copied_is_not_replayed():
         inputs=(x, -1, False),
         ops=["aten.empty.memory_format", "aten.t.default", "aten.reshape.default"],
         allocations=[y],
-        launches=[launch([("*fp32", x), ("*fp32", y), ("i32", 16), ("i32", 16)])],
+        launches=[softmax_launch(x, y, 16)],
         outputs=(copied,),
     )
     assert build_plan(call).startswith("an output is not a tensor the forward allocated")
@@ -138,7 +143,7 @@ def test_pointers_into_an_input_keep_their_offset_and_alignment():
         inputs=(x, -1, False),
         ops=["aten.empty.memory_format", "aten.slice.Tensor"],
         allocations=[y],
-        launches=[launch([("*fp32", x[1:]), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x[1:], y)],
         outputs=(y,),
     )
     plan = build_plan(call)
@@ -153,7 +158,7 @@ def test_an_output_that_views_part_of_an_allocation_is_a_view_at_replay():
         inputs=(x, -1, False),
         ops=["aten.empty.memory_format", "aten.slice.Tensor"],
         allocations=[y],
-        launches=[launch([("*fp32", x), ("*fp32", y[5:]), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x, y[5:])],
         outputs=(y[5:15],),
     )
     plan = build_plan(call)
@@ -169,7 +174,7 @@ def test_allocations_nothing_uses_are_left_out_and_the_rest_renumbered():
         ops=["aten.empty.memory_format", "aten.empty_like.default"],
         inputs=(x, -1, False),
         allocations=[unused, y],
-        launches=[launch([("*fp32", x), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+        launches=[softmax_launch(x, y)],
         outputs=(y,),
     )
     plan = build_plan(call)
@@ -293,7 +298,7 @@ def test_aliased_inputs_are_ambiguous_and_not_replayed():
     why = build_plan(
         call._replace(
             inputs=(q, k),
-            launches=[launch([("*fp32", q), ("*fp32", y), ("i32", 127), ("i32", 127)])],
+            launches=[softmax_launch(q, y)],
         )
     )
     assert why == "_softmax_kernel: pointer argument 0 lies in several tensors (aliased inputs)"
