@@ -227,16 +227,6 @@ def launcher_params(signature: Sequence, values: Sequence) -> tuple[tuple[object
     return tuple(out)
 
 
-def _flat_types(signature: Sequence) -> list:
-    out: list = []
-    for ty in signature:
-        if isinstance(ty, tuple):
-            out.extend(_flat_types(ty))
-        elif ty != "constexpr":
-            out.append(ty)
-    return out
-
-
 def _generated_mismatch(module, types: Sequence) -> str | None:
     """Where the generated launcher's own type map (`ty_to_cpp`, `FLOAT_STORAGE_TYPE`) packs a
     type otherwise than SCALARS / POINTER_SIZE say."""
@@ -255,9 +245,10 @@ def _generated_mismatch(module, types: Sequence) -> str | None:
     return None
 
 
-def launcher_interface(launcher, signature: Sequence) -> str:
+def launcher_interface(launcher, signature: Sequence, types: Sequence) -> str:
     """Which of INTERFACES `launcher` (a CompiledKernel's `run`) has, checked against the
-    kernel's signature; otherwise why it is not understood."""
+    kernel's signature (`types`: the packed arguments' types, as `launcher_params` flattens
+    it); otherwise why it is not understood."""
     cls = type(launcher)
     where = f"{cls.__module__}.{cls.__qualname__}"
     if where != "triton.backends.nvidia.driver.CudaLauncher":
@@ -270,7 +261,7 @@ def launcher_interface(launcher, signature: Sequence) -> str:
             return "the Triton launcher packs other arguments than the kernel's signature lists"
         return GENERIC
     if hasattr(module, "make_launcher") and hasattr(module, "FLOAT_STORAGE_TYPE"):
-        return _generated_mismatch(module, _flat_types(signature)) or GENERATED
+        return _generated_mismatch(module, types) or GENERATED
     return "unknown Triton launcher interface"
 
 
@@ -290,9 +281,10 @@ def _launch_record(kernel, launcher, args: tuple) -> LaunchRecord:
     grid_x, grid_y, grid_z, stream, function, packed, _meta, enter, leave, *values = args
     signature = list(kernel.src.signature.values())
     num_warps, num_ctas, shared = packed
+    params = launcher_params(signature, values)
     return LaunchRecord(
         kernel=str(kernel.name),
-        interface=launcher_interface(launcher, signature),
+        interface=launcher_interface(launcher, signature, [ty for ty, _ in params]),
         function=int(function),
         grid=(int(grid_x), int(grid_y), int(grid_z)),
         stream=int(stream),
@@ -304,7 +296,7 @@ def _launch_record(kernel, launcher, args: tuple) -> LaunchRecord:
         global_scratch=int(getattr(launcher, "global_scratch_size", 0) or 0),
         profile_scratch=int(getattr(launcher, "profile_scratch_size", 0) or 0),
         hooks=hook_installed(enter) or hook_installed(leave),
-        params=launcher_params(signature, values),
+        params=params,
     )
 
 
