@@ -481,7 +481,7 @@ def _make_impl(
     tensor_types = (torch.Tensor, torch.nn.Parameter)
     bucketer = _bucketer(state.pow2)
     current_device = torch.cuda.current_device
-    several_gpus = sum(1 for d in archs if d >= 0) > 1  # one GPU: it is the current device
+    several_gpus = _several_gpus(archs)  # one GPU: it is the current device
     grad_enabled = torch.is_grad_enabled
     dispatch_modes = torch._C._len_torch_dispatch_stack
     local = _local
@@ -820,10 +820,19 @@ def _replayer(state: _State, op_state: _OpState, extension) -> _replay.Replayer 
         for table in op_state.index.values()
         for choice in table.values()
     }
-    several_gpus = sum(1 for d in state.archs if d >= 0) > 1
     return _replay.Replayer(
-        op, extension, entries, _ENTRIES.id, _NOT_REPLAYED.setdefault(op, {}), several_gpus
+        op,
+        extension,
+        entries,
+        _ENTRIES.id,
+        _NOT_REPLAYED.setdefault(op, {}),
+        _several_gpus(state.archs),
     )
+
+
+def _several_gpus(archs: dict[int, str]) -> bool:
+    """Whether the registration covers more than one GPU (device indices >= 0 in `archs`)."""
+    return sum(1 for d in archs if d >= 0) > 1
 
 
 def _drain(state: _State) -> None:
