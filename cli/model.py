@@ -305,6 +305,8 @@ def optimize_model(
                 f"{c.median_ms:.4f} ms/forward, {c.saved_ms:+.4f} ms vs eager"
             )
         )
+    for line in result.verdicts():
+        console.print(escape(line))
     if not result.meaningful:
         notice("timed on the CPU: these timings are not GPU figures and say nothing of speedups")
     console.print(

@@ -448,7 +448,8 @@ class Evaluation:
     def verify_set(self, index: int, input_set) -> float:
         """Every seed on one input set; the seconds of the evaluation's first call (it compiles)."""
         first_call_s = 0.0
-        ref = self.build(input_set)
+        with self.timed("set_build"):
+            ref = self.build(input_set)
         self.build_float64(ref, input_set.name)
         in_slots = out_slots = None
         for seed_index, seed in enumerate(self.job.seeds):
@@ -456,7 +457,8 @@ class Evaluation:
                 inputs = self.make_inputs(input_set, seed, seed_index)
             with self.timed("reference"):
                 expected = self.reference(ref, inputs, watch=index == 0 and seed_index == 0)
-            tol = self.tolerance(ref, inputs, expected, input_set.name)
+            with self.timed("tolerance"):
+                tol = self.tolerance(ref, inputs, expected, input_set.name)
             if in_slots is None:
                 self.set_sizes[input_set.name] = sum(
                     x.numel() for x in inputs if isinstance(x, torch.Tensor)
@@ -505,16 +507,17 @@ class Evaluation:
             if phase == "before_reference"
             else f"forward on '{set_name}' after the reference"
         )
-        reply = self.runner.ask(
-            Request(
-                op="call",
-                what=what,
-                args=self.values(in_slots),
-                outputs=self.specs(out_slots),
-                watch=watch,
-            ),
-            limit,
-        )
+        with self.timed("call_wait"):
+            reply = self.runner.ask(
+                Request(
+                    op="call",
+                    what=what,
+                    args=self.values(in_slots),
+                    outputs=self.specs(out_slots),
+                    watch=watch,
+                ),
+                limit,
+            )
         if watch:
             self.note_watch(reply)
         self.check_library(reply, set_name)
@@ -918,6 +921,10 @@ class Evaluation:
 
     def share_like(self, items: list) -> list:
         """Shared buffers shaped like `items` (non-tensors pass through), announced to the runner."""
+        with self.timed("share"):
+            return self._share_like(items)
+
+    def _share_like(self, items: list) -> list:
         slots, new = [], []
         for x in items:
             if not isinstance(x, torch.Tensor):
@@ -954,6 +961,10 @@ class Evaluation:
         exited."""
         if not buffers:
             return
+        with self.timed("release"):
+            self._release(buffers, phase)
+
+    def _release(self, buffers: list[SharedBuffer], phase: str) -> None:
         self.sync()
         self.runner.ask(
             Request(op="release", what=f"release after {phase}", released=[b.id for b in buffers]),
@@ -1148,6 +1159,8 @@ class SetTimer:
                 if key == "candidate":
                     if r == 0:
                         self.warm_candidate(warm)
+                        # the warm-up saw these inputs: timed calls get inputs it never saw
+                        self.refill(seeds)
                     self.time_candidate(raw, samples[key], null, seeds)
                 else:
                     batch = self.time_baseline(impls[key], slots)
@@ -1240,7 +1253,7 @@ class SetTimer:
             staged=[ev.values(x) for x in self.shared],
         )
         for attempt in range(WALL_RETRIES + 1):
-            reply, wall_ms, sleep_ms = self.candidate_batch(raw, request)
+            reply, wall_ms, sleep_ms = self.candidate_batch(raw, request, seeds)
             disagreement = self.cross_check(raw, reply, wall_ms, sleep_ms, null_ms)
             if disagreement is None:
                 break
@@ -1255,9 +1268,13 @@ class SetTimer:
         ):
             self.verify_timed(index, raw)
 
-    def candidate_batch(self, raw: RawTiming, request: Request) -> tuple[Reply, float, float]:
+    def candidate_batch(
+        self, raw: RawTiming, request: Request, seeds
+    ) -> tuple[Reply, float, float]:
         """One timed batch of the candidate: its reply, the trusted clock's ms over it, and the
-        sleep head it ran behind (longer while the GPU caught up with the host)."""
+        sleep head it ran behind (longer while the GPU caught up with the host). A batch asked
+        again gets fresh inputs: calls that met their inputs before could return what they
+        kept from them."""
         ev, job = self.ev, self.job
         sleep_ms = 0.0 if raw.host_in_series else max(1.0, len(self.private) * 0.2)
         while True:
@@ -1267,6 +1284,7 @@ class SetTimer:
             wall_ms = (time.perf_counter() - t0) * 1e3
             if not reply.starved or raw.host_in_series:
                 break
+            self.refill(seeds)
             if sleep_ms >= MAX_SLEEP_MS:
                 self.time_with_host_in_series(raw)
                 sleep_ms = 0.0

@@ -59,7 +59,30 @@ class EndToEnd:
     contributions: list[Contribution]
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "verdicts": self.verdicts()}
+
+    def verdicts(self) -> list[str]:
+        """Per way of running the model (eager, torch.compile): whether serving the library made
+        it faster, from the medians measured here; none where they mean nothing (the CPU) or a
+        configuration failed. Served operators are opaque to inductor, so a kernel that beats
+        torch.compile alone can still lose the fusions around it (the H200, 2026-12-02: a CNN's
+        GroupNorm kernels, 1.0-1.4x torch.compile's alone, made the compiled model 1.34x
+        slower)."""
+        if not self.meaningful:
+            return []
+        by_config = {c.config: c for c in self.configs if c.median_ms and not c.error}
+        lines = []
+        for base in ("eager", "compile"):
+            plain, served = by_config.get(base), by_config.get(f"{base}+library")
+            if plain is None or served is None:
+                continue
+            ratio = plain.median_ms / served.median_ms
+            advice = "serve the library" if ratio > 1.0 else "leave the library off"
+            lines.append(
+                f"with {base}: {advice} ({served.median_ms:.3f} ms per forward with it, "
+                f"{plain.median_ms:.3f} ms without: {ratio:.3f}x)"
+            )
+        return lines
 
 
 def _outputs(value) -> list[torch.Tensor]:

@@ -150,7 +150,21 @@ def catalogue_problem(op: str, constants: dict[str, int], dtype: str, model_name
         forge_target_sets=repr(["model"]),
     )
     header = f"# {op} at the shape it runs at in {model_name} (forge optimize-model)\n"
-    return header + _replace_assignments(source, values)
+    return header + _replace_assignments(source, values) + _bytes_at(dtype)
+
+
+def _bytes_at(dtype: str) -> str:
+    """The catalogue's `forge_bytes` count 4-byte elements: rescaled for a narrower dtype, or
+    the roofline floor of a bf16 problem is twice too high (the H200, 2026-12-02: honest bf16
+    softmax and GELU kernels were flagged faster than it)."""
+    if BYTES[dtype] == 4:
+        return ""
+    return (
+        "\n\n_forge_bytes_float32 = forge_bytes\n\n\n"
+        "def forge_bytes(**constants):\n"
+        f"    # {dtype}: {BYTES[dtype]}-byte elements where the catalogue counts 4\n"
+        f"    return _forge_bytes_float32(**constants) * {BYTES[dtype]} // 4\n"
+    )
 
 
 def _module_source(module: nn.Module) -> str | None:

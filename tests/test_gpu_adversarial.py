@@ -132,6 +132,26 @@ def test_gpu_cheat_gains_nothing(
     assert not result.suspicious, result.suspicious_reasons
 
 
+@requires_cuda
+def test_gpu_no_timed_call_meets_inputs_an_earlier_call_saw(forge_cache_dir: Path):
+    """Row 9 keyed on content: the warm-up's inputs, or a batch asked again after the host could
+    not queue it, would be cache hits worth 16 passes over the input. Timed with the fewest
+    calls (20, two batches: one hit batch would be half the samples), the cached candidate is
+    timed like the same kernel without its cache."""
+    path = CHEATS / "gpu_row09_content_cache.py"
+    results = {}
+    for cache in (True, False):
+        source = path.read_text().replace("CACHE = True", f"CACHE = {cache}")
+        results[cache] = evaluate(
+            resolve_problem("softmax"), source, gpu_config(forge_cache_dir, trials=20)
+        )
+        print(_summary(f"content cache {cache}", results[cache]))
+        assert results[cache].status is Status.correct, results[cache].reasons
+    cached, plain = _timing(results[True]), _timing(results[False])
+    assert cached is not None and plain is not None
+    assert cached.candidate.p20_ms >= 0.9 * plain.candidate.p20_ms, (cached, plain)
+
+
 # ---- defence in depth: free timed calls are flagged even when no recheck lands ------------------
 
 

@@ -18,8 +18,10 @@ from test_library_helpers import cpu_library, interpreted_runtime
 from typer.testing import CliRunner
 
 from forge.cli.main import app
-from forge.evaluator.problem import resolve_problem
+from forge.evaluator.problem import load_problem, resolve_problem
 from forge.kernels_library import adapters
+from forge.model_level.endtoend import ConfigResult, EndToEnd
+from forge.model_level.problems import catalogue_problem
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(),
@@ -139,6 +141,42 @@ def test_problem_files_keep_the_catalogue_model_and_replay_chains(forge, tmp_pat
     x0, x1 = generated.get_inputs()
     torch.testing.assert_close(replay(x0, x1), x1 + model.fc2(x0))
     assert resolve_problem(chain["file"]).name == "fc2_add"
+
+
+def test_a_catalogue_problem_counts_the_bytes_of_its_dtype():
+    shape = {"batch_size": 64, "dim": 1000}
+    counted = {}
+    for dtype in ("float32", "bfloat16"):
+        source = catalogue_problem("softmax", shape, dtype, "a test model")
+        assert load_problem(source, "softmax").dtype == dtype
+        namespace: dict = {}
+        exec(compile(source, f"softmax_{dtype}.py", "exec"), namespace)  # noqa: S102 (ours)
+        counted[dtype] = namespace["forge_bytes"](**shape)
+    assert counted == {"float32": 2 * 4 * 64 * 1000, "bfloat16": 2 * 2 * 64 * 1000}
+
+
+def cnn_end_to_end(meaningful: bool = True, failed: str = "") -> EndToEnd:
+    """The small CNN's figures on the H200 (docs/benchmarks.md, 2026-12-02)."""
+    medians = {"eager": 2.849, "eager+library": 2.518, "compile": 1.521, "compile+library": 2.034}
+    configs = [
+        ConfigResult(config, median_ms=ms, error="boom" if config == failed else "")
+        for config, ms in medians.items()
+    ]
+    return EndToEnd(
+        "cuda", "float32", "CUDA events", meaningful, 10, 5, "inductor", {}, configs, []
+    )
+
+
+def test_the_end_to_end_figures_say_where_the_library_helps_and_where_it_costs():
+    assert cnn_end_to_end().verdicts() == [
+        "with eager: serve the library (2.518 ms per forward with it, 2.849 ms without: 1.131x)",
+        "with compile: leave the library off (2.034 ms per forward with it, 1.521 ms without: 0.748x)",
+    ]
+    assert cnn_end_to_end().as_dict()["verdicts"] == cnn_end_to_end().verdicts()
+    assert cnn_end_to_end(meaningful=False).verdicts() == []
+    assert [v.split(":")[0] for v in cnn_end_to_end(failed="compile+library").verdicts()] == [
+        "with eager"
+    ]
 
 
 def test_optimize_model_runs_the_batch_and_measures_with_the_library(forge, tmp_path):

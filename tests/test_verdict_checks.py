@@ -85,6 +85,13 @@ def timed_result(speedup: float, roofline: float | None = None) -> EvalResult:
     return result
 
 
+@pytest.mark.parametrize(("fraction", "flagged"), [(1.004, False), (1.05, False), (1.06, True)])
+def test_a_time_at_the_measured_bandwidth_is_not_flagged_one_well_past_it_is(fraction, flagged):
+    """1.004: an honest softmax against the H200's measured copy bandwidth (2026-12-02)."""
+    result = timed_result(2.0, roofline=fraction)
+    assert result.suspicious is flagged, result.suspicious_reasons
+
+
 def test_only_a_correct_result_flagged_for_its_speed_alone_is_evaluated_again():
     assert host.flagged_for_speed_alone(timed_result(42.8))
     assert not host.flagged_for_speed_alone(timed_result(3.0))
