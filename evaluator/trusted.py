@@ -507,17 +507,16 @@ class Evaluation:
             if phase == "before_reference"
             else f"forward on '{set_name}' after the reference"
         )
-        with self.timed("call_wait"):
-            reply = self.runner.ask(
-                Request(
-                    op="call",
-                    what=what,
-                    args=self.values(in_slots),
-                    outputs=self.specs(out_slots),
-                    watch=watch,
-                ),
-                limit,
-            )
+        reply = self.runner.ask(
+            Request(
+                op="call",
+                what=what,
+                args=self.values(in_slots),
+                outputs=self.specs(out_slots),
+                watch=watch,
+            ),
+            limit,
+        )
         if watch:
             self.note_watch(reply)
         self.check_library(reply, set_name)
