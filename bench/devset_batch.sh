@@ -2,6 +2,7 @@
 # The development-set batch of docs/benchmarks.md ("The development set, final"), through the
 # file bridge (shared/tools/llm_bridge.py) and the shared queue relayed by bench/queue_relay.sh.
 #
+#   bash bench/devset_batch.sh init KERNELBENCH_DIR    # writes .kernelbench/devset.toml
 #   bash bench/devset_batch.sh start NAME PORT [--search KEY=VALUE ...]   # a new batch
 #   bash bench/devset_batch.sh resume NAME                                # after a stop or crash
 #
@@ -14,11 +15,32 @@
 #             --search sol_stop=none --search autotune_configs=false
 # An ablation row is `baseline` with one of those switched back on (or `defaults` with one off).
 set -euo pipefail
-verb=${1:?usage: devset_batch.sh start NAME PORT [--search ...] | resume NAME}
+usage="usage: devset_batch.sh init KERNELBENCH_DIR | start NAME PORT [--search ...] | resume NAME"
+verb=${1:?$usage}
+if [ "$verb" = init ]; then
+  # KERNELBENCH_DIR: a KernelBench checkout (or its KernelBench/ folder) with level1/ and level2/
+  kb=${2:?$usage}
+  [ -d "$kb/KernelBench" ] && kb=$kb/KernelBench
+  mkdir -p .kernelbench
+  suite=.kernelbench/devset.toml
+  tmp=$(mktemp)
+  for id in level1/25 level1/33 level1/35 level1/38 level1/48 level1/94 level2/14 level2/29 level2/56 level2/76; do
+    file=$(ls "$kb/${id%/*}/${id#*/}"_*.py 2>/dev/null | head -1 || true)
+    if [ -z "$file" ]; then
+      echo "no $kb/${id}_*.py: KERNELBENCH_DIR must hold KernelBench's level1/ and level2/ files" >&2
+      rm -f "$tmp"
+      exit 2
+    fi
+    printf '[[item]]\nfile = "%s"\n\n' "$(realpath "$file")" >>"$tmp"
+  done
+  mv "$tmp" "$suite"
+  echo "wrote $suite (10 problems)"
+  exit 0
+fi
 name=${2:?NAME}
 shift 2
 case $verb in start | resume) ;; *)
-  echo "usage: devset_batch.sh start NAME PORT [--search ...] | resume NAME" >&2
+  echo "$usage" >&2
   exit 2
   ;;
 esac
