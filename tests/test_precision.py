@@ -254,47 +254,60 @@ def gemm(a, b, c, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
 """
 
 
-@pytest.fixture(scope="module")
-def triton_gemm(tmp_path_factory):
-    """The gemm kernel above as a module (Triton reads its source from a file), compiled rather
-    than interpreted: `@triton.jit` reads TRITON_INTERPRET (set for CPU-only sessions) when it
-    decorates."""
-    import importlib.util
+COMPILE_GEMM = """
+import importlib.util
+import sys
+from pathlib import Path
 
-    path = tmp_path_factory.mktemp("triton") / "triton_gemm.py"
-    path.write_text(TRITON_GEMM)
-    spec = importlib.util.spec_from_file_location("triton_gemm", path)
-    module = importlib.util.module_from_spec(spec)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("TRITON_INTERPRET", raising=False)
-        spec.loader.exec_module(module)
-    return module.gemm
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+source, arch, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+spec = importlib.util.spec_from_file_location("triton_gemm", source)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+signature = {"a": "*fp32", "b": "*fp32", "c": "*fp32", "BLOCK": "constexpr", "PRECISION": "constexpr"}
+for mode in ("tf32", "ieee"):
+    gemm = ASTSource(module.gemm, signature, constexprs={"BLOCK": 64, "PRECISION": mode})
+    kernel = triton.compile(gemm, target=GPUTarget("cuda", arch, 32))
+    (out / f"{mode}.ptx").write_text(kernel.asm["ptx"])
+    (out / f"{mode}.cubin").write_bytes(kernel.asm["cubin"])
+"""
+
+
+def compiled_gemm(arch: int, out: Path) -> None:
+    """The gemm kernel above compiled for `arch` by a Python process of its own, into
+    `out`/{tf32,ieee}.{ptx,cubin}. Not here: this process runs Triton's interpreter
+    (TRITON_INTERPRET, set for CPU-only sessions), and an interpreted call of one of
+    triton.language's own jit functions patches the language module without restoring it
+    (triton/runtime/interpreter.py, 3.x), which made a compile here fail in CI inside the
+    interpreter's builder (2026-12-02)."""
+    source = out / "triton_gemm.py"
+    source.write_text(TRITON_GEMM)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_GEMM, str(source), str(arch), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_scanner_on_what_triton_emits(triton_gemm, arch, tmp_path):
+def test_scanner_on_what_triton_emits(arch, tmp_path):
     """tl.dot on fp32 tiles compiled for sm_80 (mma.sync) and sm_90 (wgmma), no GPU needed:
     the default precision is TF32 in PTX and SASS; input_precision="ieee" is plain fp32."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = {
-        "a": "*fp32",
-        "b": "*fp32",
-        "c": "*fp32",
-        "BLOCK": "constexpr",
-        "PRECISION": "constexpr",
-    }
+    compiled_gemm(arch, tmp_path)
+    tool = compiled_code.cuobjdump_path()
+    assert tool, "Triton ships cuobjdump"
     found = {}
     for mode in ("tf32", "ieee"):
-        source = ASTSource(triton_gemm, signature, constexprs={"BLOCK": 64, "PRECISION": mode})
-        kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32))
-        found[mode] = {(u.kernel, u.unit, u.format) for u in isa.scan_ptx(kernel.asm["ptx"])}
+        ptx = (tmp_path / f"{mode}.ptx").read_text()
+        found[mode] = {(u.kernel, u.unit, u.format) for u in isa.scan_ptx(ptx)}
         cubin = tmp_path / f"{mode}.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        tool = compiled_code.cuobjdump_path()
-        assert tool, "Triton ships cuobjdump"
         sass = subprocess.run([tool, "-sass", str(cubin)], capture_output=True, text=True).stdout
         found[f"{mode} sass"] = {(u.kernel, u.unit, u.format) for u in isa.scan_sass(sass)}
     assert found["tf32"] == found["tf32 sass"] == {("gemm", "tensor core", "tf32")}
