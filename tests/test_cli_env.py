@@ -222,3 +222,30 @@ def test_ctrl_c_while_starting_is_one_line(home, env, after_s):
     _, stderr = proc.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
     assert proc.returncode == 130, stderr
+
+
+def test_ctrl_c_inside_a_weakref_callback_still_ends_the_command():
+    """Python cannot raise out of a weakref callback, so a Ctrl-C that lands in one (SQLAlchemy's
+    import registers them) is printed as "Exception ignored" and lost, and the command runs on.
+    `forge`'s entry point raises it again in the main thread: one line, status 130."""
+    program = (
+        "import sys, time, weakref\n"
+        "import forge.cli, forge.cli.main\n"
+        "class Held: pass\n"
+        "def interrupted(_):\n"
+        "    raise KeyboardInterrupt\n"
+        "def app():\n"
+        "    held = Held()\n"
+        "    ref = weakref.ref(held, interrupted)\n"
+        "    del held\n"
+        "    time.sleep(30)\n"
+        "    print('ran on')\n"
+        "forge.cli.main.app = app\n"
+        "forge.cli.run()\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "interrupted\n"
+    assert "ran on" not in proc.stdout
+    assert time.monotonic() - started < 20
