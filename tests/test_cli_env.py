@@ -244,7 +244,9 @@ def test_ctrl_c_inside_a_weakref_callback_still_ends_the_command():
         "forge.cli.run()\n"
     )
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr == "interrupted\n"
     assert "ran on" not in proc.stdout
