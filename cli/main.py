@@ -3,7 +3,7 @@
 One error style everywhere: `error: <what and the fix>` on stderr, one line (`forge.cli.errors`).
 Usage errors found by the parser (an unknown option, a missing argument, a value out of range)
 are printed the same way, exit status 2, instead of Typer's boxed panel; problems of the
-database itself (`forge.db.engine.DatabaseError`, raised wherever a command touches it) become
+database itself (`forge.db.errors.DatabaseError`, raised wherever a command touches it) become
 that one line too, with nothing changed.
 """
 
@@ -54,7 +54,7 @@ class ForgeGroup(TyperGroup):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        from forge.db.engine import DatabaseError
+        from forge.db.errors import DatabaseError
 
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

@@ -42,6 +42,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
+from forge.db.errors import DatabaseError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a writer waits for another writer's lock (`FORGE_DB_BUSY_TIMEOUT_S` overrides)."""
@@ -50,13 +52,6 @@ READ_ONLY_BUSY_TIMEOUT_MS = 5_000
 BUSY_TIMEOUT_ENV = "FORGE_DB_BUSY_TIMEOUT_S"
 DRIVER_EXTRAS = {"postgresql": "postgres"}
 """The `opforge[...]` extra that installs a backend's driver."""
-
-
-class DatabaseError(RuntimeError):
-    """The database cannot be opened or used as asked. The message is one line that names the
-    file or server and the fix; nothing was changed. `code` is the CLI's exit status."""
-
-    code = 2
 
 
 def where(url: str | URL) -> str:
