@@ -469,7 +469,8 @@ class Evaluation:
                 in_slots = self.share_like(inputs)
                 out_slots = self.share_like(cmp.flatten(expected))
             if seed_index == 0:
-                self.note_degenerate(input_set.name, expected, tol)
+                with self.timed("degenerate"):
+                    self.note_degenerate(input_set.name, expected, tol)
             outputs = []
             for phase in ("before_reference", "after_reference"):
                 c0 = time.perf_counter()
@@ -489,18 +490,21 @@ class Evaluation:
                 )
                 if index == 0 and watch:
                     first_call_s = time.perf_counter() - c0
-            self.record_agreement(input_set.name, seed_index, *outputs, tol)
-        self.drop_float64(input_set.name)
+            with self.timed("agreement"):
+                self.record_agreement(input_set.name, seed_index, *outputs, tol)
+        with self.timed("float64_drop"):
+            self.drop_float64(input_set.name)
         return first_call_s
 
     def check_call(
         self, set_name, seed_index, inputs, expected, in_slots, out_slots, phase, watch, tol
     ) -> list[torch.Tensor]:
-        for slot, x in zip(in_slots, inputs, strict=True):
-            if isinstance(slot, torch.Tensor):
-                slot.copy_(x)
-        self.poison(out_slots, expected)
-        self.sync()
+        with self.timed("stage"):
+            for slot, x in zip(in_slots, inputs, strict=True):
+                if isinstance(slot, torch.Tensor):
+                    slot.copy_(x)
+            self.poison(out_slots, expected)
+            self.sync()
         limit = self.job.limits.first_call_s if watch else self.job.limits.call_s
         what = (
             f"forward on '{set_name}'"
@@ -517,6 +521,16 @@ class Evaluation:
             ),
             limit,
         )
+        with self.timed("call_checks"):
+            self.check_reply(reply, set_name, inputs, in_slots, expected, watch)
+        with self.timed("compare"):
+            got = [t.clone() for t in out_slots]
+            checks = self.record(set_name, seed_index, phase, got, cmp.flatten(expected), tol)
+        if reply.provenance_gap and all(c["passed"] for c in checks):
+            raise Verdict("rejected", f"{what}: {reply.provenance_gap}")
+        return got
+
+    def check_reply(self, reply: Reply, set_name: str, inputs, in_slots, expected, watch) -> None:
         if watch:
             self.note_watch(reply)
         self.check_library(reply, set_name)
@@ -526,12 +540,6 @@ class Evaluation:
                     "incorrect", f"input set '{set_name}': the candidate modified input {i}"
                 )
         self.check_structure(reply, expected, set_name)
-        with self.timed("compare"):
-            got = [t.clone() for t in out_slots]
-            checks = self.record(set_name, seed_index, phase, got, cmp.flatten(expected), tol)
-        if reply.provenance_gap and all(c["passed"] for c in checks):
-            raise Verdict("rejected", f"{what}: {reply.provenance_gap}")
-        return got
 
     def note_watch(self, reply: Reply) -> None:
         self.report.kernels_seen = sorted(set(self.report.kernels_seen) | set(reply.kernels_seen))
