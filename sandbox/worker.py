@@ -120,8 +120,11 @@ def prepare(device: str) -> None:
         if device == "cuda":
             import torch
 
+            from forge.evaluator.compare import warm_up
+
             torch.cuda.init()
             torch.empty(1, device="cuda").fill_(1)
+            warm_up("cuda")
         if runners:
             trusted.mark_worker_ready("own_ready", STARTED)
         if ahead and runners:
